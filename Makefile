@@ -1,0 +1,35 @@
+# The two commands of the README: `make demo` and `make test`. Both create .venv on first use.
+#
+# TORCH is what pip installs first. On a CPU machine with the local PyTorch wheel this takes it
+# from disk in seconds; on a GPU machine the same pin pulls the normal CUDA build from PyPI.
+# Override it for another CUDA flavour, e.g.
+#   make setup TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+BIN := $(VENV)/bin
+DEMO_OUT ?= demo_output
+
+.PHONY: setup demo test lint clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install $(TORCH)
+	$(BIN)/pip install -e '.[dev]'
+	touch $@
+
+demo: setup
+	$(BIN)/xraydiff data summary --config configs/data/hand_phantom.yaml --out $(DEMO_OUT)/data --overwrite
+	@echo "Preview of phantom hands: $(DEMO_OUT)/data/preview.png"
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .ruff_cache

@@ -1,0 +1,77 @@
+"""Hand radiographs with the 37 landmarks of the Digital Hand Atlas (Payer et al.)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from datamodules.landmarks import LandmarkDataModule
+from xraydiff.augment import AugmentationSpec
+from xraydiff.errors import DataError
+from xraydiff.phantoms import PhantomSample, hand_phantom
+from xraydiff.readers import HAND_NUM_LANDMARKS, LandmarkRecord, read_hand_dataset
+
+
+class HandDataModule(LandmarkDataModule):
+    """Hand X-rays: the layout of Payer et al., or phantom hands when ``root`` is None.
+
+    Layout under ``root``: ``<annotations>`` (CSV without header: ``id, x1, y1, ..., x37, y37`` in
+    original pixels), ``<split_dir>/<train_list>`` and ``<split_dir>/<test_list>`` (one id per
+    line) and images ``<image_dir>/<id>.<ext>`` (.mha, .nii, .png, .jpg, .bmp, .tif, ...).
+    Millimetres follow the 50 mm wrist-width convention (landmarks 1 and 5).
+
+    Args:
+        annotations: CSV path relative to ``root``.
+        split_dir: folder of the split lists relative to ``root`` (e.g. ``setup/cv/set2``).
+        image_dir: image folder relative to ``root``.
+        train_list, test_list: split list file names inside ``split_dir``.
+        val_fraction: share of the training list held out for validation; 0 validates on the
+            test list (the cross-validation setups of Payer et al. have no separate validation set).
+        (the remaining arguments: see ``LandmarkDataModule``)
+    """
+
+    anatomy = "hand"
+    num_landmarks = HAND_NUM_LANDMARKS
+
+    def __init__(
+        self,
+        root: str | None = None,
+        annotations: str = "setup/all.csv",
+        split_dir: str = "setup/cv/set1",
+        image_dir: str = "images",
+        train_list: str = "train.txt",
+        test_list: str = "test.txt",
+        val_fraction: float = 0.0,
+        image_size: tuple[int, int] = (256, 256),
+        batch_size: int = 4,
+        num_workers: int = 0,
+        augmentation: AugmentationSpec = "default",
+        train_fraction: float = 1.0,
+        seed: int = 0,
+        phantom_counts: dict[str, int] | None = None,
+        load_workers: int = 2,
+    ):
+        super().__init__(
+            root, image_size, batch_size, num_workers, augmentation, train_fraction, seed, phantom_counts, load_workers
+        )
+        if not 0.0 <= val_fraction < 1.0:
+            raise DataError(None, f"val_fraction must be in [0, 1), got {val_fraction}")
+        self.annotations = annotations
+        self.split_dir = split_dir
+        self.image_dir = image_dir
+        self.split_files = {"train": train_list, "test": test_list}
+        self.val_fraction = val_fraction
+
+    def read_records(self) -> dict[str, list[LandmarkRecord]]:
+        splits = read_hand_dataset(self.root, self.annotations, self.split_dir, self.image_dir, self.split_files)
+        train = splits["train"]
+        if self.val_fraction > 0 and train:
+            count = max(1, int(round(self.val_fraction * len(train))))
+            held_out = set(np.random.default_rng(self.seed + 1).permutation(len(train))[:count].tolist())
+            splits["val"] = [r for k, r in enumerate(train) if k in held_out]
+            splits["train"] = [r for k, r in enumerate(train) if k not in held_out]
+        else:
+            splits["val"] = splits["test"]
+        return splits
+
+    def render_phantom(self, seed: int) -> PhantomSample:
+        return hand_phantom(seed, self.image_size)

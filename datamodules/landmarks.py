@@ -1,0 +1,190 @@
+"""Shared machinery of the landmark DataModules (hand, cephalometric)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+from torch.utils.data import DataLoader
+
+from xraydiff.augment import AugmentationSpec, build_augmentation
+from xraydiff.datasets import LandmarkDataset, LandmarkItem, load_landmark_item, parallel_map
+from xraydiff.errors import DataError
+from xraydiff.geometry import to_original_pixels
+from xraydiff.phantoms import PhantomSample
+from xraydiff.readers import LandmarkRecord
+
+SPLITS = ("train", "val", "test")
+SPLIT_SEED_OFFSET = {"train": 0, "val": 1_000_000, "test": 2_000_000}
+
+
+class LandmarkDataModule(L.LightningDataModule):
+    """Base class: real records (``root`` given) or phantoms, cached in memory, augmented on the fly.
+
+    Subclasses define ``anatomy``, ``num_landmarks``, ``read_records`` and ``render_phantom``.
+    Every split is loaded and checked in ``setup`` before any work starts, whatever the stage.
+
+    Args:
+        root: dataset folder; None serves phantoms.
+        image_size: (H, W) of the model input.
+        batch_size: samples per batch.
+        num_workers: DataLoader worker processes.
+        augmentation: preset name ('default' = the anatomy's preset, 'none'), a list of
+            albumentations transforms ``[{"name": ..., "params": {...}}]``, or None.
+        train_fraction: share of the training split kept, drawn reproducibly from ``seed``
+            (0.1 gives the ReducedDataset of Hadzic et al.).
+        seed: seed of the phantoms and of the ``train_fraction`` draw.
+        phantom_counts: number of phantoms per split when no root is given.
+        load_workers: threads decoding images in ``setup``.
+    """
+
+    anatomy = "landmarks"
+    num_landmarks = 0
+
+    def __init__(
+        self,
+        root: str | None = None,
+        image_size: tuple[int, int] = (256, 256),
+        batch_size: int = 4,
+        num_workers: int = 0,
+        augmentation: AugmentationSpec = "default",
+        train_fraction: float = 1.0,
+        seed: int = 0,
+        phantom_counts: dict[str, int] | None = None,
+        load_workers: int = 2,
+    ):
+        super().__init__()
+        if len(image_size) != 2 or min(image_size) < 8:
+            raise DataError(None, f"image_size must be (H, W) with both at least 8, got {image_size}")
+        if not 0.0 < train_fraction <= 1.0:
+            raise DataError(None, f"train_fraction must be in (0, 1], got {train_fraction}")
+        if batch_size < 1:
+            raise DataError(None, f"batch_size must be at least 1, got {batch_size}")
+        self.root = None if root is None else Path(root)
+        self.image_size = (int(image_size[0]), int(image_size[1]))
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.augmentation_spec = augmentation
+        self.augmentation = build_augmentation(augmentation, self.anatomy)
+        self.train_fraction = train_fraction
+        self.seed = seed
+        self.phantom_counts = {"train": 64, "val": 16, "test": 16, **(phantom_counts or {})}
+        self.load_workers = load_workers
+        self.items: dict[str, list[LandmarkItem]] | None = None
+
+    # ----------------------------------------------------------------- subclass interface
+
+    def read_records(self) -> dict[str, list[LandmarkRecord]]:
+        """Real records per split, checked against their files (raise DataError on any problem)."""
+        raise NotImplementedError
+
+    def render_phantom(self, seed: int) -> PhantomSample:
+        raise NotImplementedError
+
+    # ----------------------------------------------------------------------------- loading
+
+    @property
+    def source(self) -> str:
+        return "phantom" if self.root is None else str(self.root)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.items is not None:
+            return
+        if self.root is None:
+            items = {split: self._phantom_items(split) for split in SPLITS}
+        else:
+            records = self.read_records()
+            if not any(records.values()):
+                raise DataError(self.root, "dataset is empty: no split holds any sample")
+            items = {
+                split: parallel_map(
+                    lambda r: load_landmark_item(r, self.image_size), records.get(split, []), self.load_workers
+                )
+                for split in SPLITS
+            }
+        items["train"] = self._subset(items["train"])
+        self.items = items
+
+    def _phantom_items(self, split: str) -> list[LandmarkItem]:
+        base = self.seed * 10_000_000 + SPLIT_SEED_OFFSET[split]
+        seeds = range(base, base + self.phantom_counts.get(split, 0))
+        phantoms = parallel_map(self.render_phantom, list(seeds), self.load_workers)
+        return [
+            LandmarkItem(
+                f"phantom-{split}-{k:05d}",
+                p.image,
+                p.landmarks,
+                to_original_pixels(p.landmarks.astype(np.float64), p.scale),
+                p.scale,
+                p.mm_per_px,
+                p.original_size,
+            )
+            for k, p in enumerate(phantoms)
+        ]
+
+    def _subset(self, items: list[LandmarkItem]) -> list[LandmarkItem]:
+        if self.train_fraction >= 1.0 or not items:
+            return items
+        count = max(1, int(round(self.train_fraction * len(items))))
+        chosen = np.sort(np.random.default_rng(self.seed).permutation(len(items))[:count])
+        return [items[k] for k in chosen]
+
+    # ---------------------------------------------------------------------------- datasets
+
+    def dataset(self, split: str, augment: bool | None = None) -> LandmarkDataset:
+        """The dataset of a split; augmented by default only for 'train'."""
+        self.setup()
+        augment = split == "train" if augment is None else augment
+        return LandmarkDataset(self.items[split], self.augmentation if augment else None)
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        dataset = self.dataset(split)
+        if split == "train" and len(dataset) == 0:
+            raise DataError(self.root, "the training split is empty")
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    # ------------------------------------------------------------------------- description
+
+    def summary(self) -> dict:
+        """Counts and units of the loaded data, for ``xraydiff data summary``."""
+        self.setup()
+        spacing = [item.mm_per_px for split in SPLITS for item in self.items[split]]
+        return {
+            "anatomy": self.anatomy,
+            "source": self.source,
+            "splits": {split: len(self.items[split]) for split in SPLITS},
+            "num_landmarks": self.num_landmarks,
+            "image_size": list(self.image_size),
+            "mm_per_px": {"min": float(np.min(spacing)), "mean": float(np.mean(spacing)), "max": float(np.max(spacing))}
+            if spacing
+            else None,
+            "augmentation": self.augmentation_spec,
+        }
+
+    def landmark_rows(self) -> Iterator[tuple[str, str, int, float, float, float]]:
+        """(split, id, landmark, x, y, mm_per_px) with x, y in original pixels as read."""
+        self.setup()
+        for split in SPLITS:
+            for item in self.items[split]:
+                for k, (x, y) in enumerate(item.landmarks_original):
+                    yield split, item.id, k, float(x), float(y), float(item.mm_per_px)

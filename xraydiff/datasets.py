@@ -1,0 +1,152 @@
+"""Torch datasets over samples decoded, resized and cached in memory once.
+
+A landmark sample (the data contract) is a dict:
+
+* ``image``: (1, H, W) float32 in [-1, 1]
+* ``landmarks``: (N, 2) float32 pixels of the resized image (x = column, y = row)
+* ``visible``: (N,) bool, False for a landmark that augmentation moved out of the image
+* ``scale``: (2,) float32, maps back to original pixels by ``geometry.to_original_pixels``
+* ``mm_per_px``: float32 scalar, millimetres per original pixel
+* ``id``: str
+
+A segmentation sample holds ``image`` (1, H, W), ``mask`` (1, H, W) float32 in {0, 1} and ``id``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TypeVar
+
+import albumentations as A
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from xraydiff.augment import apply_augmentation, visible_landmarks
+from xraydiff.errors import DataError
+from xraydiff.geometry import resize_scale, to_model_pixels
+from xraydiff.imageio import normalize_intensity, read_image, read_label_map, resize_image, resize_label_map
+from xraydiff.readers import LandmarkRecord, SegmentationRecord
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class LandmarkItem:
+    """A decoded, resized landmark sample, cached in memory."""
+
+    id: str
+    image: np.ndarray  # (H, W) float32 in [-1, 1]
+    landmarks: np.ndarray  # (N, 2) float32 model pixels
+    landmarks_original: np.ndarray  # (N, 2) float64 original pixels as read
+    scale: np.ndarray  # (2,) float32
+    mm_per_px: float
+    original_size: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class SegmentationItem:
+    """A decoded, resized panoramic image with its binary target (None when unlabelled)."""
+
+    id: str
+    image: np.ndarray  # (H, W) float32 in [-1, 1]
+    mask: np.ndarray | None  # (H, W) uint8 in {0, 1}
+
+
+def parallel_map(function: Callable[[T], R], items: Sequence[T], workers: int = 2) -> list[R]:
+    """``[function(x) for x in items]`` on a thread pool (decoding releases the GIL)."""
+    if workers <= 1 or len(items) <= 1:
+        return [function(item) for item in items]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(function, items))
+
+
+def load_landmark_item(record: LandmarkRecord, size: tuple[int, int]) -> LandmarkItem:
+    """Decode, normalise and resize one image; map its landmarks to the resized frame."""
+    if record.image_path is None:
+        raise DataError(record.source, "record has no image")
+    raw = read_image(record.image_path)
+    if record.original_size is not None and raw.shape != tuple(record.original_size):
+        raise DataError(record.image_path, f"decoded size {raw.shape} differs from the header {record.original_size}")
+    scale = resize_scale(raw.shape, size)
+    image = normalize_intensity(resize_image(raw, size))
+    landmarks = to_model_pixels(record.landmarks, scale).astype(np.float32)
+    return LandmarkItem(record.id, image, landmarks, record.landmarks, scale, record.mm_per_px, raw.shape)
+
+
+def load_segmentation_item(
+    record: SegmentationRecord, size: tuple[int, int], classes: Sequence[int]
+) -> SegmentationItem:
+    """Decode an image (and label map), check their sizes agree, resize, binarise by ``classes``."""
+    raw = read_image(record.image_path)
+    image = normalize_intensity(resize_image(raw, size))
+    mask = None
+    if record.mask_path is not None:
+        labels = read_label_map(record.mask_path)
+        if labels.shape != raw.shape:
+            raise DataError(
+                record.mask_path,
+                f"mask size {labels.shape[1]} x {labels.shape[0]} differs from image {record.image_path} "
+                f"size {raw.shape[1]} x {raw.shape[0]} (W x H)",
+            )
+        mask = binary_target(resize_label_map(labels, size), classes)
+    return SegmentationItem(record.id, image, mask)
+
+
+def binary_target(labels: np.ndarray, classes: Sequence[int]) -> np.ndarray:
+    """1 where the label map holds one of ``classes``, else 0 (uint8)."""
+    return np.isin(labels, np.asarray(list(classes))).astype(np.uint8)
+
+
+def _augmentation_seed() -> int:
+    # Drawn from torch's RNG, which Lightning seeds per worker: reproducible with any num_workers.
+    return int(torch.randint(0, 2**31 - 1, ()).item())
+
+
+class LandmarkDataset(Dataset):
+    """Landmark samples from cached items, optionally augmented (keypoint-aware)."""
+
+    def __init__(self, items: Sequence[LandmarkItem], augmentation: A.Compose | None = None):
+        self.items = list(items)
+        self.augmentation = augmentation
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict:
+        item = self.items[index]
+        image, landmarks = item.image, item.landmarks
+        if self.augmentation is not None:
+            image, landmarks, _ = apply_augmentation(self.augmentation, image, _augmentation_seed(), landmarks)
+        return {
+            "image": torch.from_numpy(np.ascontiguousarray(image))[None],
+            "landmarks": torch.from_numpy(np.ascontiguousarray(landmarks, dtype=np.float32)),
+            "visible": torch.from_numpy(visible_landmarks(landmarks, image.shape)),
+            "scale": torch.from_numpy(item.scale),
+            "mm_per_px": torch.tensor(item.mm_per_px, dtype=torch.float32),
+            "id": item.id,
+        }
+
+
+class SegmentationDataset(Dataset):
+    """Panoramic images with binary masks (or without, for unlabelled images), optionally augmented."""
+
+    def __init__(self, items: Sequence[SegmentationItem], augmentation: A.Compose | None = None):
+        self.items = list(items)
+        self.augmentation = augmentation
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict:
+        item = self.items[index]
+        image, mask = item.image, item.mask
+        if self.augmentation is not None:
+            image, _, mask = apply_augmentation(self.augmentation, image, _augmentation_seed(), mask=mask)
+        sample = {"image": torch.from_numpy(np.ascontiguousarray(image))[None], "id": item.id}
+        if mask is not None:
+            sample["mask"] = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None]
+        return sample

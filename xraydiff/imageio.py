@@ -1,0 +1,173 @@
+"""Reading medical image files (SimpleITK) and writing outputs atomically."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+import SimpleITK as sitk
+
+from xraydiff.errors import DataError
+
+IMAGE_EXTENSIONS = (".mha", ".mhd", ".nii", ".nii.gz", ".nrrd", ".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+def find_image(directory: Path, stem: str) -> Path | None:
+    """The image file ``<directory>/<stem>.<ext>`` for the first extension of IMAGE_EXTENSIONS found."""
+    for ext in IMAGE_EXTENSIONS:
+        candidate = directory / f"{stem}{ext}"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def image_stem(path: Path) -> str | None:
+    """The id of an image file (its name without a known image extension), or None if not an image."""
+    name = path.name
+    for ext in sorted(IMAGE_EXTENSIONS, key=len, reverse=True):
+        if name.lower().endswith(ext):
+            return name[: -len(ext)]
+    return None
+
+
+def read_image_size(path: Path) -> tuple[int, int]:
+    """(H, W) of an image from its header only, without decoding the pixels."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as err:
+        raise DataError(path, f"cannot read image header ({_first_line(err)})") from None
+    size = reader.GetSize()
+    if len(size) == 3 and size[2] != 1:
+        raise DataError(path, f"expected a 2-D image, got a volume of size {size}")
+    return int(size[1]), int(size[0])
+
+
+def read_image(path: Path) -> np.ndarray:
+    """Decode a 2-D grey image as float32 (H, W) with its original intensities.
+
+    Accepts single-slice volumes (D = 1) and RGB/RGBA files whose channels are averaged.
+    """
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as err:
+        raise DataError(path, f"cannot decode image ({_first_line(err)})") from None
+    array = sitk.GetArrayFromImage(image)
+    if image.GetNumberOfComponentsPerPixel() > 1:
+        array = array[..., :3].mean(axis=-1, dtype=np.float32)
+    if array.ndim == 3 and array.shape[0] == 1:
+        array = array[0]
+    if array.ndim != 2:
+        raise DataError(path, f"expected a 2-D image, got an array of shape {array.shape}")
+    array = array.astype(np.float32)
+    if not np.isfinite(array).all():
+        raise DataError(path, "image contains NaN or infinite values")
+    return array
+
+
+def read_label_map(path: Path) -> np.ndarray:
+    """Decode an integer label map (H, W)."""
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as err:
+        raise DataError(path, f"cannot decode label map ({_first_line(err)})") from None
+    array = sitk.GetArrayFromImage(image)
+    if image.GetNumberOfComponentsPerPixel() > 1:
+        array = array[..., 0]
+    if array.ndim == 3 and array.shape[0] == 1:
+        array = array[0]
+    if array.ndim != 2:
+        raise DataError(path, f"expected a 2-D label map, got an array of shape {array.shape}")
+    return array.astype(np.int64)
+
+
+def normalize_intensity(image: np.ndarray) -> np.ndarray:
+    """Min-max normalise one image to [-1, 1] (a constant image maps to -1)."""
+    low, high = float(image.min()), float(image.max())
+    scaled = (image - low) / max(high - low, 1e-8)
+    return (2.0 * scaled - 1.0).astype(np.float32)
+
+
+def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Resize (H, W) to ``size`` = (H', W'): area averaging when shrinking, bilinear when enlarging."""
+    height, width = size
+    if image.shape == (height, width):
+        return image.astype(np.float32, copy=False)
+    shrinking = height * width < image.shape[0] * image.shape[1]
+    interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+    return cv2.resize(image.astype(np.float32), (width, height), interpolation=interpolation)
+
+
+def resize_label_map(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of an integer label map to ``size`` = (H', W')."""
+    height, width = size
+    resized = cv2.resize(labels.astype(np.int32), (width, height), interpolation=cv2.INTER_NEAREST)
+    return resized.astype(np.int64)
+
+
+def write_png(path: Path, image: np.ndarray) -> None:
+    """Write a [-1, 1] float image (H, W) as an 8-bit PNG."""
+    array = np.clip((np.asarray(image, dtype=np.float32) + 1.0) * 127.5, 0, 255).round().astype(np.uint8)
+    sitk.WriteImage(sitk.GetImageFromArray(array), str(path))
+
+
+@contextlib.contextmanager
+def atomic_directory(target: Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary sibling folder that replaces ``target`` only when the block succeeds.
+
+    On any exception the temporary folder is removed and ``target`` is left untouched, so a failed
+    run never leaves partial output behind.
+    """
+    target = Path(target)
+    if target.exists() and any(target.iterdir()) and not overwrite:
+        raise DataError(target, "output folder exists and is not empty (pass --overwrite to replace it)")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
+    os.chmod(staging, 0o777 & ~_umask())
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if target.exists():
+        trash = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, trash)
+        os.replace(staging, target)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(staging, target)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write a file so that readers see either the old or the complete new content."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _first_line(err: Exception) -> str:
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    useful = [line for line in lines if "ERROR" in line or "Exception" in line] or lines
+    return useful[-1][:200] if useful else type(err).__name__

@@ -1,0 +1,77 @@
+"""Figures a person looks at: grids of samples with landmarks or mask outlines drawn."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from xraydiff.imageio import atomic_write_bytes  # noqa: E402
+
+
+def _grid(count: int, columns: int, aspect: float, tile: float = 3.0):
+    columns = max(1, min(columns, count))
+    rows = max(1, int(np.ceil(count / columns)))
+    fig, axes = plt.subplots(rows, columns, figsize=(tile * columns, tile * aspect * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    return fig, axes.flat
+
+
+def save_figure(fig, path: Path, dpi: int = 100) -> None:
+    """Save a matplotlib figure atomically as PNG and close it."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    atomic_write_bytes(Path(path), buffer.getvalue())
+
+
+def landmark_grid(
+    samples: Sequence[dict], path: Path, columns: int = 4, numbers: bool = True, title: str | None = None
+) -> None:
+    """Images with their landmarks drawn and numbered (0-based); landmarks outside the image in red.
+
+    Each sample needs ``image`` (1, H, W) or (H, W) and ``landmarks`` (N, 2); ``visible`` and ``id``
+    are used when present.
+    """
+    first = np.asarray(samples[0]["image"]).squeeze()
+    fig, axes = _grid(len(samples), columns, first.shape[0] / first.shape[1])
+    for ax, sample in zip(axes, samples, strict=False):
+        image = np.asarray(sample["image"]).squeeze()
+        points = np.asarray(sample["landmarks"])
+        visible = np.asarray(sample.get("visible", np.ones(len(points), bool)), dtype=bool)
+        ax.imshow(image, cmap="gray", vmin=-1, vmax=1)
+        colors = plt.cm.hsv(np.linspace(0, 0.9, len(points)))
+        ax.scatter(points[visible, 0], points[visible, 1], s=8, c=colors[visible], edgecolors="none")
+        ax.scatter(points[~visible, 0], points[~visible, 1], s=20, c="red", marker="x")
+        if numbers:
+            for k, (x, y) in enumerate(points):
+                ax.text(x + 1.5, y - 1.5, str(k), color="yellow", fontsize=5)
+        ax.set_xlim(-0.5, image.shape[1] - 0.5)
+        ax.set_ylim(image.shape[0] - 0.5, -0.5)
+        ax.set_title(str(sample.get("id", "")), fontsize=7)
+    if title:
+        fig.suptitle(title)
+    save_figure(fig, path)
+
+
+def mask_grid(samples: Sequence[dict], path: Path, columns: int = 3, title: str | None = None) -> None:
+    """Images with the outline of their binary mask (when present) drawn in red."""
+    first = np.asarray(samples[0]["image"]).squeeze()
+    fig, axes = _grid(len(samples), columns, first.shape[0] / first.shape[1], tile=4.0)
+    for ax, sample in zip(axes, samples, strict=False):
+        ax.imshow(np.asarray(sample["image"]).squeeze(), cmap="gray", vmin=-1, vmax=1)
+        if "mask" in sample:
+            mask = np.asarray(sample["mask"]).squeeze()
+            if mask.any():
+                ax.contour(mask, levels=[0.5], colors="red", linewidths=0.7)
+        ax.set_title(str(sample.get("id", "")), fontsize=7)
+    if title:
+        fig.suptitle(title)
+    save_figure(fig, path)

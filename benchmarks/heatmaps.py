@@ -36,29 +36,15 @@ def main() -> None:
     combined = timed(lambda: gaussian_heatmaps(landmarks, size, 1.0, combine=True, normalize=True), args.repeats)
     separate = timed(lambda: gaussian_heatmaps(landmarks, size, 1.0), args.repeats)
 
-    from monai.networks.nets import DiffusionModelUNet
+    from lightning_modules.paired_ddpm import PairedDDPM
 
-    # The U-Net of Hadzic et al.: 3 levels + bottleneck, 3 residual blocks each, 32 base features.
-    unet = DiffusionModelUNet(
-        spatial_dims=2,
-        in_channels=2,
-        out_channels=2,
-        channels=(32, 64, 128),
-        attention_levels=(False, False, False),
-        num_res_blocks=3,
-        norm_num_groups=32,
-    )
-    optimizer = torch.optim.Adam(unet.parameters(), lr=1e-3)
-    images = torch.rand(args.batch, 1, *size) * 2 - 1
+    model = PairedDDPM(image_size=size)  # the paper's U-Net and T = 800
+    optimizer = torch.optim.Adam(model.unet.parameters(), lr=1e-3)
+    batch = {"image": torch.rand(args.batch, 1, *size) * 2 - 1, "landmarks": landmarks}
 
     def step():
         optimizer.zero_grad()
-        heatmap = gaussian_heatmaps(landmarks, size, 1.0, combine=True, normalize=True)
-        x0 = torch.cat([images, heatmap], dim=1)
-        noise = torch.randn_like(x0)
-        t = torch.randint(0, 800, (args.batch,))
-        loss = torch.nn.functional.mse_loss(unet(x0 + noise, t), noise)
-        loss.backward()
+        model.diffusion_loss(model.to_pairs(batch)).backward()
         optimizer.step()
 
     train_step = timed(step, max(2, args.repeats // 10))

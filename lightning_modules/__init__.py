@@ -1,0 +1,7 @@
+"""LightningModules, one per model."""
+
+from lightning_modules.generative import PairedGenerativeModule, load_model
+from lightning_modules.paired_ddpm import PairedDDPM
+from lightning_modules.vae import PairedVAE
+
+__all__ = ["PairedDDPM", "PairedGenerativeModule", "PairedVAE", "load_model"]

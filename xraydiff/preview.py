@@ -75,3 +75,16 @@ def mask_grid(samples: Sequence[dict], path: Path, columns: int = 3, title: str 
     if title:
         fig.suptitle(title)
     save_figure(fig, path)
+
+
+def pairs_grid(pairs: np.ndarray, path: Path, columns: int = 4, title: str | None = None) -> None:
+    """Generated pairs (B, 2, H, W) in [-1, 1]: each tile shows the image with its heatmap beside it."""
+    from xraydiff.samples import side_by_side
+
+    tiles = [side_by_side(pair[0], pair[1]) for pair in pairs]
+    fig, axes = _grid(len(tiles), columns, tiles[0].shape[0] / tiles[0].shape[1], tile=4.0)
+    for ax, tile in zip(axes, tiles, strict=False):
+        ax.imshow(tile, cmap="gray", vmin=-1, vmax=1)
+    if title:
+        fig.suptitle(title)
+    save_figure(fig, path)

@@ -1,0 +1,105 @@
+"""Shared base of the generators of (image, heatmap) pairs: the paired DDPM and the VAE baseline."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch import Tensor
+
+from xraydiff.errors import DataError
+from xraydiff.heatmaps import gaussian_heatmaps
+from xraydiff.samples import batch_seed, sample_id
+
+CHECKPOINT_KEY = "xraydiff"
+
+
+def class_path(obj_or_cls) -> str:
+    cls = obj_or_cls if isinstance(obj_or_cls, type) else type(obj_or_cls)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def checkpoint_model_class(path: str | Path) -> str:
+    """The model class recorded in an xraydiff checkpoint; DataError for a missing or foreign file."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "checkpoint not found")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except Exception as err:  # noqa: BLE001 - any unpickling problem means "not a checkpoint"
+        raise DataError(path, f"cannot read checkpoint ({type(err).__name__}: {err})") from None
+    meta = checkpoint.get(CHECKPOINT_KEY) if isinstance(checkpoint, dict) else None
+    if not meta or "model_class" not in meta:
+        raise DataError(path, "not an xraydiff checkpoint (no model class recorded)")
+    return meta["model_class"]
+
+
+def load_model(path: str | Path, expected: type | None = None) -> L.LightningModule:
+    """Load the LightningModule saved in ``path`` on the CPU, checking its class against ``expected``."""
+    name = checkpoint_model_class(path)
+    module_name, _, cls_name = name.rpartition(".")
+    cls = getattr(importlib.import_module(module_name), cls_name)
+    if expected is not None and not issubclass(cls, expected):
+        raise DataError(path, f"checkpoint holds a {cls_name}, expected a {expected.__name__}")
+    return cls.load_from_checkpoint(path, map_location="cpu")
+
+
+class TaggedCheckpointMixin:
+    """Records the model class in every checkpoint, so commands can refuse a foreign checkpoint."""
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint[CHECKPOINT_KEY] = {"model_class": class_path(self), "format": 1}
+
+
+class PairedGenerativeModule(TaggedCheckpointMixin, L.LightningModule):
+    """Base for models generating 2-channel samples: image and one heatmap of all landmarks.
+
+    Batches of a landmark DataModule (``image`` (B, 1, H, W), ``landmarks`` (B, N, 2)) become
+    training samples x0 (B, 2, H, W) in [-1, 1] by ``to_pairs``. Subclasses implement
+    ``generate(num, generator, sampler, steps, progress) -> (num, 2, H, W)``.
+    """
+
+    def __init__(self, image_size: tuple[int, int], heatmap_sigma: float):
+        super().__init__()
+        self.image_size = (int(image_size[0]), int(image_size[1]))
+        self.heatmap_sigma = heatmap_sigma
+
+    def to_pairs(self, batch: dict) -> Tensor:
+        """x0 = [image, heatmap] (B, 2, H, W), the heatmap rendered on the batch's device."""
+        image = batch["image"]
+        if tuple(image.shape[-2:]) != self.image_size:
+            raise DataError(
+                None, f"data image size {tuple(image.shape[-2:])} differs from the model's {self.image_size}"
+            )
+        heatmap = gaussian_heatmaps(
+            batch["landmarks"], self.image_size, self.heatmap_sigma, combine=True, normalize=True
+        )
+        return torch.cat([image.float(), heatmap], dim=1)
+
+    def generate(
+        self,
+        num: int,
+        generator: torch.Generator | None = None,
+        sampler: str | None = None,
+        steps: int | None = None,
+        progress: bool = False,
+    ) -> Tensor:
+        raise NotImplementedError
+
+    def sampling_description(self, sampler: str | None, steps: int | None) -> tuple[str, int | None]:
+        """The (sampler, steps) that ``generate`` uses for these arguments, for manifests."""
+        return "prior", None
+
+    def predict_step(self, batch: dict, batch_idx: int) -> dict:
+        """Generate one batch of a sampling run (see ``datamodules.sampling``)."""
+        indices = batch["indices"].tolist()
+        ids = [sample_id(int(batch["seed"]), index) for index in indices]
+        if not indices:
+            return {"ids": [], "pairs": torch.empty(0, 2, *self.image_size)}
+        generator = torch.Generator(device=self.device).manual_seed(batch_seed(int(batch["seed"]), int(batch["batch"])))
+        pairs = self.generate(
+            len(indices), generator, batch.get("sampler"), batch.get("steps"), progress=self.global_rank == 0
+        )
+        return {"ids": ids, "pairs": pairs.float().cpu()}

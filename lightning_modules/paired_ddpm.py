@@ -1,0 +1,157 @@
+"""Paired DDPM of Hadzic et al.: one diffusion model over (image, heatmap) pairs."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from monai.networks.nets import DiffusionModelUNet
+from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
+from torch import Tensor, nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from tqdm.auto import tqdm
+
+from lightning_modules.generative import PairedGenerativeModule
+from xraydiff.errors import DataError
+
+Sampler = Literal["ddpm", "ddim"]
+
+
+class PairedDDPM(PairedGenerativeModule):
+    """DDPM over 2-channel samples x0 = [image, heatmap] (Hadzic et al., sect. 2.1).
+
+    Forward process q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I) (eq. 2); the U-Net
+    eps_theta(x_t, t) is trained with the epsilon objective ||eps - eps_theta(x_t, t)||^2 (eq. 4).
+    Sampling runs the DDPM chain of T steps or DDIM (eta = 0) in k steps, with EMA weights.
+
+    Args:
+        image_size: (H, W) of the samples.
+        heatmap_sigma: Gaussian sigma in pixels of the heatmap channel (1 in the paper).
+        channels: U-Net features per level (the paper: 3 levels starting at 32).
+        num_res_blocks: residual blocks per level (3 in the paper).
+        attention_levels: self-attention per level (the paper: none; MONAI's bottleneck always
+            holds residual - attention - residual).
+        norm_num_groups: GroupNorm groups.
+        use_flash_attention: fused scaled-dot-product attention in the bottleneck (same function;
+            at 256 px on CPU 2x faster and 3.5x less memory than the explicit attention matrix).
+        num_train_timesteps: T (800 in the paper).
+        beta_start, beta_end, beta_schedule: the variance schedule (linear 1e-4 to 0.02).
+        learning_rate: Adam learning rate (1e-3).
+        ema_decay: decay of the exponential moving average of the weights used for sampling.
+        sampler: default sampler, 'ddpm' (T steps) or 'ddim'.
+        sampling_steps: DDIM steps k (ignored by 'ddpm').
+    """
+
+    def __init__(
+        self,
+        image_size: tuple[int, int] = (256, 256),
+        heatmap_sigma: float = 1.0,
+        channels: tuple[int, ...] = (32, 64, 128),
+        num_res_blocks: int = 3,
+        attention_levels: tuple[bool, ...] | None = None,
+        norm_num_groups: int = 32,
+        use_flash_attention: bool = True,
+        num_train_timesteps: int = 800,
+        beta_start: float = 1e-4,
+        beta_end: float = 0.02,
+        beta_schedule: str = "linear_beta",
+        learning_rate: float = 1e-3,
+        ema_decay: float = 0.999,
+        sampler: Sampler = "ddpm",
+        sampling_steps: int = 50,
+    ):
+        super().__init__(image_size, heatmap_sigma)
+        self.save_hyperparameters()
+        if sampler not in ("ddpm", "ddim"):
+            raise DataError(None, f"sampler must be 'ddpm' or 'ddim', got {sampler!r}")
+        if not 0.0 <= ema_decay < 1.0:
+            raise DataError(None, f"ema_decay must be in [0, 1), got {ema_decay}")
+        self.unet = DiffusionModelUNet(
+            spatial_dims=2,
+            in_channels=2,
+            out_channels=2,
+            channels=tuple(channels),
+            attention_levels=tuple(attention_levels or (False,) * len(channels)),
+            num_res_blocks=num_res_blocks,
+            norm_num_groups=norm_num_groups,
+            use_flash_attention=use_flash_attention,
+        )
+        self.ema = AveragedModel(self.unet, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
+        self.ema.requires_grad_(False)
+        self.scheduler = self._scheduler(DDPMScheduler)
+
+    def _scheduler(self, cls: type) -> DDPMScheduler | DDIMScheduler:
+        hp = self.hparams
+        return cls(
+            num_train_timesteps=hp.num_train_timesteps,
+            schedule=hp.beta_schedule,
+            beta_start=hp.beta_start,
+            beta_end=hp.beta_end,
+            clip_sample=True,
+        )
+
+    # ------------------------------------------------------------------------------ training
+
+    def diffusion_loss(
+        self, x0: Tensor, model: nn.Module | None = None, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """E_{t, x0, eps} ||eps - eps_theta(sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, t)||^2 (eq. 4)."""
+        model = model or self.unet
+        noise = torch.randn(x0.shape, generator=generator, device=x0.device)
+        t = torch.randint(0, self.hparams.num_train_timesteps, (x0.shape[0],), generator=generator, device=x0.device)
+        xt = self.scheduler.add_noise(x0, noise, t)
+        return F.mse_loss(model(xt, timesteps=t).float(), noise)
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        loss = self.diffusion_loss(self.to_pairs(batch))
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"])
+        return loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        self.ema.update_parameters(self.unet)
+
+    def validation_step(self, batch: dict, batch_idx: int) -> Tensor:
+        # A fixed generator per batch makes the validation loss comparable across epochs and
+        # leaves the global random state (and thus exact resumption) untouched.
+        generator = torch.Generator(device=self.device).manual_seed(batch_idx)
+        loss = self.diffusion_loss(self.to_pairs(batch), self.ema.module, generator)
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=batch["image"].shape[0])
+        return loss
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.unet.parameters(), lr=self.hparams.learning_rate)
+
+    # ------------------------------------------------------------------------------ sampling
+
+    def sampling_description(self, sampler: str | None, steps: int | None) -> tuple[str, int]:
+        sampler = sampler or self.hparams.sampler
+        if sampler not in ("ddpm", "ddim"):
+            raise DataError(None, f"sampler must be 'ddpm' or 'ddim', got {sampler!r}")
+        if sampler == "ddpm":
+            return "ddpm", self.hparams.num_train_timesteps
+        steps = steps or self.hparams.sampling_steps
+        if not 1 <= steps <= self.hparams.num_train_timesteps:
+            raise DataError(None, f"DDIM steps must be in [1, {self.hparams.num_train_timesteps}], got {steps}")
+        return "ddim", steps
+
+    @torch.no_grad()
+    def generate(
+        self,
+        num: int,
+        generator: torch.Generator | None = None,
+        sampler: str | None = None,
+        steps: int | None = None,
+        progress: bool = False,
+    ) -> Tensor:
+        """Reverse diffusion from x_T ~ N(0, I) with the EMA weights: (num, 2, H, W) in [-1, 1]."""
+        sampler, steps = self.sampling_description(sampler, steps)
+        scheduler = self._scheduler(DDPMScheduler if sampler == "ddpm" else DDIMScheduler)
+        scheduler.set_timesteps(steps, device=self.device)
+        x = torch.randn((num, 2, *self.image_size), generator=generator, device=self.device)
+        for t in tqdm(scheduler.timesteps, desc=f"{sampler} x{num}", disable=not progress, leave=False):
+            timesteps = torch.full((num,), int(t), device=self.device, dtype=torch.long)
+            eps = self.ema(x, timesteps=timesteps).float()
+            x, _ = scheduler.step(eps, int(t), x, generator=generator)
+        return x.clamp(-1.0, 1.0)

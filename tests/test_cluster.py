@@ -1,0 +1,208 @@
+"""Multi-process and cluster behaviour, run as real subprocesses: DDP, signals, SLURM, W&B."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tiny import DDPM, DDPM_WANDB, XRAYDIFF, run
+
+from xraydiff.samples import read_sample
+
+
+def test_ddp_fit_and_sample_with_two_cpu_processes(tmp_path):
+    root = tmp_path / "ddp"
+    result = run(
+        [
+            "fit",
+            *DDPM,
+            "--trainer.default_root_dir",
+            root,
+            "--trainer.max_epochs",
+            "2",
+            "--trainer.strategy",
+            "ddp",
+            "--trainer.devices",
+            "2",
+            "--trainer.accelerator",
+            "cpu",
+        ]
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    checkpoint = torch.load(root / "checkpoints/last.ckpt", weights_only=False)
+    assert checkpoint["global_step"] == 4  # 8 phantoms, batch 2, split over 2 ranks: 2 steps per epoch
+    assert len(checkpoint["callbacks"]["RandomStateCheckpoint"]["ranks"]) == 2
+
+    out = tmp_path / "samples"
+    result = run(
+        [
+            "sample",
+            "--ckpt",
+            root / "checkpoints/last.ckpt",
+            "--num-samples",
+            5,
+            "--batch-size",
+            2,
+            "--sampler",
+            "ddim",
+            "--steps",
+            3,
+            "--devices",
+            2,
+            "--accelerator",
+            "cpu",
+            "--out",
+            out,
+        ]
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["ids"] == [f"s0-{k:06d}" for k in range(5)] and manifest["devices"] == 2
+    assert sorted(p.stem for p in out.glob("*.npz")) == manifest["ids"]
+    assert sorted(p.stem for p in out.glob("*.png")) == manifest["ids"]
+    for sample in manifest["ids"]:
+        assert read_sample(out / f"{sample}.npz", (16, 16))["image"].shape == (16, 16)
+    # The same seed and batch size on one device give the same samples.
+    single = tmp_path / "single"
+    result = run(
+        [
+            "sample",
+            "--ckpt",
+            root / "checkpoints/last.ckpt",
+            "--num-samples",
+            5,
+            "--batch-size",
+            2,
+            "--sampler",
+            "ddim",
+            "--steps",
+            3,
+            "--out",
+            single,
+        ]
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    for sample in manifest["ids"]:
+        np.testing.assert_allclose(
+            np.load(out / f"{sample}.npz")["heatmap"], np.load(single / f"{sample}.npz")["heatmap"], atol=1e-5
+        )
+
+
+def _start_fit(root: Path, env: dict | None = None, extra: tuple = ()) -> subprocess.Popen:
+    environment = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), **(env or {})}
+    args = [
+        "fit",
+        *DDPM,
+        "--trainer.default_root_dir",
+        str(root),
+        "--trainer.max_epochs",
+        "100000",
+        "--trainer.check_val_every_n_epoch",
+        "1000",
+        *extra,
+    ]
+    return subprocess.Popen(
+        [*XRAYDIFF, *args],
+        cwd=Path(__file__).resolve().parents[1],
+        env=environment,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _wait_for(path: Path, process: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, f"{path} did not appear"
+        time.sleep(0.2)
+    time.sleep(0.5)
+
+
+def test_sigterm_saves_a_checkpoint_exits_cleanly_and_resumes(tmp_path):
+    root = tmp_path / "run"
+    process = _start_fit(root)
+    _wait_for(root / "checkpoints/last.ckpt", process)
+    time.sleep(1.0)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr[-3000:]
+    assert "Stopped by SIGTERM" in stderr
+    stopped = torch.load(root / "checkpoints/last.ckpt", weights_only=False)
+    assert stopped["global_step"] > 4
+    result = run(
+        [
+            "fit",
+            *DDPM,
+            "--trainer.default_root_dir",
+            root,
+            "--ckpt_path",
+            "last",
+            "--trainer.max_epochs",
+            str(stopped["epoch"] + 2),
+        ]
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    resumed = torch.load(root / "checkpoints/last.ckpt", weights_only=False)
+    # 4 steps per epoch: the interrupted epoch is completed, then one more.
+    assert resumed["global_step"] == 4 * (stopped["epoch"] + 2) > stopped["global_step"]
+
+
+def test_slurm_signal_saves_hpc_checkpoint_and_requeues(tmp_path):
+    """SIGUSR1 before the time limit: Lightning's SLURM environment saves and requeues the job."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "scontrol.log"
+    (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {log}\n')
+    (bin_dir / "scontrol").chmod(0o755)
+    slurm = {
+        "SLURM_NTASKS": "1",
+        "SLURM_NTASKS_PER_NODE": "1",
+        "SLURM_JOB_ID": "4242",
+        "SLURM_JOB_NAME": "train",
+        "SLURM_PROCID": "0",
+        "SLURM_LOCALID": "0",
+        "SLURM_NODEID": "0",
+        "SLURM_NODELIST": "localhost",
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+    }
+    root = tmp_path / "run"
+    process = _start_fit(root, env=slurm)
+    _wait_for(root / "checkpoints/last.ckpt", process)
+    process.send_signal(signal.SIGUSR1)
+    _wait_for(root / "hpc_ckpt_1.ckpt", process, timeout=60)
+    deadline = time.monotonic() + 30
+    while not log.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert log.read_text().split() == ["requeue", "4242"]
+    process.send_signal(signal.SIGTERM)  # what SLURM sends once the job is requeued
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr[-3000:]
+    hpc = torch.load(root / "hpc_ckpt_1.ckpt", weights_only=False)
+    assert hpc["global_step"] > 0 and hpc["xraydiff"]["model_class"].endswith("PairedDDPM")
+
+
+def test_wandb_is_the_default_logger_offline_and_keeps_its_run_id_on_resume(tmp_path):
+    root = tmp_path / "run"
+    gallery = '[{"class_path": "callbacks.gallery.SampleGallery", "init_args": {"num_samples": 2, "steps": 2}}]'
+    args = ["fit", *DDPM_WANDB, "--trainer.default_root_dir", root, "--trainer.callbacks", gallery]
+    env = {"WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    first = run([*args, "--trainer.max_epochs", "1"], env=env)
+    assert first.returncode == 0, first.stderr[-3000:]
+    run_id = (root / "checkpoints/wandb_run_id").read_text().strip()
+    runs = list((root / "wandb").glob(f"offline-run-*-{run_id}"))
+    assert len(runs) == 1 and (root / "config.yaml").exists()
+    assert list(runs[0].rglob("samples_*.png")), "the sample gallery was not logged to W&B"
+    assert (root / "galleries/epoch=0000.png").exists()
+    second = run([*args, "--trainer.max_epochs", "2", "--ckpt_path", "last"], env=env)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert (root / "checkpoints/wandb_run_id").read_text().strip() == run_id
+    assert len(list((root / "wandb").glob(f"offline-run-*-{run_id}"))) == 2
+    assert not list(Path.cwd().glob("wandb/offline-run-*"))

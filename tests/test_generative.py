@@ -1,0 +1,188 @@
+"""Paired DDPM and VAE: real (tiny) training, sampling, exact resume and bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from tiny import DDPM, VAE
+
+from lightning_modules import PairedDDPM, PairedVAE, load_model
+from xraydiff.samples import read_sample
+
+
+def fit(cli, root, base, *extra):
+    code, out, err = cli("fit", *base, "--trainer.default_root_dir", root, *extra)
+    assert code == 0, err[-3000:]
+    return root / "checkpoints" / "last.ckpt"
+
+
+@pytest.fixture(scope="module")
+def ddpm_checkpoint(tmp_path_factory):
+    from conftest import run_cli
+
+    class Capture:  # module-scoped stand-in for capsys
+        def readouterr(self):
+            return type("C", (), {"out": "", "err": ""})()
+
+    root = tmp_path_factory.mktemp("ddpm")
+    code, _, err = run_cli(["fit", *DDPM, "--trainer.default_root_dir", root, "--trainer.max_epochs", "3"], Capture())
+    assert code == 0, err
+    return root / "checkpoints" / "last.ckpt"
+
+
+def test_ddpm_trains_and_its_loss_falls(ddpm_checkpoint):
+    metrics = list((ddpm_checkpoint.parent.parent).rglob("metrics.csv"))
+    assert metrics, "the CSV logger wrote no metrics"
+    rows = [line.split(",") for line in metrics[0].read_text().splitlines()]
+    header = rows[0]
+    losses = [float(r[header.index("train/loss")]) for r in rows[1:] if r[header.index("train/loss")]]
+    assert len(losses) == 12 and np.mean(losses[-4:]) < np.mean(losses[:4])
+    assert any(r[header.index("val/loss")] for r in rows[1:])
+    model = load_model(ddpm_checkpoint)
+    assert isinstance(model, PairedDDPM) and model.global_step == 0  # a loaded module is detached
+    checkpoint = torch.load(ddpm_checkpoint, weights_only=False)
+    assert checkpoint["global_step"] == 12 and checkpoint["xraydiff"]["model_class"].endswith("PairedDDPM")
+    # EMA weights are saved and differ from the raw weights after training.
+    ema = {k[len("ema.module.") :]: v for k, v in checkpoint["state_dict"].items() if k.startswith("ema.module.")}
+    raw = {k[len("unet.") :]: v for k, v in checkpoint["state_dict"].items() if k.startswith("unet.")}
+    assert ema.keys() == raw.keys() and any(not torch.equal(ema[k], raw[k]) for k in raw)
+    assert (ddpm_checkpoint.parent / "epoch=0002-step=0000012.ckpt").exists()
+
+
+@pytest.mark.parametrize("sampler,steps", [("ddpm", None), ("ddim", 4)])
+def test_sample_writes_complete_reproducible_files(cli, tmp_path, ddpm_checkpoint, sampler, steps):
+    extra = ["--steps", steps] if steps else []
+    out = tmp_path / "s"
+    code, _, err = cli(
+        "sample",
+        "--ckpt",
+        ddpm_checkpoint,
+        "--num-samples",
+        5,
+        "--batch-size",
+        2,
+        "--seed",
+        3,
+        "--sampler",
+        sampler,
+        "--out",
+        out,
+        *extra,
+    )
+    assert code == 0, err
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["sampler"] == sampler and manifest["steps"] == (steps or 20)
+    assert manifest["seed"] == 3 and manifest["count"] == 5 and manifest["image_size"] == [16, 16]
+    assert manifest["model"].endswith("PairedDDPM") and manifest["checkpoint"] == str(ddpm_checkpoint.resolve())
+    ids = manifest["ids"]
+    assert len(set(ids)) == 5 and ids == [f"s3-{k:06d}" for k in range(5)]
+    for sample_id in ids:
+        arrays = read_sample(out / f"{sample_id}.npz", (16, 16))
+        assert arrays["image"].dtype == np.float32 and arrays["heatmap"].dtype == np.float32
+        assert -1 <= arrays["image"].min() and arrays["heatmap"].max() <= 1
+        assert (out / f"{sample_id}.png").stat().st_size > 0
+    assert not any(p.name.startswith(".") for p in tmp_path.iterdir())
+    again = tmp_path / "again"
+    code, _, err = cli(
+        "sample",
+        "--ckpt",
+        ddpm_checkpoint,
+        "--num-samples",
+        5,
+        "--batch-size",
+        2,
+        "--seed",
+        3,
+        "--sampler",
+        sampler,
+        "--out",
+        again,
+        *extra,
+    )
+    assert code == 0, err
+    for sample_id in ids:
+        np.testing.assert_array_equal(
+            np.load(out / f"{sample_id}.npz")["heatmap"], np.load(again / f"{sample_id}.npz")["heatmap"]
+        )
+    other = np.load(out / "s3-000001.npz")["image"]
+    assert not np.array_equal(np.load(out / "s3-000000.npz")["image"], other)
+
+
+def test_vae_trains_and_samples_from_its_prior(cli, tmp_path):
+    checkpoint = fit(cli, tmp_path / "vae", VAE, "--trainer.max_epochs", "2")
+    model = load_model(checkpoint)
+    assert isinstance(model, PairedVAE)
+    code, _, err = cli("sample", "--ckpt", checkpoint, "--num-samples", 3, "--out", tmp_path / "s")
+    assert code == 0, err
+    manifest = json.loads((tmp_path / "s/manifest.json").read_text())
+    assert manifest["sampler"] == "prior" and manifest["count"] == 3
+    code, _, err = cli("sample", "--ckpt", checkpoint, "--num-samples", 3, "--sampler", "ddim", "--out", tmp_path / "x")
+    assert code != 0 and "samples from its prior" in err
+
+
+def test_resume_continues_exactly(cli, tmp_path):
+    """2k steps in one go equal k steps, stop, resume, k more (weights, EMA, optimizer, RNG)."""
+    common = [
+        *DDPM,
+        "--data.init_args.augmentation",
+        "default",
+        "--trainer.callbacks",
+        '[{"class_path": "callbacks.gallery.SampleGallery", "init_args": {"num_samples": 2, "steps": 3}}]',
+    ]
+    straight = fit(cli, tmp_path / "a", common, "--trainer.max_steps", "8")
+    fit(cli, tmp_path / "b", common, "--trainer.max_steps", "4")
+    resumed = fit(cli, tmp_path / "b", common, "--trainer.max_steps", "8", "--ckpt_path", "last")
+    a, b = torch.load(straight, weights_only=False), torch.load(resumed, weights_only=False)
+    assert a["global_step"] == b["global_step"] == 8 and a["epoch"] == b["epoch"]
+    for key, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][key]), key
+    for state_a, state_b in zip(
+        a["optimizer_states"][0]["state"].values(), b["optimizer_states"][0]["state"].values(), strict=True
+    ):
+        assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
+    assert (tmp_path / "a" / "galleries" / "epoch=0001.png").exists()
+
+
+def test_bad_runs_are_refused_before_any_work(cli, tmp_path, ddpm_checkpoint):
+    code, _, err = cli("fit", *DDPM, "--trainer.default_root_dir", tmp_path / "r", "--model.init_args.no_such", "1")
+    assert code != 0 and "no_such" in err
+    code, _, err = cli(
+        "fit", *DDPM, "--trainer.default_root_dir", tmp_path / "r", "--ckpt_path", tmp_path / "nope.ckpt"
+    )
+    assert code != 0 and "nope.ckpt: checkpoint not found" in err
+    code, _, err = cli("fit", *VAE, "--trainer.default_root_dir", tmp_path / "r", "--ckpt_path", ddpm_checkpoint)
+    assert code != 0 and "PairedDDPM" in err and "PairedVAE" in err
+    code, _, err = cli(
+        "fit", *DDPM, "--trainer.default_root_dir", tmp_path / "r", "--data.init_args.root", tmp_path / "missing"
+    )
+    assert code != 0 and "missing: dataset root not found" in err
+    assert not (tmp_path / "r" / "checkpoints" / "last.ckpt").exists()
+    code, _, err = cli("sample", "--ckpt", tmp_path / "nope.ckpt", "--num-samples", 2, "--out", tmp_path / "s")
+    assert code != 0 and "checkpoint not found" in err
+    code, _, err = cli("sample", "--ckpt", ddpm_checkpoint, "--num-samples", 0, "--out", tmp_path / "s")
+    assert code != 0 and "at least 1" in err
+    (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint")
+    code, _, err = cli("sample", "--ckpt", tmp_path / "junk.ckpt", "--num-samples", 2, "--out", tmp_path / "s")
+    assert code != 0 and "cannot read checkpoint" in err
+    assert not (tmp_path / "s").exists() and not list(tmp_path.glob(".s*"))
+
+
+def test_print_config_and_config_composition(cli):
+    code, out, err = cli("fit", *DDPM, "--print_config")
+    assert code == 0, err
+    assert "PairedDDPM" in out and "image_size:\n    - 16" in out and "CSVLogger" in out
+
+
+@pytest.mark.parametrize("base", [DDPM, VAE], ids=["ddpm", "vae"])
+def test_bf16_autocast_training_and_sampling(cli, tmp_path, base):
+    checkpoint = fit(cli, tmp_path / "run", base, "--trainer.max_epochs", "1", "--trainer.precision", "bf16-mixed")
+    code, _, err = cli(
+        "sample", "--ckpt", checkpoint, "--num-samples", 2, "--precision", "bf16-mixed", "--out", tmp_path / "s"
+    )
+    assert code == 0, err
+    for path in (tmp_path / "s").glob("*.npz"):
+        arrays = read_sample(path, (16, 16))  # checks dtype-clean, finite float32 output
+        assert arrays["image"].dtype == np.float32

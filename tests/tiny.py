@@ -1,0 +1,86 @@
+"""Command-line overrides that shrink the demo configs to test size (16 x 16 phantoms, tiny nets)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+XRAYDIFF = [sys.executable, "-m", "cli"]  # DDP re-launches this same command in each rank
+
+DATA = [
+    "--data.init_args.image_size",
+    "[16, 16]",
+    "--data.init_args.batch_size",
+    "2",
+    "--data.init_args.phantom_counts",
+    json.dumps({"train": 8, "val": 2, "test": 2}),
+]
+CSV = ["--config", "configs/trainer/csv.yaml"]
+# The DDPM demo config shrunk to test size, with the default (W&B) logger.
+DDPM_WANDB = [
+    "--config",
+    "configs/demo/hand_ddpm.yaml",
+    "--model.init_args.image_size",
+    "[16, 16]",
+    "--model.init_args.channels",
+    "[8, 16]",
+    "--model.init_args.norm_num_groups",
+    "8",
+    "--model.init_args.num_res_blocks",
+    "1",
+    "--model.init_args.num_train_timesteps",
+    "20",
+    "--model.init_args.sampling_steps",
+    "5",
+    "--trainer.callbacks",
+    "[]",
+    "--trainer.enable_progress_bar",
+    "false",
+    "--trainer.check_val_every_n_epoch",
+    "1",
+    "--trainer.log_every_n_steps",
+    "1",
+    *DATA,
+]
+DDPM = [*DDPM_WANDB, *CSV]
+VAE = [
+    "--config",
+    "configs/demo/hand_vae.yaml",
+    "--config",
+    "configs/trainer/csv.yaml",
+    "--model.init_args.image_size",
+    "[16, 16]",
+    "--model.init_args.channels",
+    "[8, 16]",
+    "--model.init_args.strides",
+    "[2, 2]",
+    "--model.init_args.latent_size",
+    "8",
+    "--trainer.callbacks",
+    "[]",
+    "--trainer.enable_progress_bar",
+    "false",
+    "--trainer.check_val_every_n_epoch",
+    "1",
+    "--trainer.log_every_n_steps",
+    "1",
+    *DATA,
+]
+
+
+def run(args: list[str], timeout: float = 600, env: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
+    """Run ``xraydiff <args>`` in a fresh process (needed for DDP, which re-launches the command)."""
+    environment = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "offline", **(env or {})}
+    return subprocess.run(
+        [*XRAYDIFF, *map(str, args)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=environment,
+        **kwargs,
+    )

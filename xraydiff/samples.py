@@ -1,0 +1,90 @@
+"""Folders of generated image/heatmap pairs, the exchange format between sampling and acceptance.
+
+A folder holds, per sample, ``<id>.npz`` with float32 arrays ``image`` (H, W) and ``heatmap``
+(H, W), both in [-1, 1] (optionally ``landmarks`` (N, 2) in model pixels), ``<id>.png`` (the image
+with its heatmap beside it) and one ``manifest.json`` describing how the folder was made.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+
+from xraydiff.errors import DataError
+from xraydiff.imageio import atomic_write_bytes, write_png
+
+MANIFEST = "manifest.json"
+
+
+def sample_id(seed: int, index: int) -> str:
+    """The id of the ``index``-th sample drawn with ``seed``: unique and reproducible."""
+    return f"s{seed}-{index:06d}"
+
+
+def batch_seed(seed: int, batch: int) -> int:
+    """An independent 63-bit seed for one batch of a sampling run (NumPy SeedSequence)."""
+    return int(np.random.SeedSequence([seed, batch]).generate_state(1, dtype=np.uint64)[0]) >> 1
+
+
+def side_by_side(image: np.ndarray, heatmap: np.ndarray, gap: int = 2) -> np.ndarray:
+    """(H, 2W + gap) preview: image left, heatmap right, separated by a white gap."""
+    separator = np.ones((image.shape[0], gap), dtype=np.float32)
+    return np.concatenate([image, separator, heatmap], axis=1)
+
+
+def write_sample(directory: Path, sample: str, image: np.ndarray, heatmap: np.ndarray, **extra: np.ndarray) -> None:
+    """Write ``<sample>.npz`` and ``<sample>.png`` into ``directory`` (each file atomically)."""
+    arrays = {"image": np.asarray(image, np.float32), "heatmap": np.asarray(heatmap, np.float32)}
+    arrays.update({k: np.asarray(v, np.float32) for k, v in extra.items()})
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    atomic_write_bytes(directory / f"{sample}.npz", buffer.getvalue())
+    staging = directory / f".{sample}.png.partial.png"
+    write_png(staging, side_by_side(arrays["image"], arrays["heatmap"]))
+    staging.replace(directory / f"{sample}.png")
+
+
+def read_sample(path: Path, size: tuple[int, int] | None = None) -> dict[str, np.ndarray]:
+    """Read and check one ``.npz`` sample: a finite (H, W) heatmap is required, an image optional."""
+    try:
+        with np.load(path) as data:
+            arrays = {key: data[key] for key in data.files}
+    except (OSError, ValueError) as err:
+        raise DataError(path, f"cannot read sample ({err})") from None
+    if "heatmap" not in arrays:
+        raise DataError(path, f"sample has no 'heatmap' array (found {sorted(arrays)})")
+    heatmap = arrays["heatmap"]
+    if heatmap.ndim != 2:
+        raise DataError(path, f"heatmap must be (H, W), got shape {heatmap.shape}")
+    if size is not None and heatmap.shape != tuple(size):
+        raise DataError(path, f"heatmap size {heatmap.shape} differs from the expected {tuple(size)}")
+    for key, array in arrays.items():
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            raise DataError(path, f"'{key}' contains NaN or infinite values")
+    if "image" in arrays and arrays["image"].shape != heatmap.shape:
+        raise DataError(path, f"image shape {arrays['image'].shape} differs from heatmap shape {heatmap.shape}")
+    return arrays
+
+
+def list_samples(directory: Path) -> list[Path]:
+    """The ``.npz`` samples of a folder, sorted; DataError when the folder is missing or empty."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise DataError(directory, "samples folder not found")
+    paths = sorted(directory.glob("*.npz"))
+    if not paths:
+        raise DataError(directory, "samples folder holds no .npz samples")
+    return paths
+
+
+def write_manifest(directory: Path, manifest: dict) -> None:
+    atomic_write_bytes(directory / MANIFEST, json.dumps(manifest, indent=2).encode())
+
+
+def holds_samples(directory: Path) -> bool:
+    """True if ``directory`` exists and already holds samples or a manifest."""
+    directory = Path(directory)
+    return directory.is_dir() and (any(directory.glob("*.npz")) or (directory / MANIFEST).exists())

@@ -94,6 +94,12 @@ class PairedGenerativeModule(TaggedCheckpointMixin, L.LightningModule):
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
         """Generate one batch of a sampling run (see ``datamodules.sampling``)."""
+        if "indices" not in batch:
+            raise DataError(
+                None,
+                f"{type(self).__name__} generates samples with `xraydiff sample --ckpt ...`; "
+                "`xraydiff predict` has no landmark predictions for it",
+            )
         indices = batch["indices"].tolist()
         ids = [sample_id(int(batch["seed"]), index) for index in indices]
         if not indices:

@@ -112,13 +112,19 @@ class PairedDDPM(PairedGenerativeModule):
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         self.ema.update_parameters(self.unet)
 
-    def validation_step(self, batch: dict, batch_idx: int) -> Tensor:
-        # A fixed generator per batch makes the validation loss comparable across epochs and
-        # leaves the global random state (and thus exact resumption) untouched.
+    def _evaluate(self, batch: dict, batch_idx: int, stage: str) -> Tensor:
+        # A fixed generator per batch makes the loss comparable across epochs and leaves the
+        # global random state (and thus exact resumption) untouched.
         generator = torch.Generator(device=self.device).manual_seed(batch_idx)
         loss = self.diffusion_loss(self.to_pairs(batch), self.ema.module, generator)
-        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=batch["image"].shape[0])
+        self.log(f"{stage}/loss", loss, prog_bar=True, sync_dist=True, batch_size=batch["image"].shape[0])
         return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> Tensor:
+        return self._evaluate(batch, batch_idx, "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> Tensor:
+        return self._evaluate(batch, batch_idx, "test")
 
     def configure_optimizers(self):
         return torch.optim.Adam(self.unet.parameters(), lr=self.hparams.learning_rate)

@@ -65,16 +65,22 @@ class PairedVAE(PairedGenerativeModule):
         self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"])
         return loss
 
-    def validation_step(self, batch: dict, batch_idx: int) -> Tensor:
-        # The encoder's reparameterisation draws from a generator of its own so that validation
-        # leaves the global random state (and thus exact resumption) untouched.
+    def _evaluate(self, batch: dict, batch_idx: int, stage: str) -> Tensor:
+        # The encoder's reparameterisation draws from a fixed seed per batch so that evaluation
+        # is comparable across epochs and leaves the global random state untouched.
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             torch.manual_seed(batch_idx)
             loss, recon, kl = self.vae_loss(self.to_pairs(batch))
         size = batch["image"].shape[0]
-        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=size)
-        self.log("val/reconstruction", recon, sync_dist=True, batch_size=size)
+        self.log(f"{stage}/loss", loss, prog_bar=True, sync_dist=True, batch_size=size)
+        self.log(f"{stage}/reconstruction", recon, sync_dist=True, batch_size=size)
         return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> Tensor:
+        return self._evaluate(batch, batch_idx, "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> Tensor:
+        return self._evaluate(batch, batch_idx, "test")
 
     def configure_optimizers(self):
         return torch.optim.Adam(self.parameters(), lr=self.hparams.learning_rate)

@@ -186,3 +186,14 @@ def test_bf16_autocast_training_and_sampling(cli, tmp_path, base):
     for path in (tmp_path / "s").glob("*.npz"):
         arrays = read_sample(path, (16, 16))  # checks dtype-clean, finite float32 output
         assert arrays["image"].dtype == np.float32
+
+
+def test_validate_and_test_report_the_loss_and_predict_points_to_sample(cli, tmp_path, ddpm_checkpoint):
+    for stage in ("validate", "test"):
+        code, out, err = cli(
+            stage, *DDPM, "--trainer.default_root_dir", tmp_path / stage, "--ckpt_path", ddpm_checkpoint
+        )
+        assert code == 0, err
+        assert f"{'val' if stage == 'validate' else 'test'}/loss" in out
+    code, _, err = cli("predict", *DDPM, "--trainer.default_root_dir", tmp_path / "p", "--ckpt_path", ddpm_checkpoint)
+    assert code != 0 and "xraydiff sample" in err

@@ -50,6 +50,7 @@ commands:
   fit | validate | test | predict   LightningCLI (e.g. xraydiff fit --help)
   data summary                      load a dataset, write summary.json, landmarks.csv, preview.png
   sample                            generate image/heatmap pairs from a checkpoint
+  acceptance fit|render|run|rate    MRF-SSM quality control of generated pairs
 """
 
 
@@ -207,13 +208,14 @@ def _check_model_class(ckpt_path: str, model_class_path: str) -> None:
 # ------------------------------------------------------------------------------- data summary
 
 
-def data_parser(prog: str, description: str) -> ArgumentParser:
-    """A parser that takes a config with a ``data`` section (other sections are ignored)."""
+def data_parser(prog: str, description: str, uses: tuple[str, ...] = ()) -> ArgumentParser:
+    """A parser that takes a config with a ``data`` section; other sections are ignored unless in ``uses``."""
     parser = ArgumentParser(prog=prog, description=description)
     parser.add_argument("--config", action=ActionConfigFile, help="YAML config with a data section")
     parser.add_subclass_arguments(L.LightningDataModule, "data", required=True)
     for key in OTHER_SECTIONS:
-        parser.add_argument(f"--{key}", type=Any, default=None, help="(ignored)")
+        if key not in uses:
+            parser.add_argument(f"--{key}", type=Any, default=None, help="(ignored)")
     return parser
 
 
@@ -341,6 +343,170 @@ def generate_samples(
     return out
 
 
+# --------------------------------------------------------------------------------- acceptance
+
+
+def _acceptance_data_parser(prog: str, description: str) -> ArgumentParser:
+    from xraydiff.acceptance import AcceptanceConfig
+
+    parser = data_parser(prog, description, uses=("acceptance",))
+    parser.add_class_arguments(AcceptanceConfig, "acceptance")
+    parser.add_argument(
+        "--annotations-only",
+        action="store_true",
+        help="read landmarks without images (see 'Frames and units' in the README)",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace existing output")
+    return parser
+
+
+def _load_landmark_data(parser: ArgumentParser, cfg) -> Any:
+    datamodule = parser.instantiate_classes(cfg).data
+    if not hasattr(datamodule, "shape_table"):
+        raise DataError(None, f"{type(datamodule).__name__} has no landmarks; acceptance needs a landmark DataModule")
+    if cfg.annotations_only:
+        datamodule.annotations_only = True
+    datamodule.setup()
+    return datamodule
+
+
+def acceptance_fit(argv: list[str]) -> None:
+    from xraydiff.acceptance import AcceptanceConfig, ShapeStatistics
+
+    parser = _acceptance_data_parser(
+        "xraydiff acceptance fit",
+        "Fit the shape statistics of the MRF-SSM check from the training landmarks and save them (JSON).",
+    )
+    parser.add_argument("--out", type=Path, required=True, help="statistics file to write (.json)")
+    parser.add_argument("--split", default="train")
+    cfg = parser.parse_args(argv)
+    if cfg.out.exists() and not cfg.overwrite:
+        raise DataError(cfg.out, "statistics file exists (pass --overwrite to replace it)")
+    datamodule = _load_landmark_data(parser, cfg)
+    shapes, spacing, frame = datamodule.shape_table(cfg.split)
+    config = AcceptanceConfig(**vars(cfg.acceptance))
+    stats = ShapeStatistics.fit(shapes, spacing, datamodule.image_size, datamodule.anatomy, config, frame)
+    stats.save(cfg.out)
+    print(
+        f"{cfg.out}: {stats.num_shapes} shapes, {stats.num_landmarks} landmarks, {len(stats.edges)} MRF edges "
+        f"({stats.config.topology}), {len(stats.ssm.eigenvalues)} SSM modes, mm per pixel "
+        f"{stats.mm_per_px.round(4).tolist()} (x, y)"
+    )
+
+
+def acceptance_render(argv: list[str]) -> None:
+    import numpy as np
+    import torch
+
+    from xraydiff.heatmaps import gaussian_heatmaps
+    from xraydiff.samples import write_manifest, write_sample
+
+    parser = _acceptance_data_parser(
+        "xraydiff acceptance render",
+        "Write ground-truth samples (sample format "
+        "plus a 'landmarks' array) of a split: the calibration set of the check.",
+    )
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--split", default="test")
+    cfg = parser.parse_args(argv)
+    if cfg.out.exists() and any(cfg.out.iterdir()) and not cfg.overwrite:
+        raise DataError(cfg.out, "output folder exists and is not empty (pass --overwrite to replace it)")
+    datamodule = _load_landmark_data(parser, cfg)
+    items = datamodule.items[cfg.split]
+    if not items:
+        raise DataError(datamodule.root, f"the {cfg.split} split is empty")
+    sigma = cfg.acceptance.heatmap_sigma
+    with atomic_directory(cfg.out, overwrite=cfg.overwrite) as staging:
+        for item in items:
+            heatmap = gaussian_heatmaps(
+                torch.from_numpy(item.landmarks), datamodule.image_size, sigma, combine=True, normalize=True
+            )[0].numpy()
+            image = item.image if item.image is not None else np.zeros(datamodule.image_size, np.float32)
+            write_sample(staging, item.id, image, heatmap, landmarks=item.landmarks)
+        write_manifest(
+            staging,
+            {
+                "source": "ground truth",
+                "data": datamodule.source,
+                "split": cfg.split,
+                "annotations_only": datamodule.annotations_only,
+                "sigma": sigma,
+                "image_size": list(datamodule.image_size),
+                "count": len(items),
+                "ids": [item.id for item in items],
+            },
+        )
+    print(f"wrote {len(items)} ground-truth samples to {cfg.out}/")
+
+
+def acceptance_run(argv: list[str]) -> None:
+    from xraydiff.acceptance_run import run_acceptance
+
+    parser = argparse.ArgumentParser(
+        prog="xraydiff acceptance run",
+        description="Check generated samples; write report.json, accepted/, gallery.png.",
+    )
+    parser.add_argument("--samples", type=Path, required=True, help="folder of .npz samples (xraydiff sample)")
+    parser.add_argument("--stats", type=Path, required=True, help="statistics file (xraydiff acceptance fit)")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--rule-set", choices=("strict", "paper"), default=None, help="default: the statistics'")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--overwrite", action="store_true")
+    args = parser.parse_args(argv)
+    report = run_acceptance(args.samples, args.stats, args.out, args.rule_set, args.overwrite, args.batch_size)
+    by_set = ", ".join(f"{k} {v:.1%}" for k, v in report["acceptance_rate_by_rule_set"].items())
+    print(
+        f"{report['accepted']} of {report['n']} accepted: {report['acceptance_rate']:.1%} "
+        f"({report['rule_set']} rules; {by_set}); failed rules {report['failed_rule_counts']}"
+    )
+    print(f"wrote {args.out}/report.json, {args.out}/accepted/, {args.out}/gallery.png")
+
+
+def acceptance_rate(argv: list[str]) -> None:
+    from xraydiff.acceptance_rate import measure_acceptance_rate
+
+    parser = argparse.ArgumentParser(
+        prog="xraydiff acceptance rate",
+        description="The paper's protocol: acceptance rate mean and SD over independent sampling runs.",
+    )
+    parser.add_argument("--ckpt", type=Path, required=True)
+    parser.add_argument("--stats", type=Path, required=True)
+    parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--num-samples", type=int, default=100)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--sampler", choices=("ddpm", "ddim"), default=None)
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=0, help="run r samples with seed + r")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--rule-set", choices=("strict", "paper"), default=None)
+    parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    parser.add_argument("--overwrite", action="store_true")
+    args = parser.parse_args(argv)
+    result = measure_acceptance_rate(
+        args.ckpt,
+        args.stats,
+        args.out,
+        args.runs,
+        args.num_samples,
+        args.sampler,
+        args.steps,
+        args.seed,
+        args.batch_size,
+        args.rule_set,
+        args.device,
+        args.overwrite,
+    )
+    print(result["table"])
+
+
+ACCEPTANCE_COMMANDS = {
+    "fit": acceptance_fit,
+    "render": acceptance_render,
+    "run": acceptance_run,
+    "rate": acceptance_rate,
+}
+
+
 # --------------------------------------------------------------------------------------- main
 
 
@@ -353,6 +519,8 @@ def main(argv: list[str] | None = None) -> None:
             data_summary(argv[2:])
         elif argv[:1] == ["sample"]:
             sample(argv[1:])
+        elif argv[:1] == ["acceptance"] and len(argv) > 1 and argv[1] in ACCEPTANCE_COMMANDS:
+            ACCEPTANCE_COMMANDS[argv[1]](argv[2:])
         else:
             print(USAGE, file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
             sys.exit(0 if argv and argv[0] in ("-h", "--help") else 2)

@@ -7,6 +7,10 @@ from xraydiff.augment import AugmentationSpec
 from xraydiff.phantoms import PhantomSample, ceph_phantom
 from xraydiff.readers import CEPH_FOLDERS, CEPH_MM_PER_PX, CEPH_NUM_LANDMARKS, LandmarkRecord, read_ceph_dataset
 
+# Every ISBI 2015 image is 1935 x 2400 (W x H): the annotations-only frame is exact.
+ORIGINAL_SIZE = (2400, 1935)
+EXTENT_MARGIN = (1.0, 1.0)
+
 
 class CephalometricDataModule(LandmarkDataModule):
     """ISBI 2015 cephalograms, or phantom skulls when ``root`` is None.
@@ -40,16 +44,32 @@ class CephalometricDataModule(LandmarkDataModule):
         seed: int = 0,
         phantom_counts: dict[str, int] | None = None,
         load_workers: int = 2,
+        annotations_only: bool = False,
+        original_size: tuple[int, int] | None = ORIGINAL_SIZE,
+        extent_margin: tuple[float, float] = EXTENT_MARGIN,
     ):
         super().__init__(
-            root, image_size, batch_size, num_workers, augmentation, train_fraction, seed, phantom_counts, load_workers
+            root,
+            image_size,
+            batch_size,
+            num_workers,
+            augmentation,
+            train_fraction,
+            seed,
+            phantom_counts,
+            load_workers,
+            annotations_only,
+            original_size,
+            extent_margin,
         )
         self.ground_truth = ground_truth
         self.folders = dict(folders or CEPH_FOLDERS)
         self.mm_per_px = mm_per_px
 
-    def read_records(self) -> dict[str, list[LandmarkRecord]]:
-        return read_ceph_dataset(self.root, self.ground_truth, self.folders, mm_per_px=self.mm_per_px)
+    def read_records(self, require_images: bool = True) -> dict[str, list[LandmarkRecord]]:
+        return read_ceph_dataset(
+            self.root, self.ground_truth, self.folders, mm_per_px=self.mm_per_px, require_images=require_images
+        )
 
-    def render_phantom(self, seed: int) -> PhantomSample:
-        return ceph_phantom(seed, self.image_size)
+    def render_phantom(self, seed: int, render: bool = True) -> PhantomSample:
+        return ceph_phantom(seed, self.image_size, render)

@@ -10,6 +10,11 @@ from xraydiff.errors import DataError
 from xraydiff.phantoms import PhantomSample, hand_phantom
 from xraydiff.readers import HAND_NUM_LANDMARKS, LandmarkRecord, read_hand_dataset
 
+# Annotations-only frame: each original image size is estimated from the landmark extent times
+# these margins (x, y), the mean ratio over the images present (scripts/calibrate_annotation_frame.py).
+ORIGINAL_SIZE = None
+EXTENT_MARGIN = (1.09, 1.07)
+
 
 class HandDataModule(LandmarkDataModule):
     """Hand X-rays: the layout of Payer et al., or phantom hands when ``root`` is None.
@@ -49,9 +54,23 @@ class HandDataModule(LandmarkDataModule):
         seed: int = 0,
         phantom_counts: dict[str, int] | None = None,
         load_workers: int = 2,
+        annotations_only: bool = False,
+        original_size: tuple[int, int] | None = ORIGINAL_SIZE,
+        extent_margin: tuple[float, float] = EXTENT_MARGIN,
     ):
         super().__init__(
-            root, image_size, batch_size, num_workers, augmentation, train_fraction, seed, phantom_counts, load_workers
+            root,
+            image_size,
+            batch_size,
+            num_workers,
+            augmentation,
+            train_fraction,
+            seed,
+            phantom_counts,
+            load_workers,
+            annotations_only,
+            original_size,
+            extent_margin,
         )
         if not 0.0 <= val_fraction < 1.0:
             raise DataError(None, f"val_fraction must be in [0, 1), got {val_fraction}")
@@ -61,8 +80,10 @@ class HandDataModule(LandmarkDataModule):
         self.split_files = {"train": train_list, "test": test_list}
         self.val_fraction = val_fraction
 
-    def read_records(self) -> dict[str, list[LandmarkRecord]]:
-        splits = read_hand_dataset(self.root, self.annotations, self.split_dir, self.image_dir, self.split_files)
+    def read_records(self, require_images: bool = True) -> dict[str, list[LandmarkRecord]]:
+        splits = read_hand_dataset(
+            self.root, self.annotations, self.split_dir, self.image_dir, self.split_files, require_images=require_images
+        )
         train = splits["train"]
         if self.val_fraction > 0 and train:
             count = max(1, int(round(self.val_fraction * len(train))))
@@ -73,5 +94,5 @@ class HandDataModule(LandmarkDataModule):
             splits["val"] = splits["test"]
         return splits
 
-    def render_phantom(self, seed: int) -> PhantomSample:
-        return hand_phantom(seed, self.image_size)
+    def render_phantom(self, seed: int, render: bool = True) -> PhantomSample:
+        return hand_phantom(seed, self.image_size, render)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import lightning as L
@@ -12,7 +13,7 @@ from torch.utils.data import DataLoader
 from xraydiff.augment import AugmentationSpec, build_augmentation
 from xraydiff.datasets import LandmarkDataset, LandmarkItem, load_landmark_item, parallel_map
 from xraydiff.errors import DataError
-from xraydiff.geometry import to_original_pixels
+from xraydiff.geometry import estimate_original_size, resize_scale, to_model_pixels, to_original_pixels
 from xraydiff.phantoms import PhantomSample
 from xraydiff.readers import LandmarkRecord
 
@@ -38,6 +39,12 @@ class LandmarkDataModule(L.LightningDataModule):
         seed: seed of the phantoms and of the ``train_fraction`` draw.
         phantom_counts: number of phantoms per split when no root is given.
         load_workers: threads decoding images in ``setup``.
+        annotations_only: read landmarks without images (no training possible), for shape
+            statistics and ground-truth renderings when the images are not at hand.
+        original_size: (H0, W0) assumed for every image in annotations-only mode; None estimates
+            each one from its landmark extent times ``extent_margin`` (x, y)
+            (``xraydiff.geometry.estimate_original_size``).
+        extent_margin: see ``original_size``.
     """
 
     anatomy = "landmarks"
@@ -54,6 +61,9 @@ class LandmarkDataModule(L.LightningDataModule):
         seed: int = 0,
         phantom_counts: dict[str, int] | None = None,
         load_workers: int = 2,
+        annotations_only: bool = False,
+        original_size: tuple[int, int] | None = None,
+        extent_margin: tuple[float, float] = (1.0, 1.0),
     ):
         super().__init__()
         if len(image_size) != 2 or min(image_size) < 8:
@@ -72,15 +82,18 @@ class LandmarkDataModule(L.LightningDataModule):
         self.seed = seed
         self.phantom_counts = {"train": 64, "val": 16, "test": 16, **(phantom_counts or {})}
         self.load_workers = load_workers
+        self.annotations_only = annotations_only
+        self.original_size = None if original_size is None else (int(original_size[0]), int(original_size[1]))
+        self.extent_margin = (float(extent_margin[0]), float(extent_margin[1]))
         self.items: dict[str, list[LandmarkItem]] | None = None
 
     # ----------------------------------------------------------------- subclass interface
 
-    def read_records(self) -> dict[str, list[LandmarkRecord]]:
+    def read_records(self, require_images: bool = True) -> dict[str, list[LandmarkRecord]]:
         """Real records per split, checked against their files (raise DataError on any problem)."""
         raise NotImplementedError
 
-    def render_phantom(self, seed: int) -> PhantomSample:
+    def render_phantom(self, seed: int, render: bool = True) -> PhantomSample:
         raise NotImplementedError
 
     # ----------------------------------------------------------------------------- loading
@@ -95,22 +108,26 @@ class LandmarkDataModule(L.LightningDataModule):
         if self.root is None:
             items = {split: self._phantom_items(split) for split in SPLITS}
         else:
-            records = self.read_records()
+            records = self.read_records(require_images=not self.annotations_only)
             if not any(records.values()):
                 raise DataError(self.root, "dataset is empty: no split holds any sample")
-            items = {
-                split: parallel_map(
-                    lambda r: load_landmark_item(r, self.image_size), records.get(split, []), self.load_workers
-                )
-                for split in SPLITS
-            }
+            load = self._annotation_item if self.annotations_only else partial(load_landmark_item, size=self.image_size)
+            items = {split: parallel_map(load, records.get(split, []), self.load_workers) for split in SPLITS}
         items["train"] = self._subset(items["train"])
         self.items = items
+
+    def _annotation_item(self, record: LandmarkRecord) -> LandmarkItem:
+        """A landmark item without image, framed by ``original_size`` or the landmark extent."""
+        size = self.original_size or estimate_original_size(record.landmarks, self.extent_margin)
+        scale = resize_scale(size, self.image_size)
+        landmarks = to_model_pixels(record.landmarks, scale).astype(np.float32)
+        return LandmarkItem(record.id, None, landmarks, record.landmarks, scale, record.mm_per_px, size)
 
     def _phantom_items(self, split: str) -> list[LandmarkItem]:
         base = self.seed * 10_000_000 + SPLIT_SEED_OFFSET[split]
         seeds = range(base, base + self.phantom_counts.get(split, 0))
-        phantoms = parallel_map(self.render_phantom, list(seeds), self.load_workers)
+        render = partial(self.render_phantom, render=not self.annotations_only)
+        phantoms = parallel_map(render, list(seeds), self.load_workers)
         return [
             LandmarkItem(
                 f"phantom-{split}-{k:05d}",
@@ -140,6 +157,8 @@ class LandmarkDataModule(L.LightningDataModule):
         return LandmarkDataset(self.items[split], self.augmentation if augment else None)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        if self.annotations_only:
+            raise DataError(self.root, "annotations_only data has no images to train or evaluate on")
         dataset = self.dataset(split)
         if split == "train" and len(dataset) == 0:
             raise DataError(self.root, "the training split is empty")
@@ -180,6 +199,26 @@ class LandmarkDataModule(L.LightningDataModule):
             else None,
             "augmentation": self.augmentation_spec,
         }
+
+    def shape_table(self, split: str = "train") -> tuple[np.ndarray, np.ndarray, dict]:
+        """Landmarks of a split for shape statistics: (shapes (M, N, 2) model pixels, mm per model
+        pixel (M, 2) in x and y, a description of the frame)."""
+        self.setup()
+        items = self.items[split]
+        if len(items) < 3:
+            raise DataError(self.root, f"the {split} split holds {len(items)} shapes; shape statistics need at least 3")
+        shapes = np.stack([item.landmarks for item in items]).astype(np.float64)
+        spacing = np.stack([item.mm_per_px * np.asarray(item.scale, dtype=np.float64) for item in items])
+        frame = {
+            "source": self.source,
+            "split": split,
+            "annotations_only": self.annotations_only,
+            "original_size": list(self.original_size) if self.annotations_only and self.original_size else None,
+            "extent_margin": list(self.extent_margin) if self.annotations_only and not self.original_size else None,
+            "convention": "landmarks in pixels of the image resized to image_size; mm_per_px is the median "
+            "over the shapes of (original mm per pixel) x (resize factor)",
+        }
+        return shapes, spacing, frame
 
     def landmark_rows(self) -> Iterator[tuple[str, str, int, float, float, float]]:
         """(split, id, landmark, x, y, mm_per_px) with x, y in original pixels as read."""

@@ -39,7 +39,7 @@ class LandmarkItem:
     """A decoded, resized landmark sample, cached in memory."""
 
     id: str
-    image: np.ndarray  # (H, W) float32 in [-1, 1]
+    image: np.ndarray | None  # (H, W) float32 in [-1, 1]; None for annotations-only data
     landmarks: np.ndarray  # (N, 2) float32 model pixels
     landmarks_original: np.ndarray  # (N, 2) float64 original pixels as read
     scale: np.ndarray  # (2,) float32

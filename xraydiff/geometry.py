@@ -31,3 +31,13 @@ def inside_image(points: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Boolean (N,) mask: which (N, 2) points lie within [0, W-1] x [0, H-1]."""
     height, width = size
     return (points[:, 0] >= 0) & (points[:, 0] <= width - 1) & (points[:, 1] >= 0) & (points[:, 1] <= height - 1)
+
+
+def estimate_original_size(landmarks: np.ndarray, margin: tuple[float, float]) -> tuple[int, int]:
+    """The annotations-only frame: (H0, W0) = ceil((max y + 1) * margin_y), ceil((max x + 1) * margin_x).
+
+    Stands in for the unknown original image size when only annotations are available, so that
+    landmarks map into the model frame with the same resize convention as real images.
+    """
+    extent = np.asarray(landmarks).max(axis=0) + 1.0
+    return int(np.ceil(extent[1] * margin[1])), int(np.ceil(extent[0] * margin[0]))

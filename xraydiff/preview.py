@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from xraydiff.imageio import atomic_write_bytes  # noqa: E402
+from xraydiff.samples import side_by_side  # noqa: E402
 
 
 def _grid(count: int, columns: int, aspect: float, tile: float = 3.0):
@@ -79,12 +80,44 @@ def mask_grid(samples: Sequence[dict], path: Path, columns: int = 3, title: str 
 
 def pairs_grid(pairs: np.ndarray, path: Path, columns: int = 4, title: str | None = None) -> None:
     """Generated pairs (B, 2, H, W) in [-1, 1]: each tile shows the image with its heatmap beside it."""
-    from xraydiff.samples import side_by_side
-
     tiles = [side_by_side(pair[0], pair[1]) for pair in pairs]
     fig, axes = _grid(len(tiles), columns, tiles[0].shape[0] / tiles[0].shape[1], tile=4.0)
     for ax, tile in zip(axes, tiles, strict=False):
         ax.imshow(tile, cmap="gray", vmin=-1, vmax=1)
+    if title:
+        fig.suptitle(title)
+    save_figure(fig, path)
+
+
+def acceptance_grid(
+    path: Path, images: np.ndarray, heatmaps: np.ndarray, verdicts: Sequence, columns: int = 4, title: str | None = None
+) -> None:
+    """Samples (image | heatmap) framed green when accepted and red when rejected, with the MRF labels
+    drawn on both halves and the failed rules written underneath (like Figs. 5-7 of Hadzic et al.)."""
+    if len(verdicts) == 0:
+        fig, ax = plt.subplots(figsize=(4, 1))
+        ax.axis("off")
+        ax.text(0.5, 0.5, "no samples", ha="center", va="center")
+        save_figure(fig, path)
+        return
+    tiles = [side_by_side(image, heatmap) for image, heatmap in zip(images, heatmaps, strict=True)]
+    width = images.shape[-1]
+    fig, axes = _grid(len(tiles), columns, tiles[0].shape[0] / tiles[0].shape[1], tile=4.0)
+    for ax, tile, verdict in zip(axes, tiles, verdicts, strict=False):
+        ax.axis("on")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.imshow(tile, cmap="gray", vmin=-1, vmax=1)
+        points = np.asarray(verdict.landmarks)
+        colors = plt.cm.hsv(np.linspace(0, 0.9, len(points)))
+        for offset in (0, width + 2):
+            ax.scatter(points[:, 0] + offset, points[:, 1], s=5, c=colors, edgecolors="none")
+        color = "limegreen" if verdict.accepted else "red"
+        for spine in ax.spines.values():
+            spine.set_edgecolor(color)
+            spine.set_linewidth(3)
+        ax.set_title(verdict.id, fontsize=7)
+        ax.set_xlabel(", ".join(verdict.failed_rules) or "accepted", fontsize=6, color=color)
     if title:
         fig.suptitle(title)
     save_figure(fig, path)

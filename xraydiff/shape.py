@@ -47,9 +47,9 @@ def generalized_procrustes(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Generalised Procrustes alignment (Gower, 1975) of (M, N, 2) shapes.
 
-    Iteratively aligns every shape to the current mean and re-estimates the mean. The mean is kept
-    at the size and orientation of the first shape's frame (centroid at the origin), so with
-    ``scaling=False`` it stays in the shapes' own units (for example millimetres).
+    Iteratively aligns every shape to the current mean and re-estimates the mean. The mean keeps
+    the orientation of the first shape (centroid at the origin) and the average centroid size of
+    the shapes, so it stays in the shapes' own units (for example millimetres).
 
     Returns (aligned shapes (M, N, 2), mean shape (N, 2)).
     """
@@ -70,6 +70,9 @@ def generalized_procrustes(
         mean = new_mean
         if change < tol:
             break
+    if scaling:
+        sizes = np.sqrt((centred**2).sum(axis=(1, 2)))
+        mean *= sizes.mean() / np.sqrt((mean**2).sum())
     rotation, scale, translation = similarity_fit(centred, mean[None], scaling)
     return apply_similarity(centred, rotation, scale, translation), mean
 

@@ -1,0 +1,191 @@
+"""The MRF-SSM acceptance check: statistics, rules, pgmpy agreement, and the paper's criteria on
+real hands (CV set 1) and on phantoms."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+from conftest import SHARED_DATA, requires_shared_data
+from corruptions import KINDS, corrupted, render, sixth_finger, stretch_thumb
+
+from datamodules import HandDataModule
+from xraydiff.acceptance import (
+    CEPH_SHARED_PAIRS,
+    AcceptanceChecker,
+    AcceptanceConfig,
+    ShapeStatistics,
+    defaults_for,
+)
+from xraydiff.errors import DataError
+from xraydiff.mrf import max_sum_bp, pgmpy_map
+
+
+def _phantom_split(split: str, count: int, seed: int = 0):
+    dm = HandDataModule(image_size=(256, 256), annotations_only=True, seed=seed, phantom_counts={split: count})
+    return dm.shape_table(split) if count >= 3 else None
+
+
+@pytest.fixture(scope="module")
+def phantom_stats():
+    shapes, spacing, frame = _phantom_split("train", 400)
+    return ShapeStatistics.fit(shapes, spacing, (256, 256), "hand", AcceptanceConfig(), frame)
+
+
+@pytest.fixture(scope="module")
+def phantom_test():
+    shapes, _, _ = _phantom_split("test", 100)
+    return shapes
+
+
+def test_statistics_hold_what_the_check_needs(phantom_stats, tmp_path):
+    stats = phantom_stats
+    assert stats.mean_coords.shape == (37, 2) and stats.coord_covariance.shape == (37, 2, 2)
+    assert stats.edges.shape[1] == 2 and len(stats.edges) > 60  # Delaunay over 37 points
+    assert stats.t_params.shape == (len(stats.edges), 3) and (stats.t_params[:, 2] > 0).all()
+    assert stats.ssm.modes.shape[1] == 74 and (np.diff(stats.ssm.eigenvalues) <= 0).all()
+    assert stats.config.shared_pairs == [[2, 3]] and stats.config.stable_landmarks == list(range(18))
+    assert stats.config.stable_max_mm == 16.0 and stats.config.unary_sigma_mm == 25.0
+    stats.save(tmp_path / "s.json")
+    loaded = ShapeStatistics.load(tmp_path / "s.json", num_landmarks=37)
+    np.testing.assert_allclose(loaded.t_params, stats.t_params)
+    np.testing.assert_allclose(loaded.ssm.modes, stats.ssm.modes)
+    assert loaded.config == stats.config and loaded.shape_distance_limit == stats.shape_distance_limit
+    data = json.loads((tmp_path / "s.json").read_text())
+    assert data["format"] == "xraydiff-shape-statistics" and data["version"] == 1
+
+
+def test_bad_statistics_files_are_refused(phantom_stats, tmp_path):
+    phantom_stats.save(tmp_path / "s.json")
+    data = json.loads((tmp_path / "s.json").read_text())
+    (tmp_path / "v.json").write_text(json.dumps({**data, "version": 99}))
+    with pytest.raises(DataError, match="v.json: statistics file version 99"):
+        ShapeStatistics.load(tmp_path / "v.json")
+    with pytest.raises(DataError, match="for 37 landmarks, expected 19"):
+        ShapeStatistics.load(tmp_path / "s.json", num_landmarks=19)
+    (tmp_path / "x.json").write_text("{}")
+    with pytest.raises(DataError, match="not an xraydiff shape-statistics file"):
+        ShapeStatistics.load(tmp_path / "x.json")
+
+
+def test_config_defaults_and_validation():
+    assert defaults_for("ceph", 19)["shared_pairs"] == CEPH_SHARED_PAIRS
+    with pytest.raises(DataError, match="out of range"):
+        AcceptanceConfig(stable_landmarks=[40]).resolved("hand", 37)
+    with pytest.raises(DataError, match="rule_set"):
+        AcceptanceConfig(rule_set="lenient").resolved("hand", 37)
+
+
+def test_phantom_hands_pass_and_corruptions_fail_end_to_end(phantom_stats, phantom_test):
+    checker = AcceptanceChecker(phantom_stats)
+    real = checker.check(render(phantom_test))
+    assert np.mean([v.accepted for v in real]) >= 0.97
+    good = next(k for k, v in enumerate(real) if v.accepted)
+    shape = phantom_test[good]
+    np.testing.assert_allclose(real[good].landmarks, shape, atol=0.3)  # labels are the true blobs
+    gone = shape.copy()
+    gone[25] = np.nan  # a blob missing: two landmarks must share one
+    assert "shared_coordinate" in checker.check(render([gone]))[0].failed_rules
+    config, extra = sixth_finger(shape)
+    verdict = checker.check(render([config], extras=[extra]))[0]
+    assert "unassigned_blob" in verdict.failed_rules and not verdict.accepted
+    paper = AcceptanceChecker(phantom_stats, rule_set="paper").check(render([config], extras=[extra]))[0]
+    assert paper.accepted == (
+        "shared_coordinate" not in paper.failed_rules and "stable_landmarks" not in paper.failed_rules
+    )
+    assert "shape_parameters" in checker.check(render([stretch_thumb(shape, 1.6)]))[0].failed_rules
+
+
+def test_each_rule_on_labelled_configurations(phantom_stats, phantom_test):
+    checker = AcceptanceChecker(phantom_stats)
+    shape = phantom_test[0]
+    index = np.arange(37)
+    assert checker.apply_rules(shape, index, shape) == []
+    # Rule (i): two landmarks on one candidate; the configured pair 2-3 may.
+    shared = index.copy()
+    shared[10] = shared[11]
+    assert checker.apply_rules(shape, shared, shape) == ["shared_coordinate"]
+    pair = index.copy()
+    pair[3] = pair[2]
+    assert "shared_coordinate" not in checker.apply_rules(shape, pair, shape)
+    # Rule (ii): three wrist landmarks 25 mm off while RANSAC aligns on the rest.
+    moved = shape.copy()
+    moved[[0, 1, 6]] += 25.0 / phantom_stats.mm_per_px * np.array([1.0, 0.0])
+    assert "stable_landmarks" in checker.apply_rules(moved, index, moved)
+    # 10 mm is within the paper's 16 mm.
+    near = shape.copy()
+    near[[0, 1, 6]] += 10.0 / phantom_stats.mm_per_px * np.array([1.0, 0.0])
+    assert "stable_landmarks" not in checker.apply_rules(near, index, near)
+    # Strict: shape parameters outside the training distribution (a 50 % longer thumb).
+    assert "shape_parameters" in checker.apply_rules(stretch_thumb(shape), index, stretch_thumb(shape))
+    box = AcceptanceChecker(
+        dataclasses.replace(phantom_stats, config=dataclasses.replace(phantom_stats.config, shape_rule="box"))
+    )
+    assert "shape_parameters" in box.apply_rules(stretch_thumb(shape, 1.8), index, stretch_thumb(shape, 1.8))
+    # Strict: a strong blob nobody took.
+    blobs = np.concatenate([shape, [[5.0, 5.0]]])
+    assert checker.apply_rules(shape, index, blobs) == ["unassigned_blob"]
+
+
+def test_checks_are_deterministic_and_shape_checked(phantom_stats, phantom_test):
+    heatmaps = render(phantom_test[:8])
+    a = AcceptanceChecker(phantom_stats).check(heatmaps)
+    b = AcceptanceChecker(phantom_stats).check(heatmaps)
+    assert [v.to_json() for v in a] == [v.to_json() for v in b]
+    with pytest.raises(DataError, match="heatmaps must be"):
+        AcceptanceChecker(phantom_stats).check(heatmaps[:, :128])
+
+
+def test_bp_agrees_with_pgmpy_mplp_on_random_loopy_cases(phantom_stats, phantom_test):
+    """Random phantom hands, jittered by 1 pixel, every third with a stray blob, through the check's
+    own MRF: Delaunay edges plus exclusion factors (loopy) over the pruned candidate sets."""
+    rng = np.random.default_rng(5)
+    cases = [shape + rng.normal(0, 1.0, shape.shape) for shape in phantom_test[:30]]
+    extras = [rng.uniform(20, 230, (1, 2)) if k % 3 == 0 else None for k in range(30)]
+    problem = AcceptanceChecker(phantom_stats).build_mrf((render(cases, extras=extras) + 1) / 2)
+    assert (problem.available.sum(-1) > 1).any(-1).float().mean() > 0.5  # most samples hold real choices
+    ours = max_sum_bp(problem.unary, problem.pairwise, problem.edges).labels.numpy()
+    agree = [
+        np.array_equal(
+            ours[b],
+            pgmpy_map(
+                problem.unary[b].numpy(),
+                problem.pairwise[b].numpy(),
+                problem.edges.numpy(),
+                "mplp",
+                problem.available[b].numpy(),
+            ),
+        )
+        for b in range(len(cases))
+    ]
+    assert np.mean(agree) >= 0.95
+
+
+# -------------------------------------------------------------------------------- real hands
+
+
+@pytest.fixture(scope="module")
+def real_hands():
+    dm = HandDataModule(root=str(SHARED_DATA / "hand_dha"), split_dir="setup/cv/set1", annotations_only=True)
+    shapes, spacing, frame = dm.shape_table("train")
+    stats = ShapeStatistics.fit(shapes, spacing, (256, 256), "hand", AcceptanceConfig(), frame)
+    return stats, dm.shape_table("test")[0]
+
+
+@requires_shared_data
+def test_real_hands_are_accepted(real_hands):
+    stats, test = real_hands
+    assert len(test) == 298
+    verdicts = AcceptanceChecker(stats).check(render(test))
+    assert np.mean([v.accepted for v in verdicts]) >= 0.97
+
+
+@requires_shared_data
+@pytest.mark.parametrize("kind", KINDS)
+def test_corrupted_real_hands_are_rejected(real_hands, kind):
+    stats, test = real_hands
+    configurations, extras = corrupted(kind, test, stats.mm_per_px, seed=KINDS.index(kind))
+    verdicts = AcceptanceChecker(stats).check(render(configurations, extras=extras))
+    assert 1 - np.mean([v.accepted for v in verdicts]) >= 0.95

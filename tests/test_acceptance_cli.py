@@ -1,0 +1,211 @@
+"""`xraydiff acceptance fit|render|run|rate` and the acceptance callback, on phantoms."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from tiny import DDPM
+
+from datamodules import HandDataModule
+from xraydiff.samples import write_sample
+
+HAND = [
+    "--config",
+    "configs/data/hand_phantom.yaml",
+    "--data.init_args.phantom_counts",
+    '{"train": 120, "val": 4, "test": 24}',
+]
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    from conftest import run_cli
+
+    class Quiet:
+        def readouterr(self):
+            return type("C", (), {"out": "", "err": ""})()
+
+    root = tmp_path_factory.mktemp("acceptance")
+    code, _, err = run_cli(["acceptance", "fit", *HAND, "--annotations-only", "--out", root / "stats.json"], Quiet())
+    assert code == 0, err
+    code, _, err = run_cli(["acceptance", "render", *HAND, "--split", "test", "--out", root / "gt"], Quiet())
+    assert code == 0, err
+    return root
+
+
+def test_fit_writes_versioned_statistics(fitted):
+    data = json.loads((fitted / "stats.json").read_text())
+    assert data["format"] == "xraydiff-shape-statistics" and data["num_landmarks"] == 37
+    assert data["num_shapes"] == 120 and data["image_size"] == [256, 256]
+    assert data["frame"]["annotations_only"] is True and data["config"]["rule_set"] == "strict"
+    assert len(data["mm_per_px"]) == 2 and data["topology"]["kind"] == "delaunay"
+
+
+def test_render_writes_ground_truth_in_the_sample_format(fitted):
+    manifest = json.loads((fitted / "gt/manifest.json").read_text())
+    assert manifest["count"] == 24 and manifest["source"] == "ground truth"
+    sample = np.load(fitted / "gt" / f"{manifest['ids'][0]}.npz")
+    assert sample["heatmap"].shape == (256, 256) and sample["landmarks"].shape == (37, 2)
+    assert sample["image"].std() > 0.1  # phantoms have images
+    peak = np.unravel_index(sample["heatmap"].argmax(), (256, 256))
+    assert np.linalg.norm(sample["landmarks"][:, ::-1] - peak, axis=1).min() < 1.0
+
+
+def test_run_reports_exports_and_draws(cli, fitted, tmp_path):
+    out = tmp_path / "run"
+    code, stdout, err = cli(
+        "acceptance", "run", "--samples", fitted / "gt", "--stats", fitted / "stats.json", "--out", out
+    )
+    assert code == 0, err
+    report = json.loads((out / "report.json").read_text())
+    assert report["n"] == 24 and report["accepted"] >= 23 and report["acceptance_rate"] == report["accepted"] / 24
+    assert set(report["acceptance_rate_by_rule_set"]) == {"paper", "strict"}
+    sample = report["samples"][0]
+    assert set(sample) >= {"id", "accepted", "failed_rules", "landmarks"} and len(sample["landmarks"]) == 37
+    rows = list(csv.reader(open(out / "accepted/setup/all.csv")))
+    assert len(rows) == report["accepted"] and len(rows[0]) == 75
+    dm = HandDataModule(root=str(out / "accepted"), image_size=(256, 256), augmentation="none")
+    dm.setup()
+    assert len(dm.items["train"]) == report["accepted"]
+    accepted = next(s for s in report["samples"] if s["accepted"])
+    item = next(i for i in dm.items["train"] if i.id == accepted["id"])
+    np.testing.assert_allclose(item.landmarks, accepted["landmarks"], atol=2e-3)
+    assert (out / "gallery.png").stat().st_size > 20_000
+    # The paper's rule set in one more run; refusing to overwrite.
+    code, _, err = cli(
+        "acceptance",
+        "run",
+        "--samples",
+        fitted / "gt",
+        "--stats",
+        fitted / "stats.json",
+        "--out",
+        out,
+        "--rule-set",
+        "paper",
+    )
+    assert code != 0 and "--overwrite" in err
+
+
+def _bad_samples(folder, kind):
+    folder.mkdir()
+    image = np.zeros((256, 256), np.float32)
+    if kind == "no heatmap":
+        np.savez(folder / "a.npz", image=image)
+    elif kind == "size":
+        write_sample(folder, "a", np.zeros((64, 64)), np.zeros((64, 64)))
+    elif kind == "nan":
+        heatmap = np.zeros((256, 256), np.float32)
+        heatmap[3, 4] = np.nan
+        write_sample(folder, "a", image, heatmap)
+    return folder
+
+
+@pytest.mark.parametrize(
+    "kind,message",
+    [
+        ("no heatmap", "a.npz: sample has no 'heatmap' array"),
+        ("size", "a.npz: heatmap size (64, 64) differs from the expected (256, 256)"),
+        ("nan", "a.npz: 'heatmap' contains NaN"),
+        ("empty", "samples folder holds no .npz samples"),
+    ],
+)
+def test_bad_samples_are_refused(cli, fitted, tmp_path, kind, message):
+    folder = _bad_samples(tmp_path / "s", kind) if kind != "empty" else tmp_path / "s"
+    folder.mkdir(exist_ok=True)
+    code, _, err = cli(
+        "acceptance", "run", "--samples", folder, "--stats", fitted / "stats.json", "--out", tmp_path / "o"
+    )
+    assert code != 0 and message in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_bad_statistics_are_refused(cli, fitted, tmp_path):
+    data = json.loads((fitted / "stats.json").read_text())
+    (tmp_path / "old.json").write_text(json.dumps({**data, "version": 0}))
+    code, _, err = cli(
+        "acceptance", "run", "--samples", fitted / "gt", "--stats", tmp_path / "old.json", "--out", tmp_path / "o"
+    )
+    assert code != 0 and "old.json: statistics file version 0 is not supported" in err
+    write_sample(tmp_path / "g", "x", np.zeros((256, 256)), np.zeros((256, 256)), landmarks=np.zeros((19, 2)))
+    code, _, err = cli(
+        "acceptance", "run", "--samples", tmp_path / "g", "--stats", fitted / "stats.json", "--out", tmp_path / "o"
+    )
+    assert code != 0 and "x.npz: sample has 19 landmarks, the statistics 37" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_rate_reproduces_the_papers_protocol(cli, tmp_path):
+    root = tmp_path / "ddpm"
+    code, _, err = cli("fit", *DDPM, "--trainer.default_root_dir", root, "--trainer.max_epochs", "1")
+    assert code == 0, err
+    code, _, err = cli(
+        "acceptance",
+        "fit",
+        "--config",
+        "configs/data/hand_phantom.yaml",
+        "--data.init_args.image_size",
+        "[16, 16]",
+        "--annotations-only",
+        "--out",
+        tmp_path / "s.json",
+    )
+    assert code == 0, err
+    code, stdout, err = cli(
+        "acceptance",
+        "rate",
+        "--ckpt",
+        root / "checkpoints/last.ckpt",
+        "--stats",
+        tmp_path / "s.json",
+        "--runs",
+        3,
+        "--num-samples",
+        4,
+        "--steps",
+        2,
+        "--sampler",
+        "ddim",
+        "--out",
+        tmp_path / "rate",
+    )
+    assert code == 0, err
+    result = json.loads((tmp_path / "rate/acceptance.json").read_text())
+    assert result["runs"] == 3 and len(result["per_run"]) == 3 and [r["seed"] for r in result["per_run"]] == [0, 1, 2]
+    assert all(r["n"] == 4 for r in result["per_run"]) and 0 <= result["mean"] <= 1
+    assert "acceptance rate (strict)" in stdout
+    code, _, err = cli(
+        "acceptance",
+        "rate",
+        "--ckpt",
+        root / "checkpoints/last.ckpt",
+        "--stats",
+        tmp_path / "s.json",
+        "--runs",
+        0,
+        "--out",
+        tmp_path / "r2",
+    )
+    assert code != 0 and "at least 1" in err
+
+
+def test_acceptance_callback_logs_the_rate_during_training(cli, tmp_path):
+    callbacks = (
+        '[{"class_path": "callbacks.acceptance.AcceptanceCallback", '
+        '"init_args": {"every_n_epochs": 1, "num_samples": 3, "steps": 2}}]'
+    )
+    root = tmp_path / "run"
+    code, _, err = cli(
+        "fit", *DDPM, "--trainer.default_root_dir", root, "--trainer.max_epochs", "2", "--trainer.callbacks", callbacks
+    )
+    assert code == 0, err
+    metrics = next(root.rglob("metrics.csv")).read_text().splitlines()
+    header = metrics[0].split(",")
+    rows = [dict(zip(header, line.split(","), strict=True)) for line in metrics[1:]]
+    rates = [r["acceptance/rate"] for r in rows if r.get("acceptance/rate")]
+    assert len(rates) == 2 and all(0 <= float(r) <= 1 for r in rates)
+    assert [float(r["acceptance/n"]) for r in rows if r.get("acceptance/n")] == [3.0, 3.0]
+    assert (root / "acceptance/shape_stats.json").exists() and (root / "acceptance/epoch=0001.png").exists()

@@ -1,0 +1,134 @@
+"""Running the acceptance check on folders of samples, and exporting what it accepts.
+
+``run_acceptance`` reads the ``*.npz`` samples written by ``xraydiff sample`` (or
+``xraydiff acceptance render``), checks them in batches and writes, all or nothing:
+
+* ``report.json``: counts, acceptance rate (for the active rule set and for both), failed-rule
+  counts and one verdict per sample;
+* ``accepted/``: the accepted pairs as a dataset in the hand reader's layout
+  (``images/<id>.png``, ``setup/all.csv`` with the labelled landmarks in pixels of the saved
+  images, ``setup/cv/set1/train.txt`` and an empty ``test.txt``), loadable by ``HandDataModule``;
+* ``gallery.png``: accepted (green frame) and rejected (red frame) samples with the MRF labels.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from xraydiff.acceptance import RULE_SETS, STRICT_RULES, AcceptanceChecker, ShapeStatistics, Verdict
+from xraydiff.errors import DataError
+from xraydiff.imageio import atomic_directory, atomic_write_bytes, write_png
+from xraydiff.preview import acceptance_grid
+from xraydiff.samples import list_samples, read_sample
+
+
+def load_samples(directory: Path, stats: ShapeStatistics) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(ids, images (B, H, W), heatmaps (B, H, W)) of a samples folder, every file checked first."""
+    ids, images, heatmaps = [], [], []
+    for path in list_samples(directory):
+        arrays = read_sample(path, stats.image_size)
+        if "landmarks" in arrays and arrays["landmarks"].shape != (stats.num_landmarks, 2):
+            raise DataError(
+                path, f"sample has {arrays['landmarks'].shape[0]} landmarks, the statistics {stats.num_landmarks}"
+            )
+        ids.append(path.stem)
+        heatmaps.append(arrays["heatmap"])
+        images.append(arrays.get("image", np.full(stats.image_size, -1.0, np.float32)))
+    return ids, np.stack(images), np.stack(heatmaps)
+
+
+def check_in_batches(
+    checker: AcceptanceChecker, heatmaps: np.ndarray, ids: Sequence[str], batch_size: int = 128
+) -> list[Verdict]:
+    verdicts: list[Verdict] = []
+    for start in range(0, len(heatmaps), batch_size):
+        verdicts += checker.check(heatmaps[start : start + batch_size], list(ids[start : start + batch_size]))
+    return verdicts
+
+
+def summarize(verdicts: Sequence[Verdict], rule_set: str) -> dict:
+    """Counts and rates of a list of verdicts."""
+    n = len(verdicts)
+    accepted = sum(v.accepted for v in verdicts)
+    return {
+        "n": n,
+        "accepted": accepted,
+        "acceptance_rate": accepted / n if n else 0.0,
+        "rule_set": rule_set,
+        "acceptance_rate_by_rule_set": {
+            name: sum(v.accepted_by_rule_set[name] for v in verdicts) / n if n else 0.0 for name in RULE_SETS
+        },
+        "failed_rule_counts": {
+            rule: Counter(r for v in verdicts for r in v.failed_rules)[rule] for rule in STRICT_RULES
+        },
+    }
+
+
+def write_accepted_dataset(directory: Path, ids: Sequence[str], images: np.ndarray, landmarks: np.ndarray) -> None:
+    """The hand reader's layout: images/<id>.png, setup/all.csv, setup/cv/set1/{train,test}.txt."""
+    (directory / "images").mkdir(parents=True)
+    (directory / "setup/cv/set1").mkdir(parents=True)
+    rows = io.StringIO()
+    for sample_id, image, points in zip(ids, images, landmarks, strict=True):
+        write_png(directory / "images" / f"{sample_id}.png", image)
+        rows.write(",".join([sample_id, *(f"{v:.3f}" for v in np.asarray(points).ravel())]) + "\n")
+    atomic_write_bytes(directory / "setup/all.csv", rows.getvalue().encode())
+    atomic_write_bytes(directory / "setup/cv/set1/train.txt", "".join(f"{i}\n" for i in ids).encode())
+    atomic_write_bytes(directory / "setup/cv/set1/test.txt", b"")
+
+
+def run_acceptance(
+    samples: Path,
+    stats_path: Path,
+    out: Path,
+    rule_set: str | None = None,
+    overwrite: bool = False,
+    batch_size: int = 128,
+    gallery_size: int = 32,
+) -> dict:
+    """Check a samples folder against a statistics file and write report, dataset and gallery."""
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise DataError(out, "output folder exists and is not empty (pass --overwrite to replace it)")
+    stats = ShapeStatistics.load(stats_path)
+    checker = AcceptanceChecker(stats, rule_set)
+    ids, images, heatmaps = load_samples(samples, stats)
+    verdicts = check_in_batches(checker, heatmaps, ids, batch_size)
+    report = {
+        **summarize(verdicts, checker.rule_set),
+        "samples_dir": str(samples),
+        "stats": str(stats_path),
+        "samples": [v.to_json() for v in verdicts],
+    }
+    accepted = [k for k, v in enumerate(verdicts) if v.accepted]
+    with atomic_directory(out, overwrite=overwrite) as staging:
+        atomic_write_bytes(staging / "report.json", json.dumps(report, indent=1).encode())
+        write_accepted_dataset(
+            staging / "accepted",
+            [ids[k] for k in accepted],
+            images[accepted],
+            np.stack([verdicts[k].landmarks for k in accepted]) if accepted else np.empty((0, 0, 2)),
+        )
+        shown = _gallery_selection(verdicts, gallery_size)
+        acceptance_grid(
+            staging / "gallery.png",
+            images[shown],
+            heatmaps[shown],
+            [verdicts[k] for k in shown],
+            title=f"{report['accepted']} of {report['n']} accepted ({checker.rule_set} rules)",
+        )
+    return report
+
+
+def _gallery_selection(verdicts: Sequence[Verdict], count: int) -> list[int]:
+    """Up to ``count`` samples, half accepted and half rejected where possible, in id order."""
+    accepted = [k for k, v in enumerate(verdicts) if v.accepted]
+    rejected = [k for k, v in enumerate(verdicts) if not v.accepted]
+    take_accepted = min(len(accepted), max(count // 2, count - len(rejected)))
+    return sorted(accepted[:take_accepted] + rejected[: count - take_accepted])

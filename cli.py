@@ -51,6 +51,7 @@ commands:
   data summary                      load a dataset, write summary.json, landmarks.csv, preview.png
   sample                            generate image/heatmap pairs from a checkpoint
   acceptance fit|render|run|rate    MRF-SSM quality control of generated pairs
+  experiment augment                the synthetic-augmentation study, end to end
 """
 
 
@@ -141,6 +142,16 @@ class XrayCLI(LightningCLI):
         for logger in loggers if isinstance(loggers, list) else [loggers]:
             if isinstance(logger, Namespace) and "init_args" in logger:
                 self._configure_logger(logger, root, Path(config.checkpoint.dirpath), config.ckpt_path is not None)
+
+    def instantiate_classes(self) -> None:
+        # A config value rejected by a class (e.g. empty radii) surfaces from jsonargparse as a
+        # ValueError; report it like every other bad input.
+        try:
+            super().instantiate_classes()
+        except DataError:
+            raise
+        except ValueError as err:
+            raise DataError(None, f"invalid configuration: {err}") from None
 
     @staticmethod
     def _resolve_ckpt_path(subcommand: str, ckpt_path: str | None, root: Path, checkpoint_dir: str) -> str | None:
@@ -480,6 +491,7 @@ def acceptance_rate(argv: list[str]) -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--rule-set", choices=("strict", "paper"), default=None)
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    parser.add_argument("--precision", choices=("32-true", "bf16-mixed"), default="32-true")
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
     result = measure_acceptance_rate(
@@ -495,8 +507,26 @@ def acceptance_rate(argv: list[str]) -> None:
         args.rule_set,
         args.device,
         args.overwrite,
+        precision=args.precision,
     )
     print(result["table"])
+
+
+def experiment_augment(argv: list[str]) -> None:
+    from experiments.augment import Study, load_study_config, tables
+
+    parser = argparse.ArgumentParser(
+        prog="xraydiff experiment augment",
+        description="The synthetic-augmentation study of Hadzic et al.: generators, acceptance, localizer; resumable.",
+    )
+    parser.add_argument("--config", type=Path, required=True, help="YAML with an 'experiment' section")
+    parser.add_argument("--out", type=Path, required=True, help="study folder (rerun to resume)")
+    args = parser.parse_args(argv)
+    config = load_study_config(args.config)
+    results = Study(config, args.out).run()
+    table1, table2 = tables(results, config)
+    print("\nTable 1: acceptance rate\n" + table1 + "\n\nTable 2: localizer on the test set\n" + table2)
+    print(f"\nreport: {args.out / 'results.md'}")
 
 
 ACCEPTANCE_COMMANDS = {
@@ -519,6 +549,8 @@ def main(argv: list[str] | None = None) -> None:
             data_summary(argv[2:])
         elif argv[:1] == ["sample"]:
             sample(argv[1:])
+        elif argv[:2] == ["experiment", "augment"]:
+            experiment_augment(argv[2:])
         elif argv[:1] == ["acceptance"] and len(argv) > 1 and argv[1] in ACCEPTANCE_COMMANDS:
             ACCEPTANCE_COMMANDS[argv[1]](argv[2:])
         else:

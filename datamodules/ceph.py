@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datamodules.landmarks import LandmarkDataModule
-from xraydiff.augment import AugmentationSpec
 from xraydiff.phantoms import PhantomSample, ceph_phantom
 from xraydiff.readers import CEPH_FOLDERS, CEPH_MM_PER_PX, CEPH_NUM_LANDMARKS, LandmarkRecord, read_ceph_dataset
 
@@ -23,8 +22,8 @@ class CephalometricDataModule(LandmarkDataModule):
         ground_truth: 'mean' of the two doctors (default, as in the literature), 'senior' or 'junior'.
         folders: split name -> folder under RawImage.
         mm_per_px: pixel spacing of the original images.
-        (the remaining arguments: see ``LandmarkDataModule``; the default augmentation is the
-        published recipe, see ``xraydiff.augment.CEPH_RECIPE``)
+        **kwargs: see ``LandmarkDataModule``; the default augmentation is the published recipe
+            (``xraydiff.augment.CEPH_RECIPE``).
     """
 
     anatomy = "ceph"
@@ -37,30 +36,12 @@ class CephalometricDataModule(LandmarkDataModule):
         folders: dict[str, str] | None = None,
         mm_per_px: float = CEPH_MM_PER_PX,
         image_size: tuple[int, int] = (800, 640),
-        batch_size: int = 4,
-        num_workers: int = 0,
-        augmentation: AugmentationSpec = "default",
-        train_fraction: float = 1.0,
-        seed: int = 0,
-        phantom_counts: dict[str, int] | None = None,
-        load_workers: int = 2,
-        annotations_only: bool = False,
         original_size: tuple[int, int] | None = ORIGINAL_SIZE,
         extent_margin: tuple[float, float] = EXTENT_MARGIN,
+        **kwargs,
     ):
         super().__init__(
-            root,
-            image_size,
-            batch_size,
-            num_workers,
-            augmentation,
-            train_fraction,
-            seed,
-            phantom_counts,
-            load_workers,
-            annotations_only,
-            original_size,
-            extent_margin,
+            root=root, image_size=image_size, original_size=original_size, extent_margin=extent_margin, **kwargs
         )
         self.ground_truth = ground_truth
         self.folders = dict(folders or CEPH_FOLDERS)
@@ -70,6 +51,10 @@ class CephalometricDataModule(LandmarkDataModule):
         return read_ceph_dataset(
             self.root, self.ground_truth, self.folders, mm_per_px=self.mm_per_px, require_images=require_images
         )
+
+    def empty_split_source(self, split: str):
+        folder = self.folders.get(split)
+        return self.root if self.root is None or folder is None else self.root / "RawImage" / folder
 
     def render_phantom(self, seed: int, render: bool = True) -> PhantomSample:
         return ceph_phantom(seed, self.image_size, render)

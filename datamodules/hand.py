@@ -5,10 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from datamodules.landmarks import LandmarkDataModule
-from xraydiff.augment import AugmentationSpec
 from xraydiff.errors import DataError
 from xraydiff.phantoms import PhantomSample, hand_phantom
-from xraydiff.readers import HAND_NUM_LANDMARKS, LandmarkRecord, read_hand_dataset
+from xraydiff.readers import HAND_NUM_LANDMARKS, LandmarkRecord, read_hand_dataset, wrist_width_mm_per_px
 
 # Annotations-only frame: each original image size is estimated from the landmark extent times
 # these margins (x, y), the mean ratio over the images present (scripts/calibrate_annotation_frame.py).
@@ -31,7 +30,7 @@ class HandDataModule(LandmarkDataModule):
         train_list, test_list: split list file names inside ``split_dir``.
         val_fraction: share of the training list held out for validation; 0 validates on the
             test list (the cross-validation setups of Payer et al. have no separate validation set).
-        (the remaining arguments: see ``LandmarkDataModule``)
+        **kwargs: see ``LandmarkDataModule`` (batch size, augmentation, phantoms, synthetic data, ...).
     """
 
     anatomy = "hand"
@@ -47,30 +46,12 @@ class HandDataModule(LandmarkDataModule):
         test_list: str = "test.txt",
         val_fraction: float = 0.0,
         image_size: tuple[int, int] = (256, 256),
-        batch_size: int = 4,
-        num_workers: int = 0,
-        augmentation: AugmentationSpec = "default",
-        train_fraction: float = 1.0,
-        seed: int = 0,
-        phantom_counts: dict[str, int] | None = None,
-        load_workers: int = 2,
-        annotations_only: bool = False,
         original_size: tuple[int, int] | None = ORIGINAL_SIZE,
         extent_margin: tuple[float, float] = EXTENT_MARGIN,
+        **kwargs,
     ):
         super().__init__(
-            root,
-            image_size,
-            batch_size,
-            num_workers,
-            augmentation,
-            train_fraction,
-            seed,
-            phantom_counts,
-            load_workers,
-            annotations_only,
-            original_size,
-            extent_margin,
+            root=root, image_size=image_size, original_size=original_size, extent_margin=extent_margin, **kwargs
         )
         if not 0.0 <= val_fraction < 1.0:
             raise DataError(None, f"val_fraction must be in [0, 1), got {val_fraction}")
@@ -93,6 +74,9 @@ class HandDataModule(LandmarkDataModule):
         else:
             splits["val"] = splits["test"]
         return splits
+
+    def synthetic_mm_per_px(self, landmarks: np.ndarray, manifest: dict) -> float:
+        return wrist_width_mm_per_px(landmarks)
 
     def render_phantom(self, seed: int, render: bool = True) -> PhantomSample:
         return hand_phantom(seed, self.image_size, render)

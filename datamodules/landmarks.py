@@ -2,26 +2,27 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 from torch.utils.data import DataLoader
 
+from datamodules.base import CachedSplitsDataModule
 from xraydiff.augment import AugmentationSpec, build_augmentation
-from xraydiff.datasets import LandmarkDataset, LandmarkItem, load_landmark_item, parallel_map
+from xraydiff.datasets import LandmarkDataset, LandmarkItem, MixedSampler, load_landmark_item, parallel_map
 from xraydiff.errors import DataError
 from xraydiff.geometry import estimate_original_size, resize_scale, to_model_pixels, to_original_pixels
 from xraydiff.phantoms import PhantomSample
-from xraydiff.readers import LandmarkRecord
+from xraydiff.readers import LandmarkRecord, read_synthetic_dataset
 
 SPLITS = ("train", "val", "test")
 SPLIT_SEED_OFFSET = {"train": 0, "val": 1_000_000, "test": 2_000_000}
 
 
-class LandmarkDataModule(L.LightningDataModule):
+class LandmarkDataModule(CachedSplitsDataModule):
     """Base class: real records (``root`` given) or phantoms, cached in memory, augmented on the fly.
 
     Subclasses define ``anatomy``, ``num_landmarks``, ``read_records`` and ``render_phantom``.
@@ -45,6 +46,10 @@ class LandmarkDataModule(L.LightningDataModule):
             each one from its landmark extent times ``extent_margin`` (x, y)
             (``xraydiff.geometry.estimate_original_size``).
         extent_margin: see ``original_size``.
+        extra_train_dirs: folders of synthetic training pairs in the layout ``xraydiff acceptance
+            run`` exports (``accepted/``); never used for validation or testing.
+        synthetic_share: share of synthetic samples in each training epoch (and so, on average,
+            in each batch); None mixes them in their natural proportion.
     """
 
     anatomy = "landmarks"
@@ -64,6 +69,8 @@ class LandmarkDataModule(L.LightningDataModule):
         annotations_only: bool = False,
         original_size: tuple[int, int] | None = None,
         extent_margin: tuple[float, float] = (1.0, 1.0),
+        extra_train_dirs: list[str] | None = None,
+        synthetic_share: float | None = None,
     ):
         super().__init__()
         if len(image_size) != 2 or min(image_size) < 8:
@@ -85,6 +92,10 @@ class LandmarkDataModule(L.LightningDataModule):
         self.annotations_only = annotations_only
         self.original_size = None if original_size is None else (int(original_size[0]), int(original_size[1]))
         self.extent_margin = (float(extent_margin[0]), float(extent_margin[1]))
+        self.extra_train_dirs = [Path(d) for d in extra_train_dirs or []]
+        if synthetic_share is not None and not 0.0 <= synthetic_share < 1.0:
+            raise DataError(None, f"synthetic_share must be in [0, 1), got {synthetic_share}")
+        self.synthetic_share = synthetic_share
         self.items: dict[str, list[LandmarkItem]] | None = None
 
     # ----------------------------------------------------------------- subclass interface
@@ -98,10 +109,6 @@ class LandmarkDataModule(L.LightningDataModule):
 
     # ----------------------------------------------------------------------------- loading
 
-    @property
-    def source(self) -> str:
-        return "phantom" if self.root is None else str(self.root)
-
     def setup(self, stage: str | None = None) -> None:
         if self.items is not None:
             return
@@ -114,7 +121,20 @@ class LandmarkDataModule(L.LightningDataModule):
             load = self._annotation_item if self.annotations_only else partial(load_landmark_item, size=self.image_size)
             items = {split: parallel_map(load, records.get(split, []), self.load_workers) for split in SPLITS}
         items["train"] = self._subset(items["train"])
+        items["synthetic"] = [item for folder in self.extra_train_dirs for item in self._synthetic_items(folder)]
         self.items = items
+
+    def _synthetic_items(self, folder: Path) -> list[LandmarkItem]:
+        """Generated pairs exported by ``xraydiff acceptance run`` (``accepted/``), checked."""
+        records = read_synthetic_dataset(folder, self.num_landmarks, self.synthetic_mm_per_px)
+        items = parallel_map(partial(load_landmark_item, size=self.image_size), records, self.load_workers)
+        return [dataclasses.replace(item, synthetic=True) for item in items]
+
+    def synthetic_mm_per_px(self, landmarks: np.ndarray, manifest: dict) -> float:
+        """Millimetres per pixel of a synthetic image (hands: the wrist-width convention)."""
+        if "mm_per_px" not in manifest:
+            raise DataError(None, f"{type(self).__name__} needs mm_per_px in a synthetic folder's manifest")
+        return float(manifest["mm_per_px"])
 
     def _annotation_item(self, record: LandmarkRecord) -> LandmarkItem:
         """A landmark item without image, framed by ``original_size`` or the landmark extent."""
@@ -159,28 +179,17 @@ class LandmarkDataModule(L.LightningDataModule):
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         if self.annotations_only:
             raise DataError(self.root, "annotations_only data has no images to train or evaluate on")
-        dataset = self.dataset(split)
-        if split == "train" and len(dataset) == 0:
-            raise DataError(self.root, "the training split is empty")
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
+        return super()._loader(split, shuffle)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+        self.setup()
+        synthetic = self.items["synthetic"]
+        if not synthetic:
+            return self._loader("train", shuffle=True)
+        real = self.items["train"]
+        dataset = LandmarkDataset(real + synthetic, self.augmentation)
+        share = self.synthetic_share if self.synthetic_share is not None else len(synthetic) / len(dataset)
+        return self.make_loader(dataset, sampler=MixedSampler(len(real), len(synthetic), share, self.seed))
 
     # ------------------------------------------------------------------------- description
 
@@ -198,6 +207,7 @@ class LandmarkDataModule(L.LightningDataModule):
             if spacing
             else None,
             "augmentation": self.augmentation_spec,
+            "synthetic": len(self.items["synthetic"]),
         }
 
     def shape_table(self, split: str = "train") -> tuple[np.ndarray, np.ndarray, dict]:

@@ -5,10 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import lightning as L
 import numpy as np
-from torch.utils.data import DataLoader
 
+from datamodules.base import CachedSplitsDataModule
 from xraydiff.augment import AugmentationSpec, build_augmentation
 from xraydiff.datasets import (
     SegmentationDataset,
@@ -24,7 +23,7 @@ from xraydiff.readers import read_panoramic_dataset
 SPLITS = ("train", "val", "test")
 
 
-class PanoramicDataModule(L.LightningDataModule):
+class PanoramicDataModule(CachedSplitsDataModule):
     """Panoramic radiographs and binary targets from label maps, or phantom jaws when ``root`` is None.
 
     Layout under ``root``: ``<image_dir>/<stem>.<ext>`` with ``<mask_dir>/<stem>.png`` label maps,
@@ -81,10 +80,6 @@ class PanoramicDataModule(L.LightningDataModule):
         self.load_workers = load_workers
         self.items: dict[str, list[SegmentationItem]] | None = None
 
-    @property
-    def source(self) -> str:
-        return "phantom" if self.root is None else str(self.root)
-
     def setup(self, stage: str | None = None) -> None:
         if self.items is not None:
             return
@@ -124,27 +119,6 @@ class PanoramicDataModule(L.LightningDataModule):
         self.setup()
         augment = split == "train" if augment is None else augment
         return SegmentationDataset(self.items[split], self.augmentation if augment else None)
-
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        dataset = self.dataset(split)
-        if split == "train" and len(dataset) == 0:
-            raise DataError(self.root, "the training split is empty")
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
 
     def summary(self) -> dict:
         self.setup()

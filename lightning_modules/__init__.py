@@ -1,7 +1,8 @@
 """LightningModules, one per model."""
 
 from lightning_modules.generative import PairedGenerativeModule, load_model
+from lightning_modules.localizer import LandmarkLocalizer
 from lightning_modules.paired_ddpm import PairedDDPM
 from lightning_modules.vae import PairedVAE
 
-__all__ = ["PairedDDPM", "PairedGenerativeModule", "PairedVAE", "load_model"]
+__all__ = ["LandmarkLocalizer", "PairedDDPM", "PairedGenerativeModule", "PairedVAE", "load_model"]

@@ -6,6 +6,8 @@ Run r draws ``num_samples`` pairs with seed ``seed + r`` (the same samples as
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 from pathlib import Path
 
@@ -19,15 +21,26 @@ from xraydiff.imageio import atomic_write_bytes
 from xraydiff.samples import batch_seed, sample_id
 
 
+def file_digest(path: Path) -> str:
+    """Short SHA-1 of a file's content."""
+    digest = hashlib.sha1()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:12]
+
+
 def generate_heatmaps(
-    model, num_samples: int, seed: int, batch_size: int, sampler: str | None, steps: int | None
+    model, num_samples: int, seed: int, batch_size: int, sampler: str | None, steps: int | None, bf16: bool = False
 ) -> tuple[list[str], np.ndarray]:
-    """(ids, heatmaps (num_samples, H, W)) drawn from a generative module, batch by batch."""
+    """(ids, heatmaps (num_samples, H, W)) drawn from a generative module, batch by batch,
+    optionally under bf16 autocast."""
     ids, heatmaps = [], []
     for b, start in enumerate(range(0, num_samples, batch_size)):
         count = min(batch_size, num_samples - start)
         generator = torch.Generator(device=model.device).manual_seed(batch_seed(seed, b))
-        pairs = model.generate(count, generator, sampler, steps)
+        with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=bf16):
+            pairs = model.generate(count, generator, sampler, steps)
         heatmaps.append(pairs[:, 1].float().cpu().numpy())
         ids += [sample_id(seed, start + k) for k in range(count)]
     return ids, np.concatenate(heatmaps)
@@ -46,8 +59,17 @@ def measure_acceptance_rate(
     rule_set: str | None = None,
     device: str | None = None,
     overwrite: bool = False,
+    cache: Path | None = None,
+    precision: str = "32-true",
 ) -> dict:
-    """Mean and SD of the acceptance rate over ``runs`` runs; writes ``out/acceptance.json``."""
+    """Mean and SD of the acceptance rate over ``runs`` runs; writes ``out/acceptance.json``.
+
+    With ``cache``, each run's heatmaps are kept in (and reused from) that folder, keyed by the
+    checkpoint's content and the sampling settings: the same generator judged by other statistics
+    does not sample again. ``precision`` 'bf16-mixed' samples under bf16 autocast.
+    """
+    if precision not in ("32-true", "bf16-mixed"):
+        raise DataError(None, f"precision must be '32-true' or 'bf16-mixed', got {precision!r}")
     from lightning_modules.generative import PairedGenerativeModule, load_model
 
     if runs < 1 or num_samples < 1 or batch_size < 1:
@@ -63,8 +85,20 @@ def measure_acceptance_rate(
     model = model.to(torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))).eval()
     sampler_name, sampler_steps = model.sampling_description(sampler, steps)
     rows = []
+    key = f"{file_digest(ckpt)}-{sampler_name}{sampler_steps}-n{num_samples}-b{batch_size}-{precision}"
     for r in range(runs):
-        ids, heatmaps = generate_heatmaps(model, num_samples, seed + r, batch_size, sampler, steps)
+        cached = None if cache is None else Path(cache) / f"{key}-seed{seed + r}.npz"
+        if cached is not None and cached.is_file():
+            with np.load(cached) as data:
+                ids, heatmaps = list(data["ids"]), data["heatmaps"]
+        else:
+            ids, heatmaps = generate_heatmaps(
+                model, num_samples, seed + r, batch_size, sampler, steps, bf16=precision == "bf16-mixed"
+            )
+            if cached is not None:
+                buffer = io.BytesIO()
+                np.savez(buffer, ids=np.array(ids), heatmaps=heatmaps)
+                atomic_write_bytes(cached, buffer.getvalue())
         summary = summarize(checker.check(heatmaps, ids), checker.rule_set)
         rows.append({"run": r, "seed": seed + r, **summary})
     rates = np.array([row["acceptance_rate"] for row in rows])

@@ -7,7 +7,8 @@
   counts and one verdict per sample;
 * ``accepted/``: the accepted pairs as a dataset in the hand reader's layout
   (``images/<id>.png``, ``setup/all.csv`` with the labelled landmarks in pixels of the saved
-  images, ``setup/cv/set1/train.txt`` and an empty ``test.txt``), loadable by ``HandDataModule``;
+  images, ``setup/cv/set1/train.txt``, an empty ``test.txt`` and ``manifest.json``), loadable by
+  ``HandDataModule`` directly or as ``extra_train_dirs``;
 * ``gallery.png``: accepted (green frame) and rejected (red frame) samples with the MRF labels.
 """
 
@@ -70,8 +71,11 @@ def summarize(verdicts: Sequence[Verdict], rule_set: str) -> dict:
     }
 
 
-def write_accepted_dataset(directory: Path, ids: Sequence[str], images: np.ndarray, landmarks: np.ndarray) -> None:
-    """The hand reader's layout: images/<id>.png, setup/all.csv, setup/cv/set1/{train,test}.txt."""
+def write_accepted_dataset(
+    directory: Path, ids: Sequence[str], images: np.ndarray, landmarks: np.ndarray, stats: ShapeStatistics
+) -> None:
+    """The hand reader's layout: images/<id>.png, setup/all.csv, setup/cv/set1/{train,test}.txt, and
+    manifest.json (image size, landmark count, mm per pixel) read by ``extra_train_dirs``."""
     (directory / "images").mkdir(parents=True)
     (directory / "setup/cv/set1").mkdir(parents=True)
     rows = io.StringIO()
@@ -81,6 +85,14 @@ def write_accepted_dataset(directory: Path, ids: Sequence[str], images: np.ndarr
     atomic_write_bytes(directory / "setup/all.csv", rows.getvalue().encode())
     atomic_write_bytes(directory / "setup/cv/set1/train.txt", "".join(f"{i}\n" for i in ids).encode())
     atomic_write_bytes(directory / "setup/cv/set1/test.txt", b"")
+    manifest = {
+        "image_size": list(stats.image_size),
+        "num_landmarks": stats.num_landmarks,
+        "mm_per_px": float(np.mean(stats.mm_per_px)),
+        "anatomy": stats.anatomy,
+        "count": len(ids),
+    }
+    atomic_write_bytes(directory / "manifest.json", json.dumps(manifest, indent=1).encode())
 
 
 def run_acceptance(
@@ -114,6 +126,7 @@ def run_acceptance(
             [ids[k] for k in accepted],
             images[accepted],
             np.stack([verdicts[k].landmarks for k in accepted]) if accepted else np.empty((0, 0, 2)),
+            stats,
         )
         shown = _gallery_selection(verdicts, gallery_size)
         acceptance_grid(

@@ -8,6 +8,8 @@ A landmark sample (the data contract) is a dict:
 * ``scale``: (2,) float32, maps back to original pixels by ``geometry.to_original_pixels``
 * ``mm_per_px``: float32 scalar, millimetres per original pixel
 * ``id``: str
+* ``index``: int, position in the dataset (lets metrics drop the repeats of distributed padding)
+* ``synthetic``: bool, True for generated training pairs
 
 A segmentation sample holds ``image`` (1, H, W), ``mask`` (1, H, W) float32 in {0, 1} and ``id``.
 """
@@ -45,6 +47,7 @@ class LandmarkItem:
     scale: np.ndarray  # (2,) float32
     mm_per_px: float
     original_size: tuple[int, int]
+    synthetic: bool = False
 
 
 @dataclass(frozen=True)
@@ -128,7 +131,42 @@ class LandmarkDataset(Dataset):
             "scale": torch.from_numpy(item.scale),
             "mm_per_px": torch.tensor(item.mm_per_px, dtype=torch.float32),
             "id": item.id,
+            "index": index,
+            "synthetic": item.synthetic,
         }
+
+
+class MixedSampler(torch.utils.data.Sampler):
+    """Real samples once per epoch plus synthetic ones, so that a ``share`` of the epoch is synthetic.
+
+    Indices 0 .. n_real - 1 are real, n_real .. n_real + n_synthetic - 1 synthetic (drawn without
+    replacement while they last). The order is shuffled with a generator seeded by (seed, epoch):
+    the same on every process, reproducible and resumable (Lightning calls ``set_epoch``).
+    """
+
+    def __init__(self, n_real: int, n_synthetic: int, share: float, seed: int = 0):
+        if not 0.0 <= share < 1.0:
+            raise DataError(None, f"synthetic_share must be in [0, 1), got {share}")
+        self.n_real, self.n_synthetic, self.share, self.seed = n_real, n_synthetic, share, seed
+        self.epoch = 0
+        self.count = 0 if n_synthetic == 0 else int(round(n_real * share / (1.0 - share)))
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n_real + self.count
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        synthetic = torch.cat(
+            [
+                torch.randperm(self.n_synthetic, generator=generator)
+                for _ in range(-(-self.count // max(self.n_synthetic, 1)))
+            ]
+        )[: self.count]
+        indices = torch.cat([torch.arange(self.n_real), self.n_real + synthetic])
+        yield from indices[torch.randperm(len(indices), generator=generator)].tolist()
 
 
 class SegmentationDataset(Dataset):

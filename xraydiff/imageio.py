@@ -55,37 +55,31 @@ def read_image(path: Path) -> np.ndarray:
 
     Accepts single-slice volumes (D = 1) and RGB/RGBA files whose channels are averaged.
     """
-    try:
-        image = sitk.ReadImage(str(path))
-    except RuntimeError as err:
-        raise DataError(path, f"cannot decode image ({_first_line(err)})") from None
-    array = sitk.GetArrayFromImage(image)
-    if image.GetNumberOfComponentsPerPixel() > 1:
-        array = array[..., :3].mean(axis=-1, dtype=np.float32)
-    if array.ndim == 3 and array.shape[0] == 1:
-        array = array[0]
-    if array.ndim != 2:
-        raise DataError(path, f"expected a 2-D image, got an array of shape {array.shape}")
-    array = array.astype(np.float32)
+    array = _read_2d(path, "image", lambda a: a[..., :3].mean(axis=-1, dtype=np.float32)).astype(np.float32)
     if not np.isfinite(array).all():
         raise DataError(path, "image contains NaN or infinite values")
     return array
 
 
 def read_label_map(path: Path) -> np.ndarray:
-    """Decode an integer label map (H, W)."""
+    """Decode an integer label map (H, W) (the first channel of a multi-channel file)."""
+    return _read_2d(path, "label map", lambda a: a[..., 0]).astype(np.int64)
+
+
+def _read_2d(path: Path, what: str, merge_channels) -> np.ndarray:
+    """Decode a file with SimpleITK into a 2-D array; ``merge_channels`` reduces vector pixels."""
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as err:
-        raise DataError(path, f"cannot decode label map ({_first_line(err)})") from None
+        raise DataError(path, f"cannot decode {what} ({_first_line(err)})") from None
     array = sitk.GetArrayFromImage(image)
     if image.GetNumberOfComponentsPerPixel() > 1:
-        array = array[..., 0]
+        array = merge_channels(array)
     if array.ndim == 3 and array.shape[0] == 1:
         array = array[0]
     if array.ndim != 2:
-        raise DataError(path, f"expected a 2-D label map, got an array of shape {array.shape}")
-    return array.astype(np.int64)
+        raise DataError(path, f"expected a 2-D {what}, got an array of shape {array.shape}")
+    return array
 
 
 def normalize_intensity(image: np.ndarray) -> np.ndarray:

@@ -121,3 +121,33 @@ def acceptance_grid(
     if title:
         fig.suptitle(title)
     save_figure(fig, path)
+
+
+def error_bar_chart(path: Path, errors: np.ndarray, title: str | None = None) -> None:
+    """Per-landmark mean radial error (bars) with its standard deviation, errors (M, N) in mm."""
+    mean, sd = errors.mean(axis=0), errors.std(axis=0)
+    fig, ax = plt.subplots(figsize=(max(6, 0.3 * len(mean)), 3.5))
+    ax.bar(np.arange(len(mean)), mean, yerr=sd, color="steelblue", ecolor="gray", capsize=2)
+    ax.set_xticks(np.arange(len(mean)))
+    ax.set_xticklabels([str(k) for k in range(len(mean))], fontsize=6)
+    ax.set_xlabel("landmark (0-based)")
+    ax.set_ylabel("radial error (mm)")
+    if title:
+        ax.set_title(title, fontsize=9)
+    save_figure(fig, path)
+
+
+def worst_cases_figure(path: Path, cases: Sequence[dict], columns: int = 3) -> None:
+    """Images with predictions (red), ground truth (green) and the error between them (yellow)."""
+    if not cases:
+        return
+    fig, axes = _grid(len(cases), columns, cases[0]["image"].shape[0] / cases[0]["image"].shape[1], tile=3.5)
+    for ax, case in zip(axes, cases, strict=False):
+        ax.imshow(case["image"], cmap="gray", vmin=-1, vmax=1)
+        predicted, target = np.asarray(case["predicted"]), np.asarray(case["target"])
+        for (px, py), (tx, ty) in zip(predicted, target, strict=True):
+            ax.plot([px, tx], [py, ty], color="yellow", linewidth=0.7)
+        ax.scatter(target[:, 0], target[:, 1], s=6, c="lime", label="ground truth")
+        ax.scatter(predicted[:, 0], predicted[:, 1], s=6, c="red", label="prediction")
+        ax.set_title(f"{case['id']}: {case['error_mm']:.2f} mm", fontsize=7)
+    save_figure(fig, path)

@@ -331,3 +331,48 @@ def _check_inside(landmarks: np.ndarray, size: tuple[int, int], path: Path, line
             f"landmark {k} at ({x:g}, {y:g}) lies outside the image {image} of size {size[1]} x {size[0]} (W x H)",
             line if line is not None else k + 1,
         )
+
+
+# ----------------------------------------------------------------------------------- synthetic
+
+SYNTHETIC_MANIFEST = "manifest.json"
+
+
+def read_synthetic_dataset(root: Path, num_landmarks: int, mm_per_px_of) -> list[LandmarkRecord]:
+    """Records of a folder of accepted synthetic pairs (the layout ``xraydiff acceptance run``
+    exports): ``setup/all.csv``, ``setup/cv/set1/train.txt``, ``images/<id>.png`` and a
+    ``manifest.json`` with ``image_size`` and ``num_landmarks``; every image must have that size.
+
+    ``mm_per_px_of(landmarks, manifest)`` gives each sample's spacing.
+    """
+    import json
+
+    root = Path(root)
+    manifest_path = root / SYNTHETIC_MANIFEST
+    if not manifest_path.is_file():
+        raise DataError(manifest_path, "synthetic folder has no manifest (export it with `xraydiff acceptance run`)")
+    manifest = json.loads(manifest_path.read_text())
+    if manifest.get("num_landmarks") != num_landmarks:
+        raise DataError(
+            manifest_path, f"synthetic pairs have {manifest.get('num_landmarks')} landmarks, the data {num_landmarks}"
+        )
+    size = tuple(manifest["image_size"])
+    records = read_hand_dataset(root, split_files={"train": "train.txt"}, num_landmarks=num_landmarks)["train"]
+    out = []
+    for record in records:
+        if tuple(record.original_size) != size:
+            raise DataError(
+                record.image_path,
+                f"synthetic image of size {record.original_size} (H, W), the manifest says {list(size)}",
+            )
+        out.append(
+            LandmarkRecord(
+                record.id,
+                record.landmarks,
+                mm_per_px_of(record.landmarks, manifest),
+                record.image_path,
+                record.source,
+                record.original_size,
+            )
+        )
+    return out

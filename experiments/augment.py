@@ -1,0 +1,433 @@
+"""The synthetic-augmentation study of Hadzic et al., end to end and resumable.
+
+For each training-set size (FullDataset and the 10 % ReducedDataset):
+
+1. every generator (paired DDPM, VAE) is trained on that training set, or taken from a checkpoint;
+2. shape statistics are fitted from the training set at the generator's size;
+3. the acceptance rate is measured by the paper's protocol (runs x samples, Table 1);
+4. ``num_samples`` pairs are sampled and checked; the accepted ones become a dataset;
+5. the localizer is trained on real only and on real + each generator's accepted pairs, then
+   tested (Table 2: point error mean +- SD and outlier counts).
+
+Each step writes its outputs into its own folder under ``--out`` and a ``done.json`` marker last;
+a step whose marker exists is not recomputed, so an interrupted study resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from xraydiff.errors import DataError
+from xraydiff.imageio import atomic_write_bytes
+
+MARKER = "done.json"
+
+
+# --------------------------------------------------------------------------------------- config
+
+
+@dataclass
+class GeneratorSpec:
+    """A generator of the study: a fit config (and overrides), or a ready checkpoint."""
+
+    config: list[str]
+    args: list[str] = field(default_factory=list)
+    ckpt: str | None = None
+
+
+@dataclass
+class StudyConfig:
+    data: dict[str, Any]  # overrides of every sub-config's data.init_args (root, split_dir, ...)
+    generators: dict[str, GeneratorSpec]
+    localizer: GeneratorSpec
+    training_sets: dict[str, float] = field(default_factory=lambda: {"full": 1.0, "reduced": 0.1})
+    num_samples: int = 400
+    sampler: str | None = "ddim"
+    steps: int | None = 50
+    batch_size: int = 16
+    rate_runs: int = 10
+    rate_samples: int = 100
+    synthetic_share: float | None = None
+    acceptance: dict[str, Any] = field(default_factory=dict)
+    outlier_radii: list[float] = field(default_factory=lambda: [2.0, 4.0, 10.0, 20.0])
+    seed: int = 0
+    precision: str = "32-true"  # of sampling; 'bf16-mixed' halves the time on CPUs with AMX
+
+
+def _key_lines(path: Path) -> dict[tuple, int]:
+    """Line numbers (1-based) of the mapping keys of a YAML file, by key path."""
+    lines: dict[tuple, int] = {}
+
+    def walk(node, prefix):
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                lines[(*prefix, key.value)] = key.start_mark.line + 1
+                walk(value, (*prefix, key.value))
+
+    walk(yaml.compose(path.read_text()), ())
+    return lines
+
+
+def load_study_config(path: Path) -> StudyConfig:
+    """Read and check an ``experiment:`` config; errors name the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "config not found")
+    try:
+        document = yaml.safe_load(path.read_text())
+        lines = _key_lines(path)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        raise DataError(
+            path, f"invalid YAML: {getattr(err, 'problem', err)}", mark.line + 1 if mark else None
+        ) from None
+    if not isinstance(document, dict) or "experiment" not in document:
+        raise DataError(path, "needs a top-level 'experiment' section")
+    section = document["experiment"]
+    known = {f for f in StudyConfig.__dataclass_fields__}
+    for key in section:
+        if key not in known:
+            raise DataError(
+                path, f"unknown key experiment.{key} (known: {sorted(known)})", lines.get(("experiment", key))
+            )
+    for key in ("data", "generators", "localizer"):
+        if key not in section:
+            raise DataError(path, f"experiment.{key} is required", lines.get(("experiment",)))
+
+    def spec(value, where) -> GeneratorSpec:
+        if not isinstance(value, dict):
+            raise DataError(path, f"{where} must be a mapping with config, args, ckpt", lines.get(where))
+        unknown = set(value) - {"config", "args", "ckpt"}
+        if unknown:
+            raise DataError(path, f"unknown key(s) {sorted(unknown)} in {'.'.join(where)}", lines.get(where))
+        configs = value.get("config") or []
+        configs = [configs] if isinstance(configs, str) else list(configs)
+        for config in configs:
+            if not Path(config).is_file():
+                raise DataError(path, f"{'.'.join(where)}: config {config} not found", lines.get((*where, "config")))
+        ckpt = value.get("ckpt")
+        if ckpt is not None and not Path(ckpt).is_file():
+            raise DataError(path, f"{'.'.join(where)}: checkpoint {ckpt} not found", lines.get((*where, "ckpt")))
+        if not configs and ckpt is None:
+            raise DataError(path, f"{'.'.join(where)} needs a config or a ckpt", lines.get(where))
+        return GeneratorSpec(configs, [str(a) for a in value.get("args") or []], ckpt)
+
+    generators = {
+        name: spec(value, ("experiment", "generators", name)) for name, value in (section["generators"] or {}).items()
+    }
+    values = {k: v for k, v in section.items() if k not in ("generators", "localizer")}
+    config = StudyConfig(
+        **{**values, "generators": generators, "localizer": spec(section["localizer"], ("experiment", "localizer"))}
+    )
+    if not config.generators:
+        raise DataError(path, "experiment.generators is empty", lines.get(("experiment", "generators")))
+    for name, fraction in config.training_sets.items():
+        if not 0 < float(fraction) <= 1:
+            raise DataError(
+                path,
+                f"training set {name}: fraction must be in (0, 1], got {fraction}",
+                lines.get(("experiment", "training_sets", name)),
+            )
+    for name in ("num_samples", "rate_runs", "rate_samples", "batch_size"):
+        if int(getattr(config, name)) < 1:
+            raise DataError(path, f"experiment.{name} must be at least 1", lines.get(("experiment", name)))
+    return config
+
+
+# ---------------------------------------------------------------------------------------- steps
+
+
+class Study:
+    """Runs the steps of the study into ``out``; see the module docstring."""
+
+    def __init__(self, config: StudyConfig, out: Path, log=print):
+        self.config = config
+        self.out = Path(out)
+        self.log = log
+        self.timings: dict[str, float] = {}
+
+    # -- bookkeeping
+
+    def step(self, folder: Path, name: str, work) -> dict:
+        """Run ``work(folder)`` unless ``folder/done.json`` exists; return the step's record."""
+        marker = folder / MARKER
+        if marker.is_file():
+            self.log(f"[skip] {name}: done before")
+            return json.loads(marker.read_text())
+        if folder.exists():
+            shutil.rmtree(folder)  # a step interrupted before its marker starts over
+        folder.mkdir(parents=True)
+        self.log(f"[run ] {name}")
+        start = time.perf_counter()
+        record = work(folder) or {}
+        record["seconds"] = round(time.perf_counter() - start, 1)
+        atomic_write_bytes(marker, json.dumps(record, indent=1).encode())
+        return record
+
+    def _data_args(self, fraction: float, extra: dict | None = None) -> list[str]:
+        overrides = {**self.config.data, "train_fraction": fraction, **(extra or {})}
+        return [
+            arg
+            for key, value in overrides.items()
+            for arg in (f"--data.init_args.{key}", json.dumps(value) if not isinstance(value, str) else value)
+        ]
+
+    def _cli(self, args: list[str]) -> None:
+        from cli import XrayCLI
+
+        XrayCLI(args=[str(a) for a in args])
+
+    # -- generators
+
+    def train_generator(self, folder: Path, name: str, spec: GeneratorSpec, fraction: float) -> dict:
+        if spec.ckpt is not None:
+            return {"checkpoint": str(Path(spec.ckpt).resolve()), "trained": False}
+        args = [
+            "fit",
+            *[a for c in spec.config for a in ("--config", c)],
+            *spec.args,
+            *self._data_args(fraction),
+            "--trainer.default_root_dir",
+            str(folder / "run"),
+            "--trainer.logger",
+            '{"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "."}}',
+        ]
+        self._cli(args)
+        return {"checkpoint": str((folder / "run/checkpoints/last.ckpt").resolve()), "trained": True}
+
+    def fit_statistics(self, folder: Path, spec: GeneratorSpec, fraction: float, checkpoint: str) -> dict:
+        from lightning_modules.generative import load_model
+        from xraydiff.acceptance import AcceptanceConfig, ShapeStatistics
+
+        model = load_model(checkpoint)
+        datamodule = self._datamodule(spec, fraction, model.image_size, annotations_only=True)
+        shapes, spacing, frame = datamodule.shape_table("train")
+        config = AcceptanceConfig(**self.config.acceptance)
+        stats = ShapeStatistics.fit(shapes, spacing, model.image_size, datamodule.anatomy, config, frame)
+        stats.save(folder / "stats.json")
+        return {"stats": str(folder / "stats.json"), "shapes": int(stats.num_shapes)}
+
+    def _datamodule(self, spec: GeneratorSpec, fraction: float, image_size, annotations_only: bool = False):
+        """The real data of a sub-config (its data section with the study's overrides)."""
+        from cli import data_parser
+
+        parser = data_parser("study", "")
+        args = [a for c in spec.config for a in ("--config", c)] + self._data_args(
+            fraction, {"image_size": list(image_size), "annotations_only": annotations_only}
+        )
+        datamodule = parser.instantiate_classes(parser.parse_args(args)).data
+        datamodule.setup()
+        return datamodule
+
+    def acceptance_rate(self, folder: Path, checkpoint: str, stats: str) -> dict:
+        from xraydiff.acceptance_rate import measure_acceptance_rate
+
+        c = self.config
+        result = measure_acceptance_rate(
+            Path(checkpoint),
+            Path(stats),
+            folder,
+            c.rate_runs,
+            c.rate_samples,
+            self._sampler(checkpoint),
+            c.steps,
+            c.seed,
+            c.batch_size,
+            cache=self.out / "cache",
+            precision=c.precision,
+        )
+        self.log(result["table"])
+        return {"mean": result["mean"], "sd": result["sd"], "by_rule_set": result["by_rule_set"]}
+
+    def _sampler(self, checkpoint: str) -> str | None:
+        from lightning_modules.generative import load_model
+
+        return self.config.sampler if load_model(checkpoint).sampling_description(None, None)[0] != "prior" else None
+
+    def sample_and_accept(self, folder: Path, checkpoint: str, stats: str) -> dict:
+        from cli import generate_samples
+        from xraydiff.acceptance_rate import file_digest
+        from xraydiff.acceptance_run import run_acceptance
+
+        c = self.config
+        sampler = self._sampler(checkpoint)
+        # Samples depend only on the generator and the sampling settings: training sets sharing a
+        # checkpoint share them (judged by their own statistics).
+        digest = file_digest(Path(checkpoint))
+        samples = self.out / "cache" / f"samples-{digest}-{sampler}{c.steps}-n{c.num_samples}-{c.precision}"
+        if not (samples / "manifest.json").is_file():
+            generate_samples(
+                Path(checkpoint),
+                c.num_samples,
+                samples,
+                sampler,
+                c.steps,
+                c.seed + 1000,
+                c.batch_size,
+                devices=1,
+                accelerator="auto",
+                precision=c.precision,
+                overwrite=True,
+            )
+        report = run_acceptance(samples, Path(stats), folder / "acceptance")
+        return {
+            "accepted": report["accepted"],
+            "n": report["n"],
+            "acceptance_rate": report["acceptance_rate"],
+            "accepted_dir": str(folder / "acceptance" / "accepted"),
+            "gallery": str(folder / "acceptance" / "gallery.png"),
+        }
+
+    # -- localizer
+
+    def train_localizer(self, folder: Path, fraction: float, synthetic: list[str]) -> dict:
+        spec = self.config.localizer
+        extra = {"extra_train_dirs": synthetic}
+        if synthetic and self.config.synthetic_share is not None:
+            extra["synthetic_share"] = self.config.synthetic_share
+        common = [
+            *[a for c in spec.config for a in ("--config", c)],
+            *spec.args,
+            *self._data_args(fraction, extra),
+            "--trainer.default_root_dir",
+            str(folder),
+            "--trainer.logger",
+            '{"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "."}}',
+        ]
+        self._cli(["fit", *common])
+        self._cli(["test", *common, "--ckpt_path", str(folder / "checkpoints/last.ckpt")])
+        metrics = json.loads((folder / "test_metrics.json").read_text())
+        return {"metrics": metrics}
+
+    # -- the whole study
+
+    def run(self) -> dict:
+        c = self.config
+        torch.manual_seed(c.seed)
+        results: dict = {"training_sets": {}, "generators": list(c.generators)}
+        for set_name, fraction in c.training_sets.items():
+            base = self.out / set_name
+            entry: dict = {"fraction": fraction, "generators": {}, "localizer": {}}
+            for name, spec in c.generators.items():
+                g = base / name
+                trained = self.step(
+                    g / "train",
+                    f"{set_name}/{name}: generator",
+                    partial(self.train_generator, name=name, spec=spec, fraction=fraction),
+                )
+                checkpoint = trained["checkpoint"]
+                stats = self.step(
+                    g / "stats",
+                    f"{set_name}/{name}: shape statistics",
+                    partial(self.fit_statistics, spec=spec, fraction=fraction, checkpoint=checkpoint),
+                )["stats"]
+                rate = self.step(
+                    g / "rate",
+                    f"{set_name}/{name}: acceptance rate",
+                    partial(self.acceptance_rate, checkpoint=checkpoint, stats=stats),
+                )
+                accepted = self.step(
+                    g / "samples",
+                    f"{set_name}/{name}: sample and accept",
+                    partial(self.sample_and_accept, checkpoint=checkpoint, stats=stats),
+                )
+                entry["generators"][name] = {
+                    "checkpoint": checkpoint,
+                    "trained": trained["trained"],
+                    "acceptance": rate,
+                    "accepted": accepted,
+                }
+            variants = {"real": []} | {
+                f"real+{name}": [info["accepted"]["accepted_dir"]]
+                for name, info in entry["generators"].items()
+                if info["accepted"]["accepted"] > 0
+            }
+            for variant, synthetic in variants.items():
+                record = self.step(
+                    base / "localizer" / variant.replace("+", "_"),
+                    f"{set_name}/localizer {variant}",
+                    partial(self.train_localizer, fraction=fraction, synthetic=synthetic),
+                )
+                entry["localizer"][variant] = record["metrics"]
+            for name in c.generators:
+                entry["localizer"].setdefault(f"real+{name}", None)  # no accepted pairs: "/" in Table 2
+            results["training_sets"][set_name] = entry
+        write_report(self.out, results, c)
+        return results
+
+
+# --------------------------------------------------------------------------------------- report
+
+
+def tables(results: dict, config: StudyConfig) -> tuple[str, str]:
+    """Table 1 (acceptance rates) and Table 2 (localizer errors) in Markdown."""
+    sets = list(results["training_sets"])
+    head = " | ".join(f"{g} {s}" for g in results["generators"] for s in sets)
+    cells = []
+    for g in results["generators"]:
+        for s in sets:
+            rate = results["training_sets"][s]["generators"][g]["acceptance"]
+            cells.append(f"{rate['mean']:.0%} (+-{rate['sd']:.0%} SD)")
+    table1 = f"| metric | {head} |\n|---|{'---|' * len(cells)}\n| mean acceptance rate | {' | '.join(cells)} |"
+    radii = [f"{r:g}" for r in config.outlier_radii]
+    rows = [
+        f"| training set | PE mean +- SD (mm) | {' | '.join(f'O r={r}mm' for r in radii)} |",
+        f"|---|---|{'---|' * len(radii)}",
+    ]
+    for s in sets:
+        for variant, metrics in results["training_sets"][s]["localizer"].items():
+            label = f"{s} ({variant})"
+            if metrics is None:
+                rows.append(f"| {label} | / | {' | '.join('/' for _ in radii)} |")
+            else:
+                counts = " | ".join(str(metrics["outliers"].get(r, "-")) for r in radii)
+                rows.append(f"| {label} | {metrics['mre_mm']:.2f} +- {metrics['mre_sd_mm']:.2f} | {counts} |")
+    return table1, "\n".join(rows)
+
+
+def write_report(out: Path, results: dict, config: StudyConfig) -> None:
+    table1, table2 = tables(results, config)
+    lines = [
+        "# Synthetic augmentation study (Hadzic et al.)",
+        "",
+        "## Table 1: DDPM and VAE comparison (MRF-SSM acceptance)",
+        "",
+        table1,
+        "",
+        f"{config.rate_runs} runs of {config.rate_samples} samples each; "
+        f"{config.num_samples} samples drawn for augmentation.",
+        "",
+        "## Table 2: localizer trained with and without synthetic images (test set)",
+        "",
+        table2,
+        "",
+        "## Galleries (green: accepted, red: rejected)",
+        "",
+    ]
+    for s, entry in results["training_sets"].items():
+        for g, info in entry["generators"].items():
+            gallery = Path(info["accepted"]["gallery"])
+            lines.append(
+                f"### {s} / {g}: {info['accepted']['accepted']} of {info['accepted']['n']} accepted "
+                f"({'trained here' if info['trained'] else 'checkpoint ' + info['checkpoint']})"
+            )
+            lines.append(f"![{s} {g}]({gallery.relative_to(out)})")
+            lines.append("")
+    atomic_write_bytes(out / "results.md", "\n".join(lines).encode())
+    atomic_write_bytes(out / "results.json", json.dumps(results, indent=1, default=_jsonable).encode())
+
+
+def _jsonable(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(type(value))

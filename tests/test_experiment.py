@@ -1,0 +1,140 @@
+"""`xraydiff experiment augment`: the whole study at toy size, resumable; bad study configs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from tiny import DDPM, VAE
+
+from experiments.augment import load_study_config
+from xraydiff.errors import DataError
+
+
+def _args(base: list[str]) -> list[str]:
+    """The overrides of a tiny training config, without its --config entries and data sizes."""
+    out, skip = [], False
+    for value in base:
+        if skip:
+            skip = False
+            continue
+        if value == "--config" or value.startswith("--data.init_args.phantom_counts"):
+            skip = True
+            continue
+        out.append(value)
+    return out
+
+
+def _study(tmp_path, **changes) -> dict:
+    localizer = [
+        "--model.init_args.image_size",
+        "[16, 16]",
+        "--model.init_args.channels",
+        "[8, 16]",
+        "--data.init_args.image_size",
+        "[16, 16]",
+        "--data.init_args.batch_size",
+        "2",
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.callbacks",
+        '[{"class_path": "callbacks.landmark_eval.LandmarkEvaluation"}]',
+        "--trainer.enable_progress_bar",
+        "false",
+    ]
+    study = {
+        "experiment": {
+            "seed": 0,
+            "data": {"root": None, "phantom_counts": {"train": 10, "val": 2, "test": 4}},
+            "training_sets": {"full": 1.0, "reduced": 0.3},
+            "generators": {
+                "ddpm": {
+                    "config": ["configs/demo/hand_ddpm.yaml"],
+                    "args": [*_args(DDPM), "--trainer.max_epochs", "1"],
+                },
+                "vae": {"config": ["configs/demo/hand_vae.yaml"], "args": [*_args(VAE), "--trainer.max_epochs", "1"]},
+            },
+            "num_samples": 4,
+            "sampler": "ddim",
+            "steps": 2,
+            "batch_size": 4,
+            "rate_runs": 2,
+            "rate_samples": 3,
+            "localizer": {"config": ["configs/demo/hand_localizer.yaml"], "args": localizer},
+            **changes,
+        }
+    }
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(study))
+    return path
+
+
+def test_study_runs_end_to_end_and_resumes(cli, tmp_path):
+    config = _study(tmp_path)
+    out = tmp_path / "out"
+    code, stdout, err = cli("experiment", "augment", "--config", config, "--out", out)
+    assert code == 0, err[-3000:]
+    assert "Table 1" in stdout and "Table 2" in stdout
+    results = json.loads((out / "results.json").read_text())
+    for name in ("full", "reduced"):
+        entry = results["training_sets"][name]
+        assert set(entry["generators"]) == {"ddpm", "vae"}
+        for info in entry["generators"].values():
+            assert info["trained"] and 0 <= info["acceptance"]["mean"] <= 1 and info["accepted"]["n"] == 4
+        real = entry["localizer"]["real"]
+        assert real["n_images"] == 4 and real["n_landmarks"] == 37 and real["mre_mm"] > 0
+    assert results["training_sets"]["reduced"]["fraction"] == 0.3
+    report = (out / "results.md").read_text()
+    assert "Table 1" in report and "Table 2" in report and "gallery.png" in report
+    assert (out / "full/ddpm/samples/acceptance/gallery.png").exists()
+    # A second run recomputes nothing; a step without its marker is redone.
+    first = (out / "full/localizer/real/done.json").read_text()
+    (out / "reduced/vae/rate/done.json").unlink()
+    code, stdout, err = cli("experiment", "augment", "--config", config, "--out", out)
+    assert code == 0, err[-3000:]
+    assert stdout.count("[skip]") == stdout.count("[run ]") + stdout.count("[skip]") - 1
+    assert "[run ] reduced/vae: acceptance rate" in stdout
+    assert (out / "full/localizer/real/done.json").read_text() == first
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"num_sample": 3}, "study.yaml:"),
+        ({"localizer": {"config": ["configs/nope.yaml"]}}, "config configs/nope.yaml not found"),
+        ({"training_sets": {"full": 1.5}}, "fraction must be in (0, 1]"),
+        ({"rate_runs": 0}, "rate_runs must be at least 1"),
+    ],
+)
+def test_bad_study_configs_name_file_and_line(tmp_path, change, message):
+    with pytest.raises(DataError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
+        load_study_config(_study(tmp_path, **change))
+
+
+def test_unknown_key_reports_its_line(tmp_path):
+    path = _study(tmp_path, num_sample=3)
+    line = next(k for k, text in enumerate(path.read_text().splitlines(), 1) if text.strip().startswith("num_sample:"))
+    with pytest.raises(DataError, match=f"study.yaml:{line}: unknown key experiment.num_sample"):
+        load_study_config(path)
+
+
+def test_demo_study_runs_at_smoke_size(cli, tmp_path):
+    """configs/demo/hand_augment.yaml (the `make demo` job) with fewer samples and epochs."""
+    demo = yaml.safe_load(open("configs/demo/hand_augment.yaml"))
+    study = demo["experiment"]
+    study["data"]["phantom_counts"] = {"train": 30, "val": 4, "test": 8}
+    study["training_sets"] = {"full": 1.0}
+    study.update(num_samples=8, rate_runs=1, rate_samples=8, steps=10)
+    vae_args = study["generators"]["vae"]["args"]
+    vae_args[vae_args.index("--trainer.max_epochs") + 1] = "1"
+    study["localizer"]["args"] = ["--trainer.max_epochs", "2", "--trainer.enable_progress_bar", "false"]
+    path = tmp_path / "demo.yaml"
+    path.write_text(yaml.safe_dump(demo))
+    code, stdout, err = cli("experiment", "augment", "--config", path, "--out", tmp_path / "out")
+    assert code == 0, err[-3000:]
+    results = json.loads((tmp_path / "out/results.json").read_text())
+    ddpm = results["training_sets"]["full"]["generators"]["ddpm"]
+    assert not ddpm["trained"] and ddpm["checkpoint"].endswith("demo_hand_ddpm.ckpt")
+    assert ddpm["accepted"]["n"] == 8 and (tmp_path / "out/results.md").exists()
+    assert "Table 1" in stdout and "Table 2" in stdout

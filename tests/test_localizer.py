@@ -1,0 +1,245 @@
+"""Localizer loss and decoding, metrics against hand-computed values, real + synthetic training."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from tiny import REPO, run
+
+from datamodules import HandDataModule
+from xraydiff.datasets import MixedSampler
+from xraydiff.errors import DataError
+from xraydiff.localization import decode_landmarks, spatial_softmax_nll, target_distributions
+from xraydiff.metrics import (
+    LandmarkErrors,
+    OutlierCount,
+    PerLandmarkError,
+    RadialError,
+    SuccessDetectionRate,
+    radial_errors_mm,
+    summarize_errors,
+)
+
+LOCALIZER = [
+    "--config",
+    "configs/demo/hand_localizer.yaml",
+    "--config",
+    "configs/trainer/csv.yaml",
+    "--model.init_args.image_size",
+    "[32, 32]",
+    "--model.init_args.channels",
+    "[8, 16, 32]",
+    "--data.init_args.image_size",
+    "[32, 32]",
+    "--data.init_args.batch_size",
+    "2",
+    "--data.init_args.phantom_counts",
+    '{"train": 8, "val": 3, "test": 5}',
+    "--trainer.enable_progress_bar",
+    "false",
+    "--trainer.check_val_every_n_epoch",
+    "1",
+]
+
+
+def test_target_distributions_sum_to_one_and_nll_is_minimal_at_the_target():
+    landmarks = torch.tensor([[[5.0, 7.0], [20.0, 3.5]]])
+    target = target_distributions(landmarks, (24, 24), sigma=1.5)
+    torch.testing.assert_close(target.sum(dim=(-1, -2)), torch.ones(1, 2))
+    sharp = spatial_softmax_nll(torch.log(target + 1e-12), target)
+    flat = spatial_softmax_nll(torch.zeros_like(target), target)
+    assert sharp < flat
+    assert flat.item() == pytest.approx(math.log(24 * 24), rel=1e-5)  # uniform prediction: log(HW)
+    masked = spatial_softmax_nll(torch.zeros_like(target), target, mask=torch.tensor([[True, False]]))
+    assert masked.item() == pytest.approx(math.log(24 * 24), rel=1e-5)
+
+
+def test_decoding_finds_subpixel_peaks():
+    truth = torch.tensor([[[10.3, 12.6], [3.0, 20.0]]])
+    logits = torch.log(target_distributions(truth, (32, 32), sigma=1.0) + 1e-30)
+    torch.testing.assert_close(decode_landmarks(logits, window=5), truth, atol=0.05, rtol=0)
+
+
+def test_metrics_match_hand_computed_values():
+    predicted = torch.tensor([[[0.0, 0.0], [10.0, 0.0]], [[3.0, 4.0], [0.0, 0.0]]])
+    target = torch.tensor([[[3.0, 4.0], [10.0, 0.0]], [[3.0, 4.0], [0.0, 30.0]]])
+    errors = radial_errors_mm(predicted, target, torch.tensor([0.5, 1.0]))
+    torch.testing.assert_close(errors, torch.tensor([[2.5, 0.0], [0.0, 30.0]]))
+    indices = torch.tensor([0, 1])
+    radial = RadialError()
+    radial.update(errors, indices)
+    values = radial.compute()
+    assert values["mean"].item() == pytest.approx(8.125)
+    assert values["sd"].item() == pytest.approx(np.std([2.5, 0, 0, 30]))
+    assert values["median"].item() in (0.0, 2.5)
+    sdr = SuccessDetectionRate([2.0, 2.5])
+    sdr.update(errors, indices)
+    assert {r: v.item() for r, v in sdr.compute().items()} == {2.0: 50.0, 2.5: 75.0}
+    outliers = OutlierCount([2.0, 20.0])
+    outliers.update(errors, indices)
+    assert {r: int(v) for r, v in outliers.compute().items()} == {2.0: 2, 20.0: 1}
+    per = PerLandmarkError()
+    per.update(errors, indices)
+    torch.testing.assert_close(per.compute(), torch.tensor([1.25, 15.0]))
+    summary = summarize_errors(errors, [2, 2.5], [2, 20])
+    assert summary["mre_mm"] == pytest.approx(8.125) and summary["sdr"] == {"2": 50.0, "2.5": 75.0}
+    assert summary["outliers"] == {"2": 2, "20": 1} and summary["n_images"] == 2 and summary["n_landmarks"] == 2
+
+
+def test_repeated_images_count_once():
+    metric = LandmarkErrors()
+    metric.update(torch.tensor([[1.0], [2.0]]), torch.tensor([0, 1]))
+    metric.update(torch.tensor([[1.0]]), torch.tensor([0]))  # padding repeat of image 0
+    assert metric.compute().flatten().tolist() == [1.0, 2.0]
+
+
+@pytest.mark.parametrize("radii,message", [([], "must not be empty"), ([2, -1], "must be positive")])
+def test_bad_radii_are_refused(radii, message):
+    with pytest.raises(DataError, match=message):
+        SuccessDetectionRate(radii)
+    from callbacks.landmark_eval import LandmarkEvaluation
+
+    with pytest.raises(DataError, match=message):
+        LandmarkEvaluation(outlier_radii=radii)
+
+
+def test_mixed_sampler_shares_and_is_reproducible():
+    sampler = MixedSampler(n_real=30, n_synthetic=7, share=0.25, seed=1)
+    epoch0 = list(sampler)
+    assert len(epoch0) == 40 and sorted(i for i in epoch0 if i < 30) == list(range(30))
+    assert sum(i >= 30 for i in epoch0) == 10
+    assert list(MixedSampler(30, 7, 0.25, seed=1)) == epoch0
+    sampler.set_epoch(1)
+    assert list(sampler) != epoch0
+    with pytest.raises(DataError, match="synthetic_share"):
+        MixedSampler(3, 3, 1.0)
+
+
+def test_localizer_trains_tests_and_writes_metrics(cli, tmp_path):
+    root = tmp_path / "loc"
+    code, _, err = cli("fit", *LOCALIZER, "--trainer.default_root_dir", root, "--trainer.max_epochs", "3")
+    assert code == 0, err
+    metrics = json.loads((root / "val_metrics.json").read_text())
+    assert set(metrics) >= {"mre_mm", "mre_sd_mm", "sdr", "outliers", "per_landmark_mm", "n_images", "n_landmarks"}
+    assert metrics["n_images"] == 3 and metrics["n_landmarks"] == 37 and len(metrics["per_landmark_mm"]) == 37
+    assert list(metrics["sdr"]) == ["2", "2.5", "3", "4"] and list(metrics["outliers"]) == ["2", "4", "10", "20"]
+    assert (root / "val_per_landmark.png").exists() and (root / "val_worst_cases.png").exists()
+    code, stdout, err = cli("test", *LOCALIZER, "--trainer.default_root_dir", root, "--ckpt_path", "last")
+    assert code == 0, err
+    test = json.loads((root / "test_metrics.json").read_text())
+    assert test["n_images"] == 5 and test["mre_mm"] > 0 and "test/mre_mm" in stdout
+    code, _, err = cli(
+        "fit",
+        *LOCALIZER,
+        "--trainer.default_root_dir",
+        tmp_path / "x",
+        "--trainer.callbacks",
+        '[{"class_path": "callbacks.landmark_eval.LandmarkEvaluation", "init_args": {"sdr_radii": []}}]',
+    )
+    assert code != 0 and "radii must not be empty" in err
+
+
+def test_ddp_metrics_equal_single_process(tmp_path):
+    root = tmp_path / "loc"
+    assert run(["fit", *LOCALIZER, "--trainer.default_root_dir", root, "--trainer.max_epochs", "1"]).returncode == 0
+    single = run(["test", *LOCALIZER, "--trainer.default_root_dir", root, "--ckpt_path", "last"])
+    assert single.returncode == 0, single.stderr[-2000:]
+    one = json.loads((root / "test_metrics.json").read_text())
+    double = run(
+        [
+            "test",
+            *LOCALIZER,
+            "--trainer.default_root_dir",
+            root,
+            "--ckpt_path",
+            "last",
+            "--trainer.strategy",
+            "ddp",
+            "--trainer.devices",
+            "2",
+            "--trainer.accelerator",
+            "cpu",
+        ]
+    )
+    assert double.returncode == 0, double.stderr[-2000:]
+    two = json.loads((root / "test_metrics.json").read_text())
+    assert two["n_images"] == one["n_images"] == 5  # 5 images over 2 ranks: one padded repeat dropped
+    assert two["mre_mm"] == pytest.approx(one["mre_mm"], rel=1e-5)
+    assert two["outliers"] == one["outliers"] and two["sdr"] == pytest.approx(one["sdr"])
+    np.testing.assert_allclose(two["per_landmark_mm"], one["per_landmark_mm"], rtol=1e-5)
+
+
+def test_synthetic_folders_join_training_only(tmp_path):
+    from corruptions import render
+
+    from xraydiff.acceptance import AcceptanceConfig, ShapeStatistics
+    from xraydiff.acceptance_run import write_accepted_dataset
+
+    dm = HandDataModule(image_size=(64, 64), annotations_only=True, phantom_counts={"train": 20, "test": 4})
+    shapes, spacing, frame = dm.shape_table("train")
+    stats = ShapeStatistics.fit(shapes, spacing, (64, 64), "hand", AcceptanceConfig(), frame)
+    test = dm.shape_table("test")[0]
+    write_accepted_dataset(tmp_path / "acc", ["a", "b", "c", "d"], render(test, (64, 64)), test, stats)
+    mixed = HandDataModule(
+        image_size=(32, 32),
+        augmentation="none",
+        phantom_counts={"train": 6, "val": 2, "test": 2},
+        extra_train_dirs=[str(tmp_path / "acc")],
+        synthetic_share=0.5,
+    )
+    batches = list(mixed.train_dataloader())
+    flags = torch.cat([b["synthetic"] for b in batches])
+    assert len(flags) == 12 and int(flags.sum()) == 6
+    assert not any(b["synthetic"].any() for b in mixed.val_dataloader())
+    assert mixed.summary()["synthetic"] == 4
+    bad = HandDataModule(image_size=(32, 32), extra_train_dirs=[str(tmp_path / "acc")])
+    bad.num_landmarks = 19
+    with pytest.raises(DataError, match="synthetic pairs have 37 landmarks, the data 19"):
+        bad.setup()
+    manifest = json.loads((tmp_path / "acc/manifest.json").read_text())
+    (tmp_path / "acc/manifest.json").write_text(json.dumps({**manifest, "image_size": [32, 32]}))
+    with pytest.raises(DataError, match="synthetic image of size"):
+        HandDataModule(image_size=(32, 32), extra_train_dirs=[str(tmp_path / "acc")]).setup()
+
+
+assert REPO.is_dir()
+
+
+def test_ceph_test_split_runs_when_present_and_is_named_when_missing(cli, tmp_path):
+    from fakedata import make_ceph, write_png
+
+    root = make_ceph(tmp_path / "isbi", ids=("001", "002", "003"))
+    args = [
+        "--config",
+        "configs/ceph/localizer_cpu.yaml",
+        "--data.init_args.root",
+        root,
+        "--data.init_args.image_size",
+        "[32, 32]",
+        "--model.init_args.image_size",
+        "[32, 32]",
+        "--model.init_args.channels",
+        "[8, 16, 32]",
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.default_root_dir",
+        tmp_path / "run",
+        "--data.init_args.augmentation",
+        "none",
+    ]
+    code, _, err = cli("fit", *args)
+    assert code == 0, err
+    code, _, err = cli("test", *args, "--ckpt_path", "last")
+    assert code != 0 and "RawImage/Test2Data: the test split is empty" in err
+    (root / "RawImage/TrainingData/003.png").unlink()
+    (root / "RawImage/Test2Data").mkdir()
+    write_png(root / "RawImage/Test2Data/301.png", 110, 90)
+    for doctor in ("400_senior", "400_junior"):
+        (root / "AnnotationsByMD" / doctor / "003.txt").rename(root / "AnnotationsByMD" / doctor / "301.txt")
+    code, stdout, err = cli("test", *args, "--ckpt_path", "last")
+    assert code == 0, err
+    assert json.loads((tmp_path / "run/test_metrics.json").read_text())["n_images"] == 1

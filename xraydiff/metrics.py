@@ -1,0 +1,124 @@
+"""Landmark localisation metrics as torchmetrics ``Metric`` classes (they synchronise under DDP).
+
+All work on radial (point-to-point) errors in millimetres, collected per landmark together with
+the dataset index of each image, so that samples repeated by a distributed sampler's padding are
+counted once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+from torchmetrics.utilities import dim_zero_cat
+
+from xraydiff.errors import DataError
+
+SDR_RADII_MM = (2.0, 2.5, 3.0, 4.0)
+HAND_OUTLIER_RADII_MM = (2.0, 4.0, 10.0, 20.0)
+
+
+def check_radii(radii: Sequence[float], what: str) -> tuple[float, ...]:
+    radii = tuple(float(r) for r in radii)
+    if not radii:
+        raise DataError(None, f"{what} radii must not be empty")
+    if any(r <= 0 for r in radii):
+        raise DataError(None, f"{what} radii must be positive, got {list(radii)}")
+    return radii
+
+
+def radial_errors_mm(predicted: Tensor, target: Tensor, mm_per_px: Tensor) -> Tensor:
+    """(B, N) Euclidean distances in mm of (B, N, 2) original-pixel positions, ``mm_per_px`` (B,)."""
+    return torch.linalg.vector_norm(predicted.float() - target.float(), dim=-1) * mm_per_px.float()[:, None]
+
+
+class LandmarkErrors(Metric):
+    """Collects (B, N) radial errors in mm with each image's dataset index.
+
+    ``compute()`` returns the errors (M, N) of the distinct images seen (on all processes).
+    """
+
+    full_state_update = False
+    higher_is_better = False
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.add_state("errors", default=[], dist_reduce_fx="cat")
+        self.add_state("indices", default=[], dist_reduce_fx="cat")
+
+    def update(self, errors: Tensor, indices: Tensor) -> None:
+        self.errors.append(errors.float())
+        self.indices.append(indices.long())
+
+    def distinct_errors(self) -> Tensor:
+        if isinstance(self.errors, list) and not self.errors:
+            return torch.zeros(0, 0)
+        errors, indices = dim_zero_cat(self.errors), dim_zero_cat(self.indices)
+        order = torch.argsort(indices, stable=True)
+        indices, errors = indices[order], errors[order]
+        keep = torch.ones_like(indices, dtype=torch.bool)
+        keep[1:] = indices[1:] != indices[:-1]
+        return errors[keep]
+
+    def compute(self) -> Tensor:
+        return self.distinct_errors()
+
+
+class RadialError(LandmarkErrors):
+    """Point-to-point error in mm over all landmarks of all images: mean, SD and median."""
+
+    def compute(self) -> dict[str, Tensor]:
+        errors = self.distinct_errors().flatten()
+        return {"mean": errors.mean(), "sd": errors.std(unbiased=False), "median": errors.median()}
+
+
+class SuccessDetectionRate(LandmarkErrors):
+    """Percentage of landmarks within each radius (error <= r)."""
+
+    def __init__(self, radii: Sequence[float] = SDR_RADII_MM, **kwargs):
+        super().__init__(**kwargs)
+        self.radii = check_radii(radii, "success detection rate")
+
+    def compute(self) -> dict[float, Tensor]:
+        errors = self.distinct_errors().flatten()
+        return {r: (errors <= r).float().mean() * 100 for r in self.radii}
+
+
+class OutlierCount(LandmarkErrors):
+    """Number of landmarks with an error above each radius (error > r), as in Hadzic et al."""
+
+    def __init__(self, radii: Sequence[float] = HAND_OUTLIER_RADII_MM, **kwargs):
+        super().__init__(**kwargs)
+        self.radii = check_radii(radii, "outlier")
+
+    def compute(self) -> dict[float, Tensor]:
+        errors = self.distinct_errors().flatten()
+        return {r: (errors > r).sum() for r in self.radii}
+
+
+class PerLandmarkError(LandmarkErrors):
+    """Mean error in mm of each landmark (N,)."""
+
+    def compute(self) -> Tensor:
+        return self.distinct_errors().mean(dim=0)
+
+
+def summarize_errors(errors: Tensor, sdr_radii: Sequence[float], outlier_radii: Sequence[float]) -> dict:
+    """The metrics JSON of a set of distinct-image errors (M, N) in mm."""
+    flat = errors.flatten()
+    return {
+        "mre_mm": float(flat.mean()),
+        "mre_sd_mm": float(flat.std(unbiased=False)),
+        "median_mm": float(flat.median()),
+        "sdr": {_key(r): float((flat <= r).float().mean() * 100) for r in sdr_radii},
+        "outliers": {_key(r): int((flat > r).sum()) for r in outlier_radii},
+        "per_landmark_mm": [float(v) for v in errors.mean(dim=0)],
+        "n_images": int(errors.shape[0]),
+        "n_landmarks": int(errors.shape[1]),
+    }
+
+
+def _key(radius: float) -> str:
+    return f"{radius:g}"

@@ -541,10 +541,12 @@ ACCEPTANCE_COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> None:
+    from_command_line = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         if argv and argv[0] in LIGHTNING_SUBCOMMANDS:
-            XrayCLI(args=argv)
+            # args=None lets LightningCLI read sys.argv itself (it warns when given both).
+            XrayCLI(args=None if from_command_line else argv)
         elif argv[:2] == ["data", "summary"]:
             data_summary(argv[2:])
         elif argv[:1] == ["sample"]:

@@ -191,7 +191,13 @@ class Study:
 
     def train_generator(self, folder: Path, name: str, spec: GeneratorSpec, fraction: float) -> dict:
         if spec.ckpt is not None:
-            return {"checkpoint": str(Path(spec.ckpt).resolve()), "trained": False}
+            checkpoint = torch.load(spec.ckpt, map_location="cpu", weights_only=False)
+            self.log(f"       {name}: checkpoint {spec.ckpt}, trained for {checkpoint['global_step']} steps")
+            return {
+                "checkpoint": str(Path(spec.ckpt).resolve()),
+                "trained": False,
+                "global_step": checkpoint["global_step"],
+            }
         args = [
             "fit",
             *[a for c in spec.config for a in ("--config", c)],
@@ -344,6 +350,7 @@ class Study:
                 entry["generators"][name] = {
                     "checkpoint": checkpoint,
                     "trained": trained["trained"],
+                    "global_step": trained.get("global_step"),
                     "acceptance": rate,
                     "accepted": accepted,
                 }
@@ -419,12 +426,16 @@ def write_report(out: Path, results: dict, config: StudyConfig) -> None:
             gallery = Path(info["accepted"]["gallery"])
             lines.append(
                 f"### {s} / {g}: {info['accepted']['accepted']} of {info['accepted']['n']} accepted "
-                f"({'trained here' if info['trained'] else 'checkpoint ' + info['checkpoint']})"
+                f"({'trained here' if info['trained'] else _provenance(info)})"
             )
             lines.append(f"![{s} {g}]({gallery.relative_to(out)})")
             lines.append("")
     atomic_write_bytes(out / "results.md", "\n".join(lines).encode())
     atomic_write_bytes(out / "results.json", json.dumps(results, indent=1, default=_jsonable).encode())
+
+
+def _provenance(info: dict) -> str:
+    return f"checkpoint {info['checkpoint']}, trained for {info['global_step']} steps"
 
 
 def _jsonable(value):

@@ -88,6 +88,16 @@ class PairedGenerativeModule(TaggedCheckpointMixin, L.LightningModule):
     ) -> Tensor:
         raise NotImplementedError
 
+    def _evaluate(self, batch: dict, batch_idx: int, stage: str) -> Tensor:
+        """The model's training objective on a validation/test batch, logged as ``<stage>/loss``."""
+        raise NotImplementedError
+
+    def validation_step(self, batch: dict, batch_idx: int) -> Tensor:
+        return self._evaluate(batch, batch_idx, "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> Tensor:
+        return self._evaluate(batch, batch_idx, "test")
+
     def sampling_description(self, sampler: str | None, steps: int | None) -> tuple[str, int | None]:
         """The (sampler, steps) that ``generate`` uses for these arguments, for manifests."""
         return "prior", None

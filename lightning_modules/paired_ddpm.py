@@ -16,6 +16,7 @@ from lightning_modules.generative import PairedGenerativeModule
 from xraydiff.errors import DataError
 
 Sampler = Literal["ddpm", "ddim"]
+PredictionType = Literal["epsilon", "v_prediction", "sample"]
 
 
 class PairedDDPM(PairedGenerativeModule):
@@ -23,7 +24,13 @@ class PairedDDPM(PairedGenerativeModule):
 
     Forward process q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I) (eq. 2); the U-Net
     eps_theta(x_t, t) is trained with the epsilon objective ||eps - eps_theta(x_t, t)||^2 (eq. 4).
-    Sampling runs the DDPM chain of T steps or DDIM (eta = 0) in k steps, with EMA weights.
+    Sampling runs the DDPM chain of T steps or DDIM in k steps, with EMA weights.
+
+    ``prediction_type`` 'v_prediction' trains the network on v = sqrt(abar_t) eps - sqrt(1 - abar_t) x0
+    instead (Salimans & Ho 2022, sect. 4). Its loss weights the x0 error by 1 + SNR(t) instead of SNR(t),
+    so the model also learns x0 where the signal is almost gone: with the epsilon objective a small
+    network learns the nearly empty heatmap channel's background (-1) late, and samples keep a grey
+    background full of spurious blobs that the acceptance check rightly rejects.
 
     Args:
         image_size: (H, W) of the samples.
@@ -37,10 +44,14 @@ class PairedDDPM(PairedGenerativeModule):
             at 256 px on CPU 2x faster and 3.5x less memory than the explicit attention matrix).
         num_train_timesteps: T (800 in the paper).
         beta_start, beta_end, beta_schedule: the variance schedule (linear 1e-4 to 0.02).
+        prediction_type: what the U-Net predicts, 'epsilon' (the paper), 'v_prediction' or 'sample' (x0).
         learning_rate: Adam learning rate (1e-3).
         ema_decay: decay of the exponential moving average of the weights used for sampling.
         sampler: default sampler, 'ddpm' (T steps) or 'ddim'.
         sampling_steps: DDIM steps k (ignored by 'ddpm').
+        ddim_eta: DDIM's eta (Song et al., eq. 16): 0 is the deterministic DDIM of the paper, 1 adds the
+            DDPM posterior noise at every one of the k steps, which corrects the errors of earlier steps
+            (more samples pass the acceptance check for an under-trained model).
     """
 
     def __init__(
@@ -56,15 +67,23 @@ class PairedDDPM(PairedGenerativeModule):
         beta_start: float = 1e-4,
         beta_end: float = 0.02,
         beta_schedule: str = "linear_beta",
+        prediction_type: PredictionType = "epsilon",
         learning_rate: float = 1e-3,
         ema_decay: float = 0.999,
         sampler: Sampler = "ddpm",
         sampling_steps: int = 50,
+        ddim_eta: float = 0.0,
     ):
         super().__init__(image_size, heatmap_sigma)
         self.save_hyperparameters()
         if sampler not in ("ddpm", "ddim"):
             raise DataError(None, f"sampler must be 'ddpm' or 'ddim', got {sampler!r}")
+        if prediction_type not in ("epsilon", "v_prediction", "sample"):
+            raise DataError(
+                None, f"prediction_type must be 'epsilon', 'v_prediction' or 'sample', got {prediction_type!r}"
+            )
+        if not 0.0 <= ddim_eta <= 1.0:
+            raise DataError(None, f"ddim_eta must be in [0, 1], got {ddim_eta}")
         if not 0.0 <= ema_decay < 1.0:
             raise DataError(None, f"ema_decay must be in [0, 1), got {ema_decay}")
         self.unet = DiffusionModelUNet(
@@ -89,6 +108,7 @@ class PairedDDPM(PairedGenerativeModule):
             beta_start=hp.beta_start,
             beta_end=hp.beta_end,
             clip_sample=True,
+            prediction_type=hp.prediction_type,
         )
 
     # ------------------------------------------------------------------------------ training
@@ -96,12 +116,18 @@ class PairedDDPM(PairedGenerativeModule):
     def diffusion_loss(
         self, x0: Tensor, model: nn.Module | None = None, generator: torch.Generator | None = None
     ) -> Tensor:
-        """E_{t, x0, eps} ||eps - eps_theta(sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, t)||^2 (eq. 4)."""
+        """E_{t, x0, eps} ||eps - eps_theta(sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, t)||^2 (eq. 4), or the
+        same regression on v or x0 (``prediction_type``)."""
         model = model or self.unet
         noise = torch.randn(x0.shape, generator=generator, device=x0.device)
         t = torch.randint(0, self.hparams.num_train_timesteps, (x0.shape[0],), generator=generator, device=x0.device)
         xt = self.scheduler.add_noise(x0, noise, t)
-        return F.mse_loss(model(xt, timesteps=t).float(), noise)
+        prediction_type = self.hparams.prediction_type
+        if prediction_type == "v_prediction":
+            target = self.scheduler.get_velocity(x0, noise, t)
+        else:
+            target = x0 if prediction_type == "sample" else noise
+        return F.mse_loss(model(xt, timesteps=t).float(), target)
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         loss = self.diffusion_loss(self.to_pairs(batch))
@@ -119,12 +145,6 @@ class PairedDDPM(PairedGenerativeModule):
         loss = self.diffusion_loss(self.to_pairs(batch), self.ema.module, generator)
         self.log(f"{stage}/loss", loss, prog_bar=True, sync_dist=True, batch_size=batch["image"].shape[0])
         return loss
-
-    def validation_step(self, batch: dict, batch_idx: int) -> Tensor:
-        return self._evaluate(batch, batch_idx, "val")
-
-    def test_step(self, batch: dict, batch_idx: int) -> Tensor:
-        return self._evaluate(batch, batch_idx, "test")
 
     def configure_optimizers(self):
         return torch.optim.Adam(self.unet.parameters(), lr=self.hparams.learning_rate)
@@ -156,8 +176,9 @@ class PairedDDPM(PairedGenerativeModule):
         scheduler = self._scheduler(DDPMScheduler if sampler == "ddpm" else DDIMScheduler)
         scheduler.set_timesteps(steps, device=self.device)
         x = torch.randn((num, 2, *self.image_size), generator=generator, device=self.device)
+        options = {"eta": self.hparams.ddim_eta} if sampler == "ddim" else {}
         for t in tqdm(scheduler.timesteps, desc=f"{sampler} x{num}", disable=not progress, leave=False):
             timesteps = torch.full((num,), int(t), device=self.device, dtype=torch.long)
-            eps = self.ema(x, timesteps=timesteps).float()
-            x, _ = scheduler.step(eps, int(t), x, generator=generator)
+            prediction = self.ema(x, timesteps=timesteps).float()
+            x, _ = scheduler.step(prediction, int(t), x, generator=generator, **options)
         return x.clamp(-1.0, 1.0)

@@ -76,12 +76,6 @@ class PairedVAE(PairedGenerativeModule):
         self.log(f"{stage}/reconstruction", recon, sync_dist=True, batch_size=size)
         return loss
 
-    def validation_step(self, batch: dict, batch_idx: int) -> Tensor:
-        return self._evaluate(batch, batch_idx, "val")
-
-    def test_step(self, batch: dict, batch_idx: int) -> Tensor:
-        return self._evaluate(batch, batch_idx, "test")
-
     def configure_optimizers(self):
         return torch.optim.Adam(self.parameters(), lr=self.hparams.learning_rate)
 

@@ -4,7 +4,10 @@ Keeps the hyperparameters, the class tag and the EMA weights (the only ones used
 stored in float16; the raw weights are set to the EMA weights; optimizer, loop and callback
 states are dropped. The result loads with ``load_model`` / ``xraydiff sample --ckpt``.
 
-    xraydiff fit --config configs/demo/hand_ddpm_pretrain.yaml       # about 2.5 h on 2 CPU cores
+    # the two training stages of configs/demo/hand_ddpm_pretrain.yaml (about 2.7 h on 2 CPU cores)
+    xraydiff fit --config configs/demo/hand_ddpm_pretrain.yaml \\
+        --model.init_args.prediction_type epsilon --trainer.max_steps 5595
+    xraydiff fit --config configs/demo/hand_ddpm_pretrain.yaml --ckpt_path last
     python scripts/export_demo_checkpoint.py --ckpt runs/pretrain_hand_ddpm/checkpoints/last-step.ckpt \\
         --out xraydiff/assets/demo_hand_ddpm.ckpt
 """

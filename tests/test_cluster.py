@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tiny import DDPM, DDPM_WANDB, XRAYDIFF, run
+from tiny import DDP_TWO_CPU_PROCESSES, DDPM, DDPM_WANDB, XRAYDIFF, run
 
 from xraydiff.samples import read_sample
 
@@ -26,12 +26,7 @@ def test_ddp_fit_and_sample_with_two_cpu_processes(tmp_path):
             root,
             "--trainer.max_epochs",
             "2",
-            "--trainer.strategy",
-            "ddp",
-            "--trainer.devices",
-            "2",
-            "--trainer.accelerator",
-            "cpu",
+            *DDP_TWO_CPU_PROCESSES,
         ]
     )
     assert result.returncode == 0, result.stderr[-3000:]

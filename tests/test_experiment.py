@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 import yaml
 from tiny import DDPM, VAE
 
@@ -137,4 +138,7 @@ def test_demo_study_runs_at_smoke_size(cli, tmp_path):
     ddpm = results["training_sets"]["full"]["generators"]["ddpm"]
     assert not ddpm["trained"] and ddpm["checkpoint"].endswith("demo_hand_ddpm.ckpt")
     assert ddpm["accepted"]["n"] == 8 and (tmp_path / "out/results.md").exists()
+    shipped_steps = torch.load(ddpm["checkpoint"], weights_only=False)["global_step"]
+    assert ddpm["global_step"] == shipped_steps > 0
+    assert f"demo_hand_ddpm.ckpt, trained for {shipped_steps} steps" in (tmp_path / "out/results.md").read_text()
     assert "Table 1" in stdout and "Table 2" in stdout

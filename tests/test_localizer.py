@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from tiny import REPO, run
+from tiny import DDP_TWO_CPU_PROCESSES, REPO, run
 
 from datamodules import HandDataModule
 from xraydiff.datasets import MixedSampler
@@ -157,12 +157,7 @@ def test_ddp_metrics_equal_single_process(tmp_path):
             root,
             "--ckpt_path",
             "last",
-            "--trainer.strategy",
-            "ddp",
-            "--trainer.devices",
-            "2",
-            "--trainer.accelerator",
-            "cpu",
+            *DDP_TWO_CPU_PROCESSES,
         ]
     )
     assert double.returncode == 0, double.stderr[-2000:]

@@ -70,6 +70,7 @@ VAE = [
     "1",
     *DATA,
 ]
+DDP_TWO_CPU_PROCESSES = ["--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu"]
 
 
 def run(args: list[str], timeout: float = 600, env: dict | None = None, **kwargs) -> subprocess.CompletedProcess:

@@ -142,3 +142,25 @@ def test_demo_study_runs_at_smoke_size(cli, tmp_path):
     assert ddpm["global_step"] == shipped_steps > 0
     assert f"demo_hand_ddpm.ckpt, trained for {shipped_steps} steps" in (tmp_path / "out/results.md").read_text()
     assert "Table 1" in stdout and "Table 2" in stdout
+
+
+def test_the_shipped_demo_checkpoint_generates_accepted_pairs(cli, tmp_path):
+    """`make demo` promises accepted synthetic samples: pairs of the pretrained phantom DDPM, drawn
+    as the demo draws them, pass the MRF-SSM check of statistics fitted to the demo's phantoms."""
+    study = load_study_config("configs/demo/hand_augment.yaml")
+    ddpm = study.generators["ddpm"]
+    data = [
+        *(a for c in ddpm.config for a in ("--config", c)),
+        "--data.init_args.phantom_counts",
+        json.dumps(study.data["phantom_counts"]),
+    ]
+    code, _, err = cli("acceptance", "fit", *data, "--annotations-only", "--out", tmp_path / "stats.json")
+    assert code == 0, err
+    code, _, err = cli(
+        "acceptance", "rate", "--ckpt", ddpm.ckpt, "--stats", tmp_path / "stats.json", "--runs", 1,
+        "--num-samples", study.rate_samples, "--sampler", study.sampler, "--steps", study.steps,
+        "--seed", study.seed, "--precision", study.precision, "--out", tmp_path / "rate",
+    )  # fmt: skip
+    assert code == 0, err
+    result = json.loads((tmp_path / "rate/acceptance.json").read_text())
+    assert result["num_samples"] == study.rate_samples and result["mean"] > 0

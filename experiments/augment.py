@@ -191,13 +191,11 @@ class Study:
 
     def train_generator(self, folder: Path, name: str, spec: GeneratorSpec, fraction: float) -> dict:
         if spec.ckpt is not None:
-            checkpoint = torch.load(spec.ckpt, map_location="cpu", weights_only=False)
-            self.log(f"       {name}: checkpoint {spec.ckpt}, trained for {checkpoint['global_step']} steps")
-            return {
-                "checkpoint": str(Path(spec.ckpt).resolve()),
-                "trained": False,
-                "global_step": checkpoint["global_step"],
-            }
+            from lightning_modules.generative import read_checkpoint
+
+            global_step = read_checkpoint(spec.ckpt)["global_step"]
+            self.log(f"       {name}: checkpoint {spec.ckpt}, trained for {global_step} steps")
+            return {"checkpoint": str(Path(spec.ckpt).resolve()), "trained": False, "global_step": global_step}
         args = [
             "fit",
             *[a for c in spec.config for a in ("--config", c)],

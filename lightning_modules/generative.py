@@ -21,8 +21,8 @@ def class_path(obj_or_cls) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
-def checkpoint_model_class(path: str | Path) -> str:
-    """The model class recorded in an xraydiff checkpoint; DataError for a missing or foreign file."""
+def read_checkpoint(path: str | Path) -> dict:
+    """An xraydiff checkpoint (memory-mapped); DataError for a missing, unreadable or foreign file."""
     path = Path(path)
     if not path.is_file():
         raise DataError(path, "checkpoint not found")
@@ -33,7 +33,12 @@ def checkpoint_model_class(path: str | Path) -> str:
     meta = checkpoint.get(CHECKPOINT_KEY) if isinstance(checkpoint, dict) else None
     if not meta or "model_class" not in meta:
         raise DataError(path, "not an xraydiff checkpoint (no model class recorded)")
-    return meta["model_class"]
+    return checkpoint
+
+
+def checkpoint_model_class(path: str | Path) -> str:
+    """The model class recorded in an xraydiff checkpoint; DataError for a missing or foreign file."""
+    return read_checkpoint(path)[CHECKPOINT_KEY]["model_class"]
 
 
 def load_model(path: str | Path, expected: type | None = None) -> L.LightningModule:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -78,10 +78,8 @@ class PairedDDPM(PairedGenerativeModule):
         self.save_hyperparameters()
         if sampler not in ("ddpm", "ddim"):
             raise DataError(None, f"sampler must be 'ddpm' or 'ddim', got {sampler!r}")
-        if prediction_type not in ("epsilon", "v_prediction", "sample"):
-            raise DataError(
-                None, f"prediction_type must be 'epsilon', 'v_prediction' or 'sample', got {prediction_type!r}"
-            )
+        if prediction_type not in get_args(PredictionType):
+            raise DataError(None, f"prediction_type must be one of {get_args(PredictionType)}, got {prediction_type!r}")
         if not 0.0 <= ddim_eta <= 1.0:
             raise DataError(None, f"ddim_eta must be in [0, 1], got {ddim_eta}")
         if not 0.0 <= ema_decay < 1.0:

@@ -120,6 +120,17 @@ def test_unknown_key_reports_its_line(tmp_path):
         load_study_config(path)
 
 
+def test_an_unreadable_generator_checkpoint_stops_the_study_with_its_name(cli, tmp_path):
+    broken = tmp_path / "broken.ckpt"
+    broken.write_bytes(b"not a checkpoint")
+    code, _, err = cli(
+        "experiment", "augment", "--config", _study(tmp_path, generators={"ddpm": {"ckpt": str(broken)}}),
+        "--out", tmp_path / "out",
+    )  # fmt: skip
+    assert code != 0 and f"{broken}: cannot read checkpoint" in err
+    assert not list((tmp_path / "out").rglob("done.json"))
+
+
 def test_demo_study_runs_at_smoke_size(cli, tmp_path):
     """configs/demo/hand_augment.yaml (the `make demo` job) with fewer samples and epochs."""
     demo = yaml.safe_load(open("configs/demo/hand_augment.yaml"))

@@ -8,7 +8,7 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-from xraydiff.imageio import replace_directory
+from xraydiff.imageio import mark_output, replace_directory
 from xraydiff.samples import write_manifest, write_sample
 
 
@@ -32,6 +32,7 @@ class SampleWriter(BasePredictionWriter):
             if len(ids) != self.expected:
                 raise RuntimeError(f"{self.staging}: expected {self.expected} samples, found {len(ids)}")
             write_manifest(self.staging, {**self.manifest, "count": len(ids), "ids": ids})
+            mark_output(self.staging, "sample")
             replace_directory(self.staging, self.out)
             print(json.dumps({k: v for k, v in self.manifest.items() if k != "ids"}))
         trainer.strategy.barrier("samples-moved")

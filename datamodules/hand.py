@@ -28,8 +28,10 @@ class HandDataModule(LandmarkDataModule):
         split_dir: folder of the split lists relative to ``root`` (e.g. ``setup/cv/set2``).
         image_dir: image folder relative to ``root``.
         train_list, test_list: split list file names inside ``split_dir``.
-        val_fraction: share of the training list held out for validation; 0 validates on the
-            test list (the cross-validation setups of Payer et al. have no separate validation set).
+        val_fraction: share of the training list held out for validation (drawn reproducibly from
+            ``seed``), so that neither model selection nor calibration ever sees the test list; 0
+            validates on the test list (the cross-validation setups of Payer et al. have no separate
+            validation set), which leaks the test set into every choice made on validation.
         **kwargs: see ``LandmarkDataModule`` (batch size, augmentation, phantoms, synthetic data, ...).
     """
 
@@ -44,7 +46,7 @@ class HandDataModule(LandmarkDataModule):
         image_dir: str = "images",
         train_list: str = "train.txt",
         test_list: str = "test.txt",
-        val_fraction: float = 0.0,
+        val_fraction: float = 0.1,
         image_size: tuple[int, int] = (256, 256),
         original_size: tuple[int, int] | None = ORIGINAL_SIZE,
         extent_margin: tuple[float, float] = EXTENT_MARGIN,
@@ -74,6 +76,10 @@ class HandDataModule(LandmarkDataModule):
         else:
             splits["val"] = splits["test"]
         return splits
+
+    @property
+    def split_name(self) -> str:
+        return f"{self.split_dir}/{self.split_files['train']}"
 
     def synthetic_mm_per_px(self, landmarks: np.ndarray, manifest: dict) -> float:
         return wrist_width_mm_per_px(landmarks)

@@ -12,9 +12,18 @@ from torch.utils.data import DataLoader
 
 from datamodules.base import CachedSplitsDataModule
 from xraydiff.augment import AugmentationSpec, build_augmentation
-from xraydiff.datasets import LandmarkDataset, LandmarkItem, MixedSampler, load_landmark_item, parallel_map
+from xraydiff.datasets import (
+    LandmarkDataset,
+    LandmarkItem,
+    MixedSampler,
+    annotation_item,
+    load_landmark_item,
+    parallel_map,
+    shape_table,
+    training_subset,
+)
 from xraydiff.errors import DataError
-from xraydiff.geometry import estimate_original_size, resize_scale, to_model_pixels, to_original_pixels
+from xraydiff.geometry import to_original_pixels
 from xraydiff.phantoms import PhantomSample
 from xraydiff.readers import LandmarkRecord, read_synthetic_dataset
 
@@ -97,6 +106,7 @@ class LandmarkDataModule(CachedSplitsDataModule):
             raise DataError(None, f"synthetic_share must be in [0, 1), got {synthetic_share}")
         self.synthetic_share = synthetic_share
         self.items: dict[str, list[LandmarkItem]] | None = None
+        self._sized_ids: set[str] = set()
 
     # ----------------------------------------------------------------- subclass interface
 
@@ -116,11 +126,12 @@ class LandmarkDataModule(CachedSplitsDataModule):
             items = {split: self._phantom_items(split) for split in SPLITS}
         else:
             records = self.read_records(require_images=not self.annotations_only)
+            self._sized_ids = {r.id for split in records.values() for r in split if r.original_size is not None}
             if not any(records.values()):
                 raise DataError(self.root, "dataset is empty: no split holds any sample")
             load = self._annotation_item if self.annotations_only else partial(load_landmark_item, size=self.image_size)
             items = {split: parallel_map(load, records.get(split, []), self.load_workers) for split in SPLITS}
-        items["train"] = self._subset(items["train"])
+        items["train"] = training_subset(items["train"], self.train_fraction, self.seed)
         items["synthetic"] = [item for folder in self.extra_train_dirs for item in self._synthetic_items(folder)]
         self.items = items
 
@@ -137,11 +148,7 @@ class LandmarkDataModule(CachedSplitsDataModule):
         return float(manifest["mm_per_px"])
 
     def _annotation_item(self, record: LandmarkRecord) -> LandmarkItem:
-        """A landmark item without image, framed by ``original_size`` or the landmark extent."""
-        size = self.original_size or estimate_original_size(record.landmarks, self.extent_margin)
-        scale = resize_scale(size, self.image_size)
-        landmarks = to_model_pixels(record.landmarks, scale).astype(np.float32)
-        return LandmarkItem(record.id, None, landmarks, record.landmarks, scale, record.mm_per_px, size)
+        return annotation_item(record, self.image_size, self.original_size, self.extent_margin)
 
     def _phantom_items(self, split: str) -> list[LandmarkItem]:
         base = self.seed * 10_000_000 + SPLIT_SEED_OFFSET[split]
@@ -160,13 +167,6 @@ class LandmarkDataModule(CachedSplitsDataModule):
             )
             for k, p in enumerate(phantoms)
         ]
-
-    def _subset(self, items: list[LandmarkItem]) -> list[LandmarkItem]:
-        if self.train_fraction >= 1.0 or not items:
-            return items
-        count = max(1, int(round(self.train_fraction * len(items))))
-        chosen = np.sort(np.random.default_rng(self.seed).permutation(len(items))[:count])
-        return [items[k] for k in chosen]
 
     # ---------------------------------------------------------------------------- datasets
 
@@ -210,6 +210,29 @@ class LandmarkDataModule(CachedSplitsDataModule):
             "synthetic": len(self.items["synthetic"]),
         }
 
+    def training_set_description(self) -> dict:
+        """What the training split is: recorded in every checkpoint of a model trained on it, so that a
+        study can check that a generator row was trained on exactly that row's training set."""
+        self.setup()
+        split = (
+            f"phantoms seed {self.seed}, {self.phantom_counts['train']} train" if self.root is None else self.split_name
+        )
+        return {
+            "anatomy": self.anatomy,
+            "source": self.source,
+            "split": split,
+            "train_fraction": self.train_fraction,
+            "seed": self.seed,
+            "train_images": len(self.items["train"]),
+            "synthetic_images": len(self.items["synthetic"]),
+            "image_size": list(self.image_size),
+        }
+
+    @property
+    def split_name(self) -> str:
+        """The name of the real training split (subclasses with several split layouts refine it)."""
+        return "train"
+
     def shape_table(self, split: str = "train") -> tuple[np.ndarray, np.ndarray, dict]:
         """Landmarks of a split for shape statistics: (shapes (M, N, 2) model pixels, mm per model
         pixel (M, 2) in x and y, a description of the frame)."""
@@ -217,18 +240,23 @@ class LandmarkDataModule(CachedSplitsDataModule):
         items = self.items[split]
         if len(items) < 3:
             raise DataError(self.root, f"the {split} split holds {len(items)} shapes; shape statistics need at least 3")
-        shapes = np.stack([item.landmarks for item in items]).astype(np.float64)
-        spacing = np.stack([item.mm_per_px * np.asarray(item.scale, dtype=np.float64) for item in items])
+        shapes, spacing = shape_table(items)
+        from_headers = all(item.image is not None or self._header_sized(item) for item in items)
         frame = {
             "source": self.source,
             "split": split,
             "annotations_only": self.annotations_only,
-            "original_size": list(self.original_size) if self.annotations_only and self.original_size else None,
-            "extent_margin": list(self.extent_margin) if self.annotations_only and not self.original_size else None,
+            "original_frame": "image sizes" if from_headers else "configured" if self.original_size else "estimated",
+            "original_size": list(self.original_size) if not from_headers and self.original_size else None,
+            "extent_margin": list(self.extent_margin) if not from_headers and not self.original_size else None,
             "convention": "landmarks in pixels of the image resized to image_size; mm_per_px is the median "
             "over the shapes of (original mm per pixel) x (resize factor)",
         }
         return shapes, spacing, frame
+
+    def _header_sized(self, item: LandmarkItem) -> bool:
+        """Whether an annotations-only item was framed by its image's true size (phantoms: always)."""
+        return self.root is None or item.id in self._sized_ids
 
     def landmark_rows(self) -> Iterator[tuple[str, str, int, float, float, float]]:
         """(split, id, landmark, x, y, mm_per_px) with x, y in original pixels as read."""

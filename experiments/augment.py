@@ -25,12 +25,19 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
 
+from commands.acceptance import acceptance_rate_of_checkpoint
+from commands.lightning_cli import XrayCLI, data_parser, key_lines, read_yaml
+from commands.sampling import generate_samples
+from xraydiff.checkpoints import CHECKPOINT_KEY, read_checkpoint
 from xraydiff.errors import DataError
-from xraydiff.imageio import atomic_write_bytes
+from xraydiff.imageio import atomic_write_bytes, check_output_folder, mark_output
+from xraydiff.precision import resolve_precision
 
 MARKER = "done.json"
+# What identifies a training set: a generator row's checkpoint must agree with its row on all of these.
+# (The data's location may differ between machines, so it is recorded but not compared.)
+TRAIN_SET_KEYS = ("anatomy", "split", "train_fraction", "seed", "train_images")
 
 
 # --------------------------------------------------------------------------------------- config
@@ -38,11 +45,15 @@ MARKER = "done.json"
 
 @dataclass
 class GeneratorSpec:
-    """A generator of the study: a fit config (and overrides), or a ready checkpoint."""
+    """A generator of the study: a fit config (and overrides), and optionally ready checkpoints.
+
+    ``ckpt`` maps a training-set name to a checkpoint trained on exactly that training set (the
+    checkpoint records its training set, which the study checks); sets without one are trained here.
+    """
 
     config: list[str]
     args: list[str] = field(default_factory=list)
-    ckpt: str | None = None
+    ckpt: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -61,21 +72,7 @@ class StudyConfig:
     acceptance: dict[str, Any] = field(default_factory=dict)
     outlier_radii: list[float] = field(default_factory=lambda: [2.0, 4.0, 10.0, 20.0])
     seed: int = 0
-    precision: str = "32-true"  # of sampling; 'bf16-mixed' halves the time on CPUs with AMX
-
-
-def _key_lines(path: Path) -> dict[tuple, int]:
-    """Line numbers (1-based) of the mapping keys of a YAML file, by key path."""
-    lines: dict[tuple, int] = {}
-
-    def walk(node, prefix):
-        if isinstance(node, yaml.MappingNode):
-            for key, value in node.value:
-                lines[(*prefix, key.value)] = key.start_mark.line + 1
-                walk(value, (*prefix, key.value))
-
-    walk(yaml.compose(path.read_text()), ())
-    return lines
+    precision: str = "auto"  # of sampling: bf16 autocast where the hardware has native bf16, else 32-bit
 
 
 def load_study_config(path: Path) -> StudyConfig:
@@ -83,14 +80,8 @@ def load_study_config(path: Path) -> StudyConfig:
     path = Path(path)
     if not path.is_file():
         raise DataError(path, "config not found")
-    try:
-        document = yaml.safe_load(path.read_text())
-        lines = _key_lines(path)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        raise DataError(
-            path, f"invalid YAML: {getattr(err, 'problem', err)}", mark.line + 1 if mark else None
-        ) from None
+    document = read_yaml(path)
+    lines = key_lines(path)
     if not isinstance(document, dict) or "experiment" not in document:
         raise DataError(path, "needs a top-level 'experiment' section")
     section = document["experiment"]
@@ -115,13 +106,30 @@ def load_study_config(path: Path) -> StudyConfig:
         for config in configs:
             if not Path(config).is_file():
                 raise DataError(path, f"{'.'.join(where)}: config {config} not found", lines.get((*where, "config")))
-        ckpt = value.get("ckpt")
-        if ckpt is not None and not Path(ckpt).is_file():
-            raise DataError(path, f"{'.'.join(where)}: checkpoint {ckpt} not found", lines.get((*where, "ckpt")))
-        if not configs and ckpt is None:
-            raise DataError(path, f"{'.'.join(where)} needs a config or a ckpt", lines.get(where))
-        return GeneratorSpec(configs, [str(a) for a in value.get("args") or []], ckpt)
+        ckpt = value.get("ckpt") or {}
+        if isinstance(ckpt, str):
+            if len(training_sets) != 1:
+                raise DataError(
+                    path,
+                    f"{'.'.join(where)}.ckpt: a checkpoint is trained on one training set; map each training set "
+                    f"to its own checkpoint ({{{', '.join(f'{s}: ...' for s in training_sets)}}})",
+                    lines.get((*where, "ckpt")),
+                )
+            ckpt = {next(iter(training_sets)): ckpt}
+        for set_name, file in ckpt.items():
+            if set_name not in training_sets:
+                raise DataError(
+                    path, f"{'.'.join(where)}.ckpt: no training set '{set_name}'", lines.get((*where, "ckpt", set_name))
+                )
+            if not Path(file).is_file():
+                raise DataError(
+                    path, f"{'.'.join(where)}: checkpoint {file} not found", lines.get((*where, "ckpt", set_name))
+                )
+        if not configs:
+            raise DataError(path, f"{'.'.join(where)} needs a config (its data section)", lines.get(where))
+        return GeneratorSpec(configs, [str(a) for a in value.get("args") or []], {k: str(v) for k, v in ckpt.items()})
 
+    training_sets = section.get("training_sets") or StudyConfig.__dataclass_fields__["training_sets"].default_factory()
     generators = {
         name: spec(value, ("experiment", "generators", name)) for name, value in (section["generators"] or {}).items()
     }
@@ -158,6 +166,12 @@ class Study:
 
     # -- bookkeeping
 
+    def prepare_folder(self) -> None:
+        """A new or empty folder becomes this study's; an earlier xraydiff output resumes; anything else is refused."""
+        check_output_folder(self.out, overwrite=True)
+        self.out.mkdir(parents=True, exist_ok=True)
+        mark_output(self.out, "experiment augment")
+
     def step(self, folder: Path, name: str, work) -> dict:
         """Run ``work(folder)`` unless ``folder/done.json`` exists; return the step's record."""
         marker = folder / MARKER
@@ -183,37 +197,59 @@ class Study:
         ]
 
     def _cli(self, args: list[str]) -> None:
-        from cli import XrayCLI
-
         XrayCLI(args=[str(a) for a in args])
 
     # -- generators
 
-    def train_generator(self, folder: Path, name: str, spec: GeneratorSpec, fraction: float) -> dict:
-        if spec.ckpt is not None:
-            from lightning_modules.generative import read_checkpoint
-
-            global_step = read_checkpoint(spec.ckpt)["global_step"]
-            self.log(f"       {name}: checkpoint {spec.ckpt}, trained for {global_step} steps")
-            return {"checkpoint": str(Path(spec.ckpt).resolve()), "trained": False, "global_step": global_step}
-        args = [
-            "fit",
-            *[a for c in spec.config for a in ("--config", c)],
-            *spec.args,
-            *self._data_args(fraction),
-            "--trainer.default_root_dir",
-            str(folder / "run"),
-            "--trainer.logger",
-            '{"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "."}}',
-        ]
-        self._cli(args)
-        return {"checkpoint": str((folder / "run/checkpoints/last.ckpt").resolve()), "trained": True}
+    def train_generator(self, folder: Path, name: str, spec: GeneratorSpec, set_name: str, fraction: float) -> dict:
+        """Train the generator on the training set (or take its checkpoint); record what it was trained on."""
+        expected = self._datamodule(spec, fraction, annotations_only=True).training_set_description()
+        if set_name in spec.ckpt:
+            checkpoint = str(Path(spec.ckpt[set_name]).resolve())
+            trained = False
+        else:
+            args = [
+                "fit",
+                *[a for c in spec.config for a in ("--config", c)],
+                *spec.args,
+                *self._data_args(fraction),
+                "--trainer.default_root_dir",
+                str(folder / "run"),
+                "--trainer.logger",
+                '{"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "."}}',
+            ]
+            self._cli(args)
+            checkpoint, trained = str((folder / "run/checkpoints/last.ckpt").resolve()), True
+        saved = read_checkpoint(checkpoint)
+        train_data = saved[CHECKPOINT_KEY].get("train_data")
+        if train_data is None:
+            raise DataError(checkpoint, "checkpoint does not record the training set it was trained on")
+        mismatch = {k: (train_data.get(k), expected[k]) for k in TRAIN_SET_KEYS if train_data.get(k) != expected[k]}
+        if mismatch:
+            raise DataError(
+                checkpoint,
+                f"{name} was trained on another training set than '{set_name}' "
+                f"({', '.join(f'{k}: {a} vs {b}' for k, (a, b) in mismatch.items())}); "
+                "each row needs a generator trained on exactly its training set",
+            )
+        self.log(
+            f"       {name}/{set_name}: {'trained here' if trained else f'checkpoint {checkpoint}'}, "
+            f"{saved['global_step']} steps on {train_data['train_images']} real images of {train_data['source']}"
+        )
+        return {
+            "checkpoint": checkpoint,
+            "trained": trained,
+            "global_step": int(saved["global_step"]),
+            "train_images": int(train_data["train_images"]),
+            "train_data": train_data,
+        }
 
     def fit_statistics(self, folder: Path, spec: GeneratorSpec, fraction: float, checkpoint: str) -> dict:
         from lightning_modules.generative import load_model
         from xraydiff.acceptance import AcceptanceConfig, ShapeStatistics
 
         model = load_model(checkpoint)
+        # Annotations only: the true image sizes still frame the landmarks where the images are present.
         datamodule = self._datamodule(spec, fraction, model.image_size, annotations_only=True)
         shapes, spacing, frame = datamodule.shape_table("train")
         config = AcceptanceConfig(**self.config.acceptance)
@@ -221,30 +257,27 @@ class Study:
         stats.save(folder / "stats.json")
         return {"stats": str(folder / "stats.json"), "shapes": int(stats.num_shapes)}
 
-    def _datamodule(self, spec: GeneratorSpec, fraction: float, image_size, annotations_only: bool = False):
+    def _datamodule(self, spec: GeneratorSpec, fraction: float, image_size=None, annotations_only: bool = False):
         """The real data of a sub-config (its data section with the study's overrides)."""
-        from cli import data_parser
-
         parser = data_parser("study", "")
-        args = [a for c in spec.config for a in ("--config", c)] + self._data_args(
-            fraction, {"image_size": list(image_size), "annotations_only": annotations_only}
-        )
+        extra: dict = {"annotations_only": annotations_only}
+        if image_size is not None:
+            extra["image_size"] = list(image_size)
+        args = [a for c in spec.config for a in ("--config", c)] + self._data_args(fraction, extra)
         datamodule = parser.instantiate_classes(parser.parse_args(args)).data
         datamodule.setup()
         return datamodule
 
     def acceptance_rate(self, folder: Path, checkpoint: str, stats: str) -> dict:
-        from xraydiff.acceptance_rate import measure_acceptance_rate
-
         c = self.config
-        result = measure_acceptance_rate(
+        result = acceptance_rate_of_checkpoint(
             Path(checkpoint),
             Path(stats),
             folder,
             c.rate_runs,
             c.rate_samples,
             self._sampler(checkpoint),
-            c.steps,
+            self._steps(checkpoint),
             c.seed,
             c.batch_size,
             cache=self.out / "cache",
@@ -253,30 +286,39 @@ class Study:
         self.log(result["table"])
         return {"mean": result["mean"], "sd": result["sd"], "by_rule_set": result["by_rule_set"]}
 
-    def _sampler(self, checkpoint: str) -> str | None:
+    def _is_diffusion(self, checkpoint: str) -> bool:
         from lightning_modules.generative import load_model
 
-        return self.config.sampler if load_model(checkpoint).sampling_description(None, None)[0] != "prior" else None
+        return load_model(checkpoint).sampling_description(None, None)[0] != "prior"
+
+    def _sampler(self, checkpoint: str) -> str | None:
+        return self.config.sampler if self._is_diffusion(checkpoint) else None
+
+    def _steps(self, checkpoint: str) -> int | None:
+        return self.config.steps if self._is_diffusion(checkpoint) and self.config.sampler == "ddim" else None
 
     def sample_and_accept(self, folder: Path, checkpoint: str, stats: str) -> dict:
-        from cli import generate_samples
-        from xraydiff.acceptance_rate import file_digest
+        from xraydiff.acceptance_rate import file_digest, sample_cache_key
         from xraydiff.acceptance_run import run_acceptance
 
         c = self.config
-        sampler = self._sampler(checkpoint)
-        # Samples depend only on the generator and the sampling settings: training sets sharing a
-        # checkpoint share them (judged by their own statistics).
-        digest = file_digest(Path(checkpoint))
-        samples = self.out / "cache" / f"samples-{digest}-{sampler}{c.steps}-n{c.num_samples}-{c.precision}"
+        sampler, steps = self._sampler(checkpoint), self._steps(checkpoint)
+        seed = c.seed + 1000
+        # Samples depend only on the generator and the sampling settings: a cached folder is reused
+        # only when every one of them is the same (judged here by this row's statistics).
+        key = sample_cache_key(
+            file_digest(Path(checkpoint)), str(sampler), steps, c.num_samples, c.batch_size, seed,
+            resolve_precision(c.precision),
+        )  # fmt: skip
+        samples = self.out / "cache" / f"samples-{key}"
         if not (samples / "manifest.json").is_file():
             generate_samples(
                 Path(checkpoint),
                 c.num_samples,
                 samples,
                 sampler,
-                c.steps,
-                c.seed + 1000,
+                steps,
+                seed,
                 c.batch_size,
                 devices=1,
                 accelerator="auto",
@@ -317,6 +359,7 @@ class Study:
 
     def run(self) -> dict:
         c = self.config
+        self.prepare_folder()
         torch.manual_seed(c.seed)
         results: dict = {"training_sets": {}, "generators": list(c.generators)}
         for set_name, fraction in c.training_sets.items():
@@ -327,7 +370,7 @@ class Study:
                 trained = self.step(
                     g / "train",
                     f"{set_name}/{name}: generator",
-                    partial(self.train_generator, name=name, spec=spec, fraction=fraction),
+                    partial(self.train_generator, name=name, spec=spec, set_name=set_name, fraction=fraction),
                 )
                 checkpoint = trained["checkpoint"]
                 stats = self.step(
@@ -349,6 +392,8 @@ class Study:
                     "checkpoint": checkpoint,
                     "trained": trained["trained"],
                     "global_step": trained.get("global_step"),
+                    "train_images": trained["train_images"],
+                    "train_data": trained["train_data"],
                     "acceptance": rate,
                     "accepted": accepted,
                 }
@@ -424,7 +469,7 @@ def write_report(out: Path, results: dict, config: StudyConfig) -> None:
             gallery = Path(info["accepted"]["gallery"])
             lines.append(
                 f"### {s} / {g}: {info['accepted']['accepted']} of {info['accepted']['n']} accepted "
-                f"({'trained here' if info['trained'] else _provenance(info)})"
+                f"({_provenance(info)})"
             )
             lines.append(f"![{s} {g}]({gallery.relative_to(out)})")
             lines.append("")
@@ -433,7 +478,8 @@ def write_report(out: Path, results: dict, config: StudyConfig) -> None:
 
 
 def _provenance(info: dict) -> str:
-    return f"checkpoint {info['checkpoint']}, trained for {info['global_step']} steps"
+    where = "trained here" if info["trained"] else f"checkpoint {info['checkpoint']}"
+    return f"{where}, {info['global_step']} steps on {info['train_images']} real training images"
 
 
 def _jsonable(value):

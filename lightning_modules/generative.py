@@ -7,38 +7,13 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.loggers import WandbLogger
 from torch import Tensor
 
+from xraydiff.checkpoints import CHECKPOINT_KEY, checkpoint_model_class, class_path
 from xraydiff.errors import DataError
 from xraydiff.heatmaps import gaussian_heatmaps
 from xraydiff.samples import batch_seed, sample_id
-
-CHECKPOINT_KEY = "xraydiff"
-
-
-def class_path(obj_or_cls) -> str:
-    cls = obj_or_cls if isinstance(obj_or_cls, type) else type(obj_or_cls)
-    return f"{cls.__module__}.{cls.__qualname__}"
-
-
-def read_checkpoint(path: str | Path) -> dict:
-    """An xraydiff checkpoint (memory-mapped); DataError for a missing, unreadable or foreign file."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(path, "checkpoint not found")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-    except Exception as err:  # noqa: BLE001 - any unpickling problem means "not a checkpoint"
-        raise DataError(path, f"cannot read checkpoint ({type(err).__name__}: {err})") from None
-    meta = checkpoint.get(CHECKPOINT_KEY) if isinstance(checkpoint, dict) else None
-    if not meta or "model_class" not in meta:
-        raise DataError(path, "not an xraydiff checkpoint (no model class recorded)")
-    return checkpoint
-
-
-def checkpoint_model_class(path: str | Path) -> str:
-    """The model class recorded in an xraydiff checkpoint; DataError for a missing or foreign file."""
-    return read_checkpoint(path)[CHECKPOINT_KEY]["model_class"]
 
 
 def load_model(path: str | Path, expected: type | None = None) -> L.LightningModule:
@@ -55,7 +30,15 @@ class TaggedCheckpointMixin:
     """Records the model class in every checkpoint, so commands can refuse a foreign checkpoint."""
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint[CHECKPOINT_KEY] = {"model_class": class_path(self), "format": 1}
+        meta = {"model_class": class_path(self), "format": 1}
+        trainer = getattr(self, "_trainer", None)
+        describe = getattr(getattr(trainer, "datamodule", None), "training_set_description", None)
+        if describe is not None:
+            meta["train_data"] = describe()
+        for logger in trainer.loggers if trainer is not None else []:
+            if isinstance(logger, WandbLogger):  # a resumed run continues the same W&B run
+                meta["wandb_run_id"] = logger.version
+        checkpoint[CHECKPOINT_KEY] = meta
 
 
 class PairedGenerativeModule(TaggedCheckpointMixin, L.LightningModule):

@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Literal, get_args
-
 import torch
-import torch.nn.functional as F
 from monai.networks.nets import DiffusionModelUNet
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
 from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from tqdm.auto import tqdm
 
 from lightning_modules.generative import PairedGenerativeModule
+from xraydiff.diffusion import (
+    PredictionType,
+    Sampler,
+    check_diffusion_options,
+    diffusion_loss,
+    make_scheduler,
+    reverse_diffusion,
+)
 from xraydiff.errors import DataError
-
-Sampler = Literal["ddpm", "ddim"]
-PredictionType = Literal["epsilon", "v_prediction", "sample"]
 
 
 class PairedDDPM(PairedGenerativeModule):
@@ -76,12 +77,7 @@ class PairedDDPM(PairedGenerativeModule):
     ):
         super().__init__(image_size, heatmap_sigma)
         self.save_hyperparameters()
-        if sampler not in ("ddpm", "ddim"):
-            raise DataError(None, f"sampler must be 'ddpm' or 'ddim', got {sampler!r}")
-        if prediction_type not in get_args(PredictionType):
-            raise DataError(None, f"prediction_type must be one of {get_args(PredictionType)}, got {prediction_type!r}")
-        if not 0.0 <= ddim_eta <= 1.0:
-            raise DataError(None, f"ddim_eta must be in [0, 1], got {ddim_eta}")
+        check_diffusion_options(sampler, prediction_type, ddim_eta)
         if not 0.0 <= ema_decay < 1.0:
             raise DataError(None, f"ema_decay must be in [0, 1), got {ema_decay}")
         self.unet = DiffusionModelUNet(
@@ -96,17 +92,13 @@ class PairedDDPM(PairedGenerativeModule):
         )
         self.ema = AveragedModel(self.unet, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
         self.ema.requires_grad_(False)
-        self.scheduler = self._scheduler(DDPMScheduler)
+        self.scheduler = self.make_scheduler("ddpm")
 
-    def _scheduler(self, cls: type) -> DDPMScheduler | DDIMScheduler:
+    def make_scheduler(self, sampler: Sampler) -> DDPMScheduler | DDIMScheduler:
+        """The model's variance schedule in MONAI's DDPM or DDIM scheduler."""
         hp = self.hparams
-        return cls(
-            num_train_timesteps=hp.num_train_timesteps,
-            schedule=hp.beta_schedule,
-            beta_start=hp.beta_start,
-            beta_end=hp.beta_end,
-            clip_sample=True,
-            prediction_type=hp.prediction_type,
+        return make_scheduler(
+            sampler, hp.num_train_timesteps, hp.beta_schedule, hp.beta_start, hp.beta_end, hp.prediction_type
         )
 
     # ------------------------------------------------------------------------------ training
@@ -114,18 +106,9 @@ class PairedDDPM(PairedGenerativeModule):
     def diffusion_loss(
         self, x0: Tensor, model: nn.Module | None = None, generator: torch.Generator | None = None
     ) -> Tensor:
-        """E_{t, x0, eps} ||eps - eps_theta(sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, t)||^2 (eq. 4), or the
-        same regression on v or x0 (``prediction_type``)."""
-        model = model or self.unet
-        noise = torch.randn(x0.shape, generator=generator, device=x0.device)
-        t = torch.randint(0, self.hparams.num_train_timesteps, (x0.shape[0],), generator=generator, device=x0.device)
-        xt = self.scheduler.add_noise(x0, noise, t)
-        prediction_type = self.hparams.prediction_type
-        if prediction_type == "v_prediction":
-            target = self.scheduler.get_velocity(x0, noise, t)
-        else:
-            target = x0 if prediction_type == "sample" else noise
-        return F.mse_loss(model(xt, timesteps=t).float(), target)
+        """The objective of ``prediction_type`` (eq. 4 for epsilon) on pairs x0, see ``xraydiff.diffusion``."""
+        network = model or self.unet
+        return diffusion_loss(lambda x, t: network(x, timesteps=t), x0, self.scheduler, generator)
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         loss = self.diffusion_loss(self.to_pairs(batch))
@@ -151,8 +134,7 @@ class PairedDDPM(PairedGenerativeModule):
 
     def sampling_description(self, sampler: str | None, steps: int | None) -> tuple[str, int]:
         sampler = sampler or self.hparams.sampler
-        if sampler not in ("ddpm", "ddim"):
-            raise DataError(None, f"sampler must be 'ddpm' or 'ddim', got {sampler!r}")
+        check_diffusion_options(sampler, self.hparams.prediction_type, self.hparams.ddim_eta)
         if sampler == "ddpm":
             return "ddpm", self.hparams.num_train_timesteps
         steps = steps or self.hparams.sampling_steps
@@ -171,12 +153,14 @@ class PairedDDPM(PairedGenerativeModule):
     ) -> Tensor:
         """Reverse diffusion from x_T ~ N(0, I) with the EMA weights: (num, 2, H, W) in [-1, 1]."""
         sampler, steps = self.sampling_description(sampler, steps)
-        scheduler = self._scheduler(DDPMScheduler if sampler == "ddpm" else DDIMScheduler)
-        scheduler.set_timesteps(steps, device=self.device)
-        x = torch.randn((num, 2, *self.image_size), generator=generator, device=self.device)
-        options = {"eta": self.hparams.ddim_eta} if sampler == "ddim" else {}
-        for t in tqdm(scheduler.timesteps, desc=f"{sampler} x{num}", disable=not progress, leave=False):
-            timesteps = torch.full((num,), int(t), device=self.device, dtype=torch.long)
-            prediction = self.ema(x, timesteps=timesteps).float()
-            x, _ = scheduler.step(prediction, int(t), x, generator=generator, **options)
-        return x.clamp(-1.0, 1.0)
+        x_T = torch.randn((num, 2, *self.image_size), generator=generator, device=self.device)
+        return reverse_diffusion(
+            lambda x, t: self.ema(x, timesteps=t),
+            x_T,
+            self.make_scheduler(sampler),
+            steps,
+            generator,
+            eta=self.hparams.ddim_eta if sampler == "ddim" else 0.0,
+            progress=progress,
+            desc=f"{sampler} x{num}",
+        )

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from monai.networks.nets import VarAutoEncoder
 from torch import Tensor
 
 from lightning_modules.generative import PairedGenerativeModule
+from xraydiff.diffusion import vae_loss
 
 
 class PairedVAE(PairedGenerativeModule):
@@ -54,10 +54,7 @@ class PairedVAE(PairedGenerativeModule):
     def vae_loss(self, x0: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(total, reconstruction, KL), each per element of x0."""
         reconstruction, mu, logvar, _ = self.net(x0)
-        elements = x0[0].numel()
-        recon = F.mse_loss(torch.tanh(reconstruction.float()), x0)
-        kl = (-0.5 * (1 + logvar.float() - mu.float() ** 2 - logvar.float().exp()).sum(dim=1)).mean() / elements
-        return recon + self.hparams.kl_weight * kl, recon, kl
+        return vae_loss(torch.tanh(reconstruction.float()), x0, mu, logvar, self.hparams.kl_weight)
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         loss, recon, kl = self.vae_loss(self.to_pairs(batch))

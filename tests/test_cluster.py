@@ -191,13 +191,13 @@ def test_wandb_is_the_default_logger_offline_and_keeps_its_run_id_on_resume(tmp_
     env = {"WANDB_MODE": "offline", "WANDB_SILENT": "true"}
     first = run([*args, "--trainer.max_epochs", "1"], env=env)
     assert first.returncode == 0, first.stderr[-3000:]
-    run_id = (root / "checkpoints/wandb_run_id").read_text().strip()
+    run_id = torch.load(root / "checkpoints/last.ckpt", weights_only=False)["xraydiff"]["wandb_run_id"]
     runs = list((root / "wandb").glob(f"offline-run-*-{run_id}"))
     assert len(runs) == 1 and (root / "config.yaml").exists()
     assert list(runs[0].rglob("samples_*.png")), "the sample gallery was not logged to W&B"
     assert (root / "galleries/epoch=0000.png").exists()
     second = run([*args, "--trainer.max_epochs", "2", "--ckpt_path", "last"], env=env)
     assert second.returncode == 0, second.stderr[-3000:]
-    assert (root / "checkpoints/wandb_run_id").read_text().strip() == run_id
+    assert torch.load(root / "checkpoints/last.ckpt", weights_only=False)["xraydiff"]["wandb_run_id"] == run_id
     assert len(list((root / "wandb").glob(f"offline-run-*-{run_id}"))) == 2
     assert not list(Path.cwd().glob("wandb/offline-run-*"))

@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from monai.networks.schedulers import DDIMScheduler
 from tiny import DDPM, VAE
 
 from lightning_modules import PairedDDPM, PairedVAE, load_model
@@ -226,7 +225,7 @@ def test_each_prediction_type_regresses_its_own_target(prediction_type):
     for kind in ("epsilon", "v_prediction", "sample"):
         loss = model.diffusion_loss(x0, oracle(kind), torch.Generator().manual_seed(0))
         assert (loss.item() < 1e-8) == (kind == prediction_type), (kind, loss.item())
-    scheduler = model._scheduler(DDIMScheduler)
+    scheduler = model.make_scheduler("ddim")
     scheduler.set_timesteps(2)  # t = 25 of 50: x0 is half drowned in noise
     xt = torch.randn_like(x0)
     t = int(scheduler.timesteps[0])

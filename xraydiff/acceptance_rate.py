@@ -30,24 +30,45 @@ def file_digest(path: Path) -> str:
     return digest.hexdigest()[:12]
 
 
+def sample_cache_key(
+    model_key: str, sampler: str, steps: int | None, num_samples: int, batch_size: int, seed: int, precision: str
+) -> str:
+    """A file-name key holding everything generated samples depend on: the model's content, the sampler
+    and its steps, how many samples in which batches, the seed and the numerical precision."""
+    return f"{model_key}-{sampler}{steps or ''}-n{num_samples}-b{batch_size}-seed{seed}-{precision}"
+
+
 def generate_heatmaps(
-    model, num_samples: int, seed: int, batch_size: int, sampler: str | None, steps: int | None, bf16: bool = False
+    model,
+    num_samples: int,
+    seed: int,
+    batch_size: int,
+    sampler: str | None,
+    steps: int | None,
+    autocast: torch.dtype | None = None,
 ) -> tuple[list[str], np.ndarray]:
-    """(ids, heatmaps (num_samples, H, W)) drawn from a generative module, batch by batch,
-    optionally under bf16 autocast."""
+    """(ids, heatmaps (num_samples, H, W)) drawn from a generative model batch by batch (batch b seeded by
+    ``batch_seed(seed, b)``, as ``xraydiff sample`` does), optionally under autocast to ``autocast``."""
     ids, heatmaps = [], []
     for b, start in enumerate(range(0, num_samples, batch_size)):
         count = min(batch_size, num_samples - start)
         generator = torch.Generator(device=model.device).manual_seed(batch_seed(seed, b))
-        with torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(model.device.type, dtype=autocast or torch.bfloat16, enabled=autocast is not None):
             pairs = model.generate(count, generator, sampler, steps)
         heatmaps.append(pairs[:, 1].float().cpu().numpy())
         ids += [sample_id(seed, start + k) for k in range(count)]
     return ids, np.concatenate(heatmaps)
 
 
+def rate_statistics(rates: np.ndarray) -> tuple[float, float]:
+    """(mean, SD) of per-run acceptance rates; the SD with Bessel's correction (0 for one run)."""
+    rates = np.asarray(rates, dtype=np.float64)
+    return float(rates.mean()), float(rates.std(ddof=1)) if len(rates) > 1 else 0.0
+
+
 def measure_acceptance_rate(
-    ckpt: Path,
+    model,
+    model_key: str,
     stats_path: Path,
     out: Path,
     runs: int = 10,
@@ -57,68 +78,73 @@ def measure_acceptance_rate(
     seed: int = 0,
     batch_size: int = 16,
     rule_set: str | None = None,
-    device: str | None = None,
     overwrite: bool = False,
     cache: Path | None = None,
     precision: str = "32-true",
+    description: dict | None = None,
 ) -> dict:
-    """Mean and SD of the acceptance rate over ``runs`` runs; writes ``out/acceptance.json``.
+    """Mean and SD of the acceptance rate over ``runs`` runs of a generative ``model`` (with ``generate``,
+    ``image_size``, ``sampling_description`` and ``device``); writes ``out/acceptance.json``.
 
-    With ``cache``, each run's heatmaps are kept in (and reused from) that folder, keyed by the
-    checkpoint's content and the sampling settings: the same generator judged by other statistics
-    does not sample again. ``precision`` 'bf16-mixed' samples under bf16 autocast.
+    ``model_key`` identifies the model's weights (e.g. the checkpoint's digest). With ``cache``, each
+    run's heatmaps are kept in (and reused from) that folder under ``sample_cache_key``: the same
+    generator judged by other statistics does not sample again. ``precision`` is a resolved Lightning
+    precision ('32-true', 'bf16-mixed' or '16-mixed').
     """
-    if precision not in ("32-true", "bf16-mixed"):
-        raise DataError(None, f"precision must be '32-true' or 'bf16-mixed', got {precision!r}")
-    from lightning_modules.generative import PairedGenerativeModule, load_model
-
+    if precision not in ("32-true", "bf16-mixed", "16-mixed"):
+        raise DataError(None, f"precision must be '32-true', 'bf16-mixed' or '16-mixed', got {precision!r}")
     if runs < 1 or num_samples < 1 or batch_size < 1:
         raise DataError(None, "--runs, --num-samples and --batch-size must be at least 1")
     out = Path(out)
     if (out / "acceptance.json").exists() and not overwrite:
         raise DataError(out / "acceptance.json", "exists (pass --overwrite to replace it)")
     stats = ShapeStatistics.load(stats_path)
-    model = load_model(ckpt, expected=PairedGenerativeModule)
     if tuple(model.image_size) != tuple(stats.image_size):
-        raise DataError(stats_path, f"statistics are for {stats.image_size}, the model samples {model.image_size}")
+        raise DataError(
+            stats_path,
+            f"statistics are for {tuple(stats.image_size)} (H, W), the model samples {tuple(model.image_size)}: "
+            f"fit statistics at the model's size (xraydiff acceptance fit ... "
+            f"--data.init_args.image_size '{list(model.image_size)}')",
+        )
     checker = AcceptanceChecker(stats, rule_set)
-    model = model.to(torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))).eval()
     sampler_name, sampler_steps = model.sampling_description(sampler, steps)
+    autocast = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
     rows = []
-    key = f"{file_digest(ckpt)}-{sampler_name}{sampler_steps}-n{num_samples}-b{batch_size}-{precision}"
     for r in range(runs):
-        cached = None if cache is None else Path(cache) / f"{key}-seed{seed + r}.npz"
+        key = sample_cache_key(model_key, sampler_name, sampler_steps, num_samples, batch_size, seed + r, precision)
+        cached = None if cache is None else Path(cache) / f"heatmaps-{key}.npz"
         if cached is not None and cached.is_file():
             with np.load(cached) as data:
                 ids, heatmaps = list(data["ids"]), data["heatmaps"]
         else:
-            ids, heatmaps = generate_heatmaps(
-                model, num_samples, seed + r, batch_size, sampler, steps, bf16=precision == "bf16-mixed"
-            )
+            ids, heatmaps = generate_heatmaps(model, num_samples, seed + r, batch_size, sampler, steps, autocast)
             if cached is not None:
                 buffer = io.BytesIO()
                 np.savez(buffer, ids=np.array(ids), heatmaps=heatmaps)
                 atomic_write_bytes(cached, buffer.getvalue())
         summary = summarize(checker.check(heatmaps, ids), checker.rule_set)
         rows.append({"run": r, "seed": seed + r, **summary})
-    rates = np.array([row["acceptance_rate"] for row in rows])
+    mean, sd = rate_statistics([row["acceptance_rate"] for row in rows])
     result = {
-        "checkpoint": str(Path(ckpt).resolve()),
+        **(description or {}),
         "stats": str(stats_path),
         "sampler": sampler_name,
         "steps": sampler_steps,
+        "precision": precision,
         "runs": runs,
         "num_samples": num_samples,
+        "batch_size": batch_size,
         "rule_set": checker.rule_set,
-        "mean": float(rates.mean()),
-        "sd": float(rates.std(ddof=1)) if runs > 1 else 0.0,
+        "mean": mean,
+        "sd": sd,
         "by_rule_set": {
-            name: {
-                "mean": float(np.mean([row["acceptance_rate_by_rule_set"][name] for row in rows])),
-                "sd": float(np.std([row["acceptance_rate_by_rule_set"][name] for row in rows], ddof=1))
-                if runs > 1
-                else 0.0,
-            }
+            name: dict(
+                zip(
+                    ("mean", "sd"),
+                    rate_statistics([row["acceptance_rate_by_rule_set"][name] for row in rows]),
+                    strict=True,
+                )
+            )
             for name in RULE_SETS
         },
         "per_run": rows,

@@ -24,9 +24,9 @@ import numpy as np
 
 from xraydiff.acceptance import RULE_SETS, STRICT_RULES, AcceptanceChecker, ShapeStatistics, Verdict
 from xraydiff.errors import DataError
-from xraydiff.imageio import atomic_directory, atomic_write_bytes, write_png
+from xraydiff.imageio import atomic_directory, atomic_write_bytes, check_output_folder, write_png
 from xraydiff.preview import acceptance_grid
-from xraydiff.samples import list_samples, read_sample
+from xraydiff.samples import list_samples, read_sample, write_manifest, write_sample
 
 
 def load_samples(directory: Path, stats: ShapeStatistics) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -106,8 +106,7 @@ def run_acceptance(
 ) -> dict:
     """Check a samples folder against a statistics file and write report, dataset and gallery."""
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise DataError(out, "output folder exists and is not empty (pass --overwrite to replace it)")
+    check_output_folder(out, overwrite)
     stats = ShapeStatistics.load(stats_path)
     checker = AcceptanceChecker(stats, rule_set)
     ids, images, heatmaps = load_samples(samples, stats)
@@ -119,7 +118,7 @@ def run_acceptance(
         "samples": [v.to_json() for v in verdicts],
     }
     accepted = [k for k, v in enumerate(verdicts) if v.accepted]
-    with atomic_directory(out, overwrite=overwrite) as staging:
+    with atomic_directory(out, overwrite=overwrite, command="acceptance run") as staging:
         atomic_write_bytes(staging / "report.json", json.dumps(report, indent=1).encode())
         write_accepted_dataset(
             staging / "accepted",
@@ -137,6 +136,36 @@ def run_acceptance(
             title=f"{report['accepted']} of {report['n']} accepted ({checker.rule_set} rules)",
         )
     return report
+
+
+def render_ground_truth(
+    items: Sequence, image_size: tuple[int, int], sigma: float, out: Path, source: dict, overwrite: bool = False
+) -> None:
+    """Write landmark items (``xraydiff.datasets.LandmarkItem``) in the sample format: the image (zeros
+    when annotations only), the combined heatmap of sigma ``sigma`` and the ``landmarks`` array, plus a
+    manifest naming ``source``. The calibration set of the check."""
+    import torch
+
+    from xraydiff.heatmaps import gaussian_heatmaps
+
+    with atomic_directory(out, overwrite=overwrite, command="acceptance render") as staging:
+        for item in items:
+            heatmap = gaussian_heatmaps(
+                torch.from_numpy(item.landmarks), image_size, sigma, combine=True, normalize=True
+            )[0].numpy()
+            image = item.image if item.image is not None else np.zeros(image_size, np.float32)
+            write_sample(staging, item.id, image, heatmap, landmarks=item.landmarks)
+        write_manifest(
+            staging,
+            {
+                "source": "ground truth",
+                **source,
+                "sigma": sigma,
+                "image_size": list(image_size),
+                "count": len(items),
+                "ids": [item.id for item in items],
+            },
+        )
 
 
 def _gallery_selection(verdicts: Sequence[Verdict], count: int) -> list[int]:

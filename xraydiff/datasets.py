@@ -28,7 +28,7 @@ from torch.utils.data import Dataset
 
 from xraydiff.augment import apply_augmentation, visible_landmarks
 from xraydiff.errors import DataError
-from xraydiff.geometry import resize_scale, to_model_pixels
+from xraydiff.geometry import estimate_original_size, resize_scale, to_model_pixels
 from xraydiff.imageio import normalize_intensity, read_image, read_label_map, resize_image, resize_label_map
 from xraydiff.readers import LandmarkRecord, SegmentationRecord
 
@@ -97,6 +97,40 @@ def load_segmentation_item(
             )
         mask = binary_target(resize_label_map(labels, size), classes)
     return SegmentationItem(record.id, image, mask)
+
+
+def annotation_item(
+    record: LandmarkRecord,
+    image_size: tuple[int, int],
+    original_size: tuple[int, int] | None = None,
+    extent_margin: tuple[float, float] = (1.0, 1.0),
+) -> LandmarkItem:
+    """A landmark item without image, in the frame of the image resized to ``image_size``.
+
+    The original frame is the image's own size where its header was read (``record.original_size``),
+    else ``original_size`` when configured, else estimated from the landmark extent times ``extent_margin``.
+    """
+    size = record.original_size or original_size or estimate_original_size(record.landmarks, extent_margin)
+    scale = resize_scale(size, image_size)
+    landmarks = to_model_pixels(record.landmarks, scale).astype(np.float32)
+    return LandmarkItem(record.id, None, landmarks, record.landmarks, scale, record.mm_per_px, tuple(size))
+
+
+def training_subset(items: Sequence[T], fraction: float, seed: int) -> list[T]:
+    """A reproducible share ``fraction`` of ``items`` (at least one), in their original order
+    (0.1 gives the ReducedDataset of Hadzic et al.)."""
+    if fraction >= 1.0 or not items:
+        return list(items)
+    count = max(1, int(round(fraction * len(items))))
+    chosen = np.sort(np.random.default_rng(seed).permutation(len(items))[:count])
+    return [items[k] for k in chosen]
+
+
+def shape_table(items: Sequence[LandmarkItem]) -> tuple[np.ndarray, np.ndarray]:
+    """Landmarks for shape statistics: (shapes (M, N, 2) in model pixels, mm per model pixel (M, 2) in x, y)."""
+    shapes = np.stack([item.landmarks for item in items]).astype(np.float64)
+    spacing = np.stack([item.mm_per_px * np.asarray(item.scale, dtype=np.float64) for item in items])
+    return shapes, spacing
 
 
 def binary_target(labels: np.ndarray, classes: Sequence[int]) -> np.ndarray:

@@ -18,3 +18,11 @@ class DataError(ValueError):
         self.reason = message
         where = "" if path is None else f"{path}:{line}: " if line is not None else f"{path}: "
         super().__init__(f"{where}{message}")
+
+
+class Interrupted(Exception):
+    """A command stopped by SIGTERM or SIGINT; whatever it was writing has been removed."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+        super().__init__(f"interrupted by signal {signum}")

@@ -112,21 +112,46 @@ def write_png(path: Path, image: np.ndarray) -> None:
     sitk.WriteImage(sitk.GetImageFromArray(array), str(path))
 
 
+# Every output folder xraydiff writes holds this file: ``--overwrite`` replaces only such folders.
+OUTPUT_MARKER = ".xraydiff-output"
+
+
+def check_output_folder(target: Path, overwrite: bool = False) -> None:
+    """DataError unless ``target`` may be written: absent, empty, or (with ``overwrite``) an earlier
+    output of xraydiff. A folder holding anything else is never replaced, with or without ``overwrite``."""
+    target = Path(target)
+    if target.exists() and not target.is_dir():
+        raise DataError(target, "output path exists and is not a folder")
+    if not target.exists() or not any(target.iterdir()):
+        return
+    if not (target / OUTPUT_MARKER).is_file():
+        raise DataError(
+            target, "folder is not empty and was not written by xraydiff; refusing to replace it (choose a new folder)"
+        )
+    if not overwrite:
+        raise DataError(target, "output folder exists and is not empty (pass --overwrite to replace it)")
+
+
+def mark_output(folder: Path, command: str) -> None:
+    """Mark ``folder`` as an output of xraydiff (see ``check_output_folder``)."""
+    atomic_write_bytes(Path(folder) / OUTPUT_MARKER, f"{command}\n".encode())
+
+
 @contextlib.contextmanager
-def atomic_directory(target: Path, overwrite: bool = False) -> Iterator[Path]:
+def atomic_directory(target: Path, overwrite: bool = False, command: str = "xraydiff") -> Iterator[Path]:
     """Yield a temporary sibling folder that replaces ``target`` only when the block succeeds.
 
-    On any exception the temporary folder is removed and ``target`` is left untouched, so a failed
-    run never leaves partial output behind.
+    ``target`` must pass ``check_output_folder``. On any exception the temporary folder is removed
+    and ``target`` is left untouched, so a failed run never leaves partial output behind.
     """
     target = Path(target)
-    if target.exists() and any(target.iterdir()) and not overwrite:
-        raise DataError(target, "output folder exists and is not empty (pass --overwrite to replace it)")
+    check_output_folder(target, overwrite)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
     os.chmod(staging, 0o777 & ~_umask())
     try:
         yield staging
+        mark_output(staging, command)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

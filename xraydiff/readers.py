@@ -172,15 +172,18 @@ def read_hand_dataset(
                 mm_per_px = wrist_width_mm_per_px(landmarks)
             except ValueError as err:
                 raise DataError(csv_path, str(err), csv_line) from None
-            image_path, size = None, None
-            if require_images:
-                image_path = find_image(images, sample_id)
-                if image_path is None:
-                    raise DataError(
-                        csv_path, f"annotation of id {sample_id} has no image {images}/{sample_id}.<ext>", csv_line
-                    )
+            # Without required images, an image that is present still gives the true frame (its header).
+            image_path = find_image(images, sample_id) if images.is_dir() else None
+            size = None
+            if require_images and image_path is None:
+                raise DataError(
+                    csv_path, f"annotation of id {sample_id} has no image {images}/{sample_id}.<ext>", csv_line
+                )
+            if image_path is not None:
                 size = read_image_size(image_path)
                 _check_inside(landmarks, size, csv_path, csv_line, image_path)
+            if not require_images:
+                image_path = None
             records.append(LandmarkRecord(sample_id, landmarks, mm_per_px, image_path, source, size))
         result[split] = records
     return result
@@ -254,17 +257,19 @@ def read_ceph_dataset(
         for sample_id in ids:
             seen_ids.add(sample_id)
             files = [directory / f"{sample_id}.txt" for directory in annotation_dirs]
-            image_path = find_image(image_folder, sample_id) if require_images else None
+            image_path = find_image(image_folder, sample_id) if image_folder.is_dir() else None
             for file in files:
                 if not file.is_file():
                     what = "the doctors' mean needs both files" if ground_truth == "mean" else "no annotation"
                     raise DataError(image_path or file, f"image has no annotation {file} ({what})")
             per_doctor = [read_ceph_annotation(f, num_landmarks) for f in files]
             size = None
-            if require_images:
+            if image_path is not None:  # without required images, a present image still gives the true frame
                 size = read_image_size(image_path)
                 for file, points in zip(files, per_doctor, strict=True):
                     _check_inside(points, size, file, None, image_path)
+            if not require_images:
+                image_path = None
             landmarks = np.mean(per_doctor, axis=0)
             records.append(LandmarkRecord(sample_id, landmarks, mm_per_px, image_path, str(files[0]), size))
         result[split] = records

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import io
 import json
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -49,11 +51,7 @@ def write_sample(directory: Path, sample: str, image: np.ndarray, heatmap: np.nd
 
 def read_sample(path: Path, size: tuple[int, int] | None = None) -> dict[str, np.ndarray]:
     """Read and check one ``.npz`` sample: a finite (H, W) heatmap is required, an image optional."""
-    try:
-        with np.load(path) as data:
-            arrays = {key: data[key] for key in data.files}
-    except (OSError, ValueError) as err:
-        raise DataError(path, f"cannot read sample ({err})") from None
+    arrays = _read_npz(Path(path))
     if "heatmap" not in arrays:
         raise DataError(path, f"sample has no 'heatmap' array (found {sorted(arrays)})")
     heatmap = arrays["heatmap"]
@@ -69,6 +67,27 @@ def read_sample(path: Path, size: tuple[int, int] | None = None) -> dict[str, np
     return arrays
 
 
+def _read_npz(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of an ``.npz`` file; DataError naming the file when it is empty, truncated or no archive."""
+    if not path.is_file():
+        raise DataError(path, "sample file not found")
+    if path.stat().st_size == 0:
+        raise DataError(path, "sample file is empty")
+    try:
+        data = np.load(path, allow_pickle=False)
+    except ValueError:  # numpy's "pickled data" error: neither .npy nor .npz
+        raise DataError(path, "not a NumPy .npz archive (text or other content)") from None
+    except (OSError, EOFError, zipfile.BadZipFile) as err:
+        raise DataError(path, f"not a readable .npz archive ({type(err).__name__}: {err})") from None
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise DataError(path, "a single .npy array, not an .npz sample archive")
+    try:
+        with data:
+            return {key: data[key] for key in data.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+        raise DataError(path, f"truncated or corrupt .npz archive ({type(err).__name__}: {err})") from None
+
+
 def list_samples(directory: Path) -> list[Path]:
     """The ``.npz`` samples of a folder, sorted; DataError when the folder is missing or empty."""
     directory = Path(directory)
@@ -82,9 +101,3 @@ def list_samples(directory: Path) -> list[Path]:
 
 def write_manifest(directory: Path, manifest: dict) -> None:
     atomic_write_bytes(directory / MANIFEST, json.dumps(manifest, indent=2).encode())
-
-
-def holds_samples(directory: Path) -> bool:
-    """True if ``directory`` exists and already holds samples or a manifest."""
-    directory = Path(directory)
-    return directory.is_dir() and (any(directory.glob("*.npz")) or (directory / MANIFEST).exists())

@@ -1,0 +1,313 @@
+"""LightningCLI with xraydiff's run conventions, and the data-only parser of the plain subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import os
+import secrets
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+import yaml
+from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
+from lightning.fabric.connector import _PRECISION_INPUT
+from lightning.fabric.utilities.rank_zero import _get_rank
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from xraydiff.checkpoints import CHECKPOINT_KEY, checkpoint_model_class, read_checkpoint
+from xraydiff.errors import DataError
+from xraydiff.precision import AUTO, describe_hardware, resolve_precision
+
+DEFAULT_ROOT = "runs/default"
+# Sections of a full LightningCLI config that the plain subcommands accept and ignore.
+LIGHTNING_SECTIONS = (
+    "model",
+    "trainer",
+    "seed_everything",
+    "ckpt_path",
+    "optimizer",
+    "lr_scheduler",
+    "checkpoint",
+    "step_checkpoint",
+)
+
+
+class Trainer(L.Trainer):
+    """Lightning's Trainer, with ``precision: auto``: bf16 autocast where the hardware has native bf16
+    (CPUs with AMX or AVX-512-BF16, GPUs with bf16), 32-bit elsewhere (``xraydiff.precision``).
+    The resolved value is printed once at start."""
+
+    def __init__(self, *, precision: Literal["auto"] | _PRECISION_INPUT | None = None, **kwargs):
+        resolved = resolve_precision(precision, kwargs.get("accelerator", "auto"))
+        if precision == AUTO and _get_rank() in (None, 0):
+            print(f"xraydiff: precision auto -> {resolved} ({describe_hardware(kwargs.get('accelerator'))})")
+        super().__init__(precision=resolved, **kwargs)
+
+
+class XrayCLI(LightningCLI):
+    """LightningCLI in subclass mode for models and DataModules, with xraydiff's run conventions.
+
+    * Everything a run writes goes under ``trainer.default_root_dir``: checkpoints in
+      ``checkpoints/`` (the epoch's checkpoint and ``last.ckpt`` at every epoch end, a rolling
+      ``last-step.ckpt`` every ``step_checkpoint.every_n_train_steps``),
+      logger files (relative ``save_dir`` values are resolved under it), galleries, the config copy.
+    * ``trainer.precision`` may be ``auto`` (see ``Trainer``).
+    * The default logger is W&B, offline unless ``WANDB_MODE=online`` or
+      ``--trainer.logger.init_args.offline false``; its run id is saved in every checkpoint and
+      reused when a run resumes from one.
+    * ``--ckpt_path last`` resumes from the newest of ``checkpoints/last*.ckpt`` and the SLURM
+      ``hpc_ckpt_N.ckpt`` of this run, exactly (mid-epoch included); a path that does not exist or
+      a checkpoint of another model class is refused before any work.
+    * Config files are read first: a YAML error or an unknown key names the file, the line and the
+      nearest valid key. The data is loaded and checked before the trainer starts.
+    """
+
+    def __init__(self, args: list[str] | None = None, run: bool = True):
+        from callbacks.resume import PreemptionCheckpoint, RandomStateCheckpoint
+
+        check_config_files(sys.argv[1:] if args is None else args)
+        super().__init__(
+            L.LightningModule,
+            L.LightningDataModule,
+            trainer_class=Trainer,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            save_config_kwargs={"overwrite": True},
+            seed_everything_default=0,
+            trainer_defaults={"callbacks": [RandomStateCheckpoint(), PreemptionCheckpoint()]},
+            args=args,
+            run=run,
+        )
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(ModelCheckpoint, "step_checkpoint")
+        parser.set_defaults(
+            {
+                "trainer.default_root_dir": DEFAULT_ROOT,
+                "trainer.logger": {
+                    "class_path": "lightning.pytorch.loggers.WandbLogger",
+                    "init_args": {"project": "xraydiff", "offline": True},
+                },
+                # At every epoch end: the epoch's checkpoint and last.ckpt.
+                "checkpoint.save_last": True,
+                "checkpoint.save_on_train_epoch_end": True,
+                "checkpoint.enable_version_counter": False,
+                "checkpoint.filename": "epoch={epoch:04d}-step={step:07d}",
+                "checkpoint.auto_insert_metric_name": False,
+                # Every N steps: one rolling last-step.ckpt. (Not save_last: that would also write
+                # last.ckpt at train end, after the epoch counter moved on, which resumes into an
+                # empty epoch.)
+                "step_checkpoint.every_n_train_steps": 1000,
+                "step_checkpoint.save_top_k": 1,
+                "step_checkpoint.filename": "last-step",
+                "step_checkpoint.save_last": False,
+                "step_checkpoint.enable_version_counter": False,
+            }
+        )
+
+    def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
+        super().parse_arguments(parser, args)
+        # Before LightningCLI reads the checkpoint's hyperparameters (which would silently replace
+        # the configured model by the checkpoint's class): resolve 'last', refuse a missing file or
+        # a checkpoint of another model class.
+        subcommand = self.config.get("subcommand")
+        if subcommand is None:
+            return
+        config = self.config[subcommand]
+        root = Path(config.trainer.default_root_dir or DEFAULT_ROOT)
+        config.trainer.default_root_dir = str(root)
+        for group in ("checkpoint", "step_checkpoint"):
+            dirpath = config[group].dirpath
+            config[group].dirpath = str(root / "checkpoints" if dirpath is None else _under(root, dirpath))
+        config.ckpt_path = self._resolve_ckpt_path(subcommand, config.ckpt_path, root, config.checkpoint.dirpath)
+        if config.ckpt_path is not None and Path(config.ckpt_path).is_file():
+            check_model_class(config.ckpt_path, config.model.class_path)
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand]
+        root = Path(config.trainer.default_root_dir)
+        loggers = config.trainer.logger
+        for logger in loggers if isinstance(loggers, list) else [loggers]:
+            if isinstance(logger, Namespace) and "init_args" in logger:
+                self._configure_logger(logger, root, config.ckpt_path)
+
+    def instantiate_classes(self) -> None:
+        # A config value rejected by a class (e.g. empty radii) surfaces from jsonargparse as a
+        # ValueError; report it like every other bad input.
+        try:
+            super().instantiate_classes()
+        except DataError:
+            raise
+        except ValueError as err:
+            raise DataError(None, f"invalid configuration: {err}") from None
+
+    @staticmethod
+    def _resolve_ckpt_path(subcommand: str, ckpt_path: str | None, root: Path, checkpoint_dir: str) -> str | None:
+        if ckpt_path is None or ckpt_path in ("best", "hpc", "registry"):
+            return ckpt_path
+        if ckpt_path == "last":
+            candidates = list(Path(checkpoint_dir).glob("last*.ckpt")) + list(root.glob("hpc_ckpt_*.ckpt"))
+            if not candidates:
+                if subcommand != "fit":
+                    raise DataError(checkpoint_dir, "--ckpt_path last: no checkpoint found for this run")
+                print(f"xraydiff: no checkpoint in {checkpoint_dir} yet, starting a new run", file=sys.stderr)
+                return None
+            return str(max(candidates, key=lambda p: p.stat().st_mtime))
+        if not Path(ckpt_path).is_file():
+            raise DataError(ckpt_path, "checkpoint not found")
+        return ckpt_path
+
+    def _configure_logger(self, logger: Namespace, root: Path, ckpt_path: str | None) -> None:
+        args = logger.init_args
+        if "save_dir" in args:
+            args.save_dir = str(_under(root, args.save_dir or "."))
+        if logger.class_path.endswith("WandbLogger"):
+            if os.environ.get("WANDB_MODE") == "online":
+                args.offline = False
+            if args.get("id") is None:
+                resumed = None
+                if ckpt_path is not None and Path(ckpt_path).is_file():
+                    resumed = read_checkpoint(ckpt_path)[CHECKPOINT_KEY].get("wandb_run_id")
+                args.id = resumed or secrets.token_hex(4)
+
+    def _check_data(self, stage: str) -> None:
+        setup = getattr(self.datamodule, "setup", None)
+        if setup is not None:
+            setup(stage)
+
+    def before_fit(self) -> None:
+        self._check_data("fit")
+
+    def before_validate(self) -> None:
+        self._check_data("validate")
+
+    def before_test(self) -> None:
+        self._check_data("test")
+
+    def before_predict(self) -> None:
+        self._check_data("predict")
+
+
+def _under(root: Path, path: str | Path) -> Path:
+    path = Path(path)
+    return path if path.is_absolute() else root / path
+
+
+def check_model_class(ckpt_path: str, model_class_path: str) -> None:
+    """DataError unless the checkpoint holds a model of the configured class."""
+    saved = checkpoint_model_class(ckpt_path)
+    if saved.rsplit(".", 1)[-1] != model_class_path.rsplit(".", 1)[-1]:
+        raise DataError(ckpt_path, f"checkpoint holds a {saved}, but the config's model is {model_class_path}")
+
+
+# ----------------------------------------------------------------------------- config files
+
+
+def config_paths(argv: list[str]) -> list[Path]:
+    """The files named by ``--config PATH`` / ``--config=PATH`` in an argument list."""
+    paths = []
+    for k, arg in enumerate(argv):
+        value = argv[k + 1] if arg == "--config" and k + 1 < len(argv) else None
+        if arg.startswith("--config="):
+            value = arg.split("=", 1)[1]
+        if value is not None and not value.lstrip().startswith(("{", "[")):
+            paths.append(Path(value))
+    return paths
+
+
+def read_yaml(path: Path) -> Any:
+    """A YAML file's content; DataError naming the file and line for a missing file or a syntax error."""
+    if not path.is_file():
+        raise DataError(path, "config file not found")
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise DataError(path, f"invalid YAML: {problem}", mark.line + 1 if mark else None) from None
+
+
+def key_lines(path: Path) -> dict[tuple, int]:
+    """Line numbers (1-based) of the mapping keys of a YAML file, by key path."""
+    lines: dict[tuple, int] = {}
+
+    def walk(node, prefix):
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                lines[(*prefix, key.value)] = key.start_mark.line + 1
+                walk(value, (*prefix, key.value))
+
+    walk(yaml.compose(path.read_text()), ())
+    return lines
+
+
+def check_config_files(argv: list[str]) -> None:
+    """Read every ``--config`` file before jsonargparse does: YAML errors and unknown ``init_args`` keys
+    of ``model`` / ``data`` classes become DataErrors with file, line and the nearest valid key."""
+    import importlib
+    import inspect
+
+    for path in config_paths(argv):
+        document = read_yaml(path)
+        if not isinstance(document, dict):
+            continue
+        for section in ("model", "data"):
+            spec = document.get(section)
+            if not isinstance(spec, dict) or not isinstance(spec.get("class_path"), str):
+                continue
+            module_name, _, name = spec["class_path"].rpartition(".")
+            try:
+                cls = getattr(importlib.import_module(module_name), name)
+            except (ImportError, AttributeError, ValueError):
+                lines = key_lines(path)
+                raise DataError(
+                    path, f"{section}.class_path: no class {spec['class_path']}", lines.get((section, "class_path"))
+                ) from None
+            valid = _init_parameters(cls, inspect)
+            if valid is None:
+                continue
+            for key in spec.get("init_args") or {}:
+                if key not in valid:
+                    nearest = difflib.get_close_matches(key, sorted(valid), n=1)
+                    hint = f"; did you mean '{nearest[0]}'?" if nearest else f" (valid: {', '.join(sorted(valid))})"
+                    raise DataError(
+                        path,
+                        f"{section}.init_args.{key}: {name} has no parameter '{key}'{hint}",
+                        key_lines(path).get((section, "init_args", key)),
+                    )
+
+
+def _init_parameters(cls: type, inspect) -> set[str] | None:
+    """Named parameters of ``cls.__init__`` and of the ``__init__`` its ``**kwargs`` reach (None: any)."""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        parameters = inspect.signature(init).parameters.values()
+        names |= {p.name for p in parameters if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and p.name != "self"}
+        if not any(p.kind is p.VAR_KEYWORD for p in parameters):
+            return names
+        if klass.__module__.split(".")[0] in ("lightning", "torch"):
+            return None
+    return names
+
+
+# ------------------------------------------------------------------------------- data parser
+
+
+def data_parser(prog: str, description: str, uses: tuple[str, ...] = ()) -> ArgumentParser:
+    """A parser that takes a config with a ``data`` section; the other sections of a LightningCLI
+    config are accepted and ignored (hidden from the help) unless in ``uses``."""
+    parser = ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--config", action=ActionConfigFile, help="YAML config with a data section")
+    parser.add_subclass_arguments(L.LightningDataModule, "data", required=True)
+    for key in LIGHTNING_SECTIONS:
+        if key not in uses:
+            parser.add_argument(f"--{key}", type=Any, default=None, help=argparse.SUPPRESS)
+    return parser

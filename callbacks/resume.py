@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import random
+import signal
+import subprocess
 from pathlib import Path
 
 import lightning as L
 import numpy as np
 import torch
 import torch.distributed as dist
+from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_info
@@ -58,6 +62,7 @@ class RandomStateCheckpoint(Callback):
 
     def __init__(self) -> None:
         self._pending: list[dict] | None = None
+        self._before_validation: dict | None = None
 
     def state_dict(self) -> dict:
         state = capture_random_state()
@@ -78,15 +83,68 @@ class RandomStateCheckpoint(Callback):
         elif trainer.world_size > 1:
             torch.manual_seed(torch.initial_seed() + trainer.global_rank)
 
+    # Validation inside training leaves the random state as it found it: the training noise and
+    # augmentation do not depend on whether (or how often) a run validated, nor on where it resumed.
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.training or trainer.state.fn == "fit":
+            self._before_validation = capture_random_state()
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._before_validation is not None:
+            restore_random_state(self._before_validation)
+            self._before_validation = None
+
 
 class PreemptionCheckpoint(Callback):
-    """Saves ``last.ckpt`` when a SIGTERM stops training, so ``--ckpt_path last`` continues from it.
+    """Saves ``last.ckpt`` when a SIGTERM stops training, so ``--ckpt_path last`` continues from it;
+    on SLURM, saves ``hpc_ckpt_N.ckpt`` and requeues the job when the early-warning signal arrives.
 
     Lightning turns SIGTERM into a clean stop at the next step boundary (SIGTERMException); this
-    callback writes the checkpoint at that moment. SLURM's early-warning signal (SIGUSR1, with
-    auto-requeue) is handled by Lightning's SLURM environment, which saves ``hpc_ckpt_N.ckpt`` in
-    the run folder and requeues the job.
+    callback writes the checkpoint at that moment. Lightning's own SLURM handler saves the HPC
+    checkpoint inside the signal handler, which breaks a checkpoint write that the signal happened
+    to interrupt (a nested file-system transaction); here the handler only raises a flag and the
+    checkpoint is written at the next step boundary, on every rank at once.
     """
+
+    def __init__(self) -> None:
+        self._requeue_requested = False
+        self._previous_handler = None
+        self._signal = None
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Installed before Lightning registers its handlers (it keeps an existing one and adds none).
+        environment = trainer._accelerator_connector.cluster_environment
+        if not isinstance(environment, SLURMEnvironment) or not environment.auto_requeue:
+            return
+        self._signal = environment.requeue_signal or signal.SIGUSR1
+        self._previous_handler = signal.signal(self._signal, self._request_requeue)
+
+    def _request_requeue(self, signum, frame) -> None:
+        self._requeue_requested = True
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
+        if self._signal is None:
+            return
+        requested = self._requeue_requested
+        if trainer.world_size > 1:
+            requested = trainer.strategy.reduce_boolean_decision(requested, all=False)
+        if not requested:
+            return
+        self._requeue_requested = False
+        path = trainer._checkpoint_connector.hpc_save_path(trainer.default_root_dir)
+        trainer.save_checkpoint(path)
+        rank_zero_info(f"SLURM requeue signal at step {trainer.global_step}: saved {path}")
+        if trainer.is_global_zero:
+            job_id = os.environ["SLURM_JOB_ID"]
+            if os.environ.get("SLURM_ARRAY_JOB_ID"):
+                job_id = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+            result = subprocess.call(["scontrol", "requeue", job_id])
+            rank_zero_info(f"requeue of SLURM job {job_id}: {'done' if result == 0 else f'failed ({result})'}")
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self._signal is not None and self._previous_handler is not None:
+            signal.signal(self._signal, self._previous_handler)
+        self._signal = None
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         if not isinstance(exception, SIGTERMException):

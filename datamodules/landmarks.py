@@ -15,7 +15,6 @@ from xraydiff.augment import AugmentationSpec, build_augmentation
 from xraydiff.datasets import (
     LandmarkDataset,
     LandmarkItem,
-    MixedSampler,
     annotation_item,
     load_landmark_item,
     parallel_map,
@@ -28,6 +27,23 @@ from xraydiff.phantoms import PhantomSample
 from xraydiff.readers import LandmarkRecord, read_synthetic_dataset
 
 SPLITS = ("train", "val", "test")
+# Phantoms rendered in this process, by (renderer, seed, render): the steps of a study load the same
+# phantoms again and again (generator, statistics, localizer fit and test); rendering them is the cost.
+_PHANTOM_CACHE: dict[tuple, PhantomSample] = {}
+_PHANTOM_CACHE_LIMIT = 20_000
+
+
+def _cached_phantom(renderer, seed: int, render: bool) -> PhantomSample:
+    key = (type(renderer.__self__).__name__, tuple(renderer.__self__.image_size), seed, render)
+    if key not in _PHANTOM_CACHE:
+        if len(_PHANTOM_CACHE) >= _PHANTOM_CACHE_LIMIT:
+            _PHANTOM_CACHE.clear()
+        sample = renderer(seed, render=render)
+        for array in (sample.image, sample.landmarks):
+            if array is not None:
+                array.setflags(write=False)  # shared between DataModules: nobody may change it
+        _PHANTOM_CACHE[key] = sample
+    return _PHANTOM_CACHE[key]
 SPLIT_SEED_OFFSET = {"train": 0, "val": 1_000_000, "test": 2_000_000}
 
 
@@ -131,7 +147,7 @@ class LandmarkDataModule(CachedSplitsDataModule):
                 raise DataError(self.root, "dataset is empty: no split holds any sample")
             load = self._annotation_item if self.annotations_only else partial(load_landmark_item, size=self.image_size)
             items = {split: parallel_map(load, records.get(split, []), self.load_workers) for split in SPLITS}
-        items["train"] = training_subset(items["train"], self.train_fraction, self.seed)
+            items["train"] = training_subset(items["train"], self.train_fraction, self.seed)
         items["synthetic"] = [item for folder in self.extra_train_dirs for item in self._synthetic_items(folder)]
         self.items = items
 
@@ -152,9 +168,11 @@ class LandmarkDataModule(CachedSplitsDataModule):
 
     def _phantom_items(self, split: str) -> list[LandmarkItem]:
         base = self.seed * 10_000_000 + SPLIT_SEED_OFFSET[split]
-        seeds = range(base, base + self.phantom_counts.get(split, 0))
-        render = partial(self.render_phantom, render=not self.annotations_only)
-        phantoms = parallel_map(render, list(seeds), self.load_workers)
+        indices = list(range(self.phantom_counts.get(split, 0)))
+        if split == "train":  # draw the subset first: only the phantoms kept are rendered
+            indices = training_subset(indices, self.train_fraction, self.seed)
+        render = partial(_cached_phantom, self.render_phantom, render=not self.annotations_only)
+        phantoms = parallel_map(render, [base + k for k in indices], self.load_workers)
         return [
             LandmarkItem(
                 f"phantom-{split}-{k:05d}",
@@ -165,7 +183,7 @@ class LandmarkDataModule(CachedSplitsDataModule):
                 p.mm_per_px,
                 p.original_size,
             )
-            for k, p in enumerate(phantoms)
+            for k, p in zip(indices, phantoms, strict=True)
         ]
 
     # ---------------------------------------------------------------------------- datasets
@@ -176,20 +194,20 @@ class LandmarkDataModule(CachedSplitsDataModule):
         augment = split == "train" if augment is None else augment
         return LandmarkDataset(self.items[split], self.augmentation if augment else None)
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+    def _loader(self, split: str) -> DataLoader:
         if self.annotations_only:
             raise DataError(self.root, "annotations_only data has no images to train or evaluate on")
-        return super()._loader(split, shuffle)
+        return super()._loader(split)
 
     def train_dataloader(self) -> DataLoader:
         self.setup()
         synthetic = self.items["synthetic"]
         if not synthetic:
-            return self._loader("train", shuffle=True)
+            return self._loader("train") if self.annotations_only else super().train_dataloader()
         real = self.items["train"]
         dataset = LandmarkDataset(real + synthetic, self.augmentation)
-        share = self.synthetic_share if self.synthetic_share is not None else len(synthetic) / len(dataset)
-        return self.make_loader(dataset, sampler=MixedSampler(len(real), len(synthetic), share, self.seed))
+        sampler = self.epoch_sampler(len(real), len(synthetic), self.synthetic_share)
+        return self.make_loader(dataset, sampler=sampler)
 
     # ------------------------------------------------------------------------- description
 

@@ -54,6 +54,7 @@ class GeneratorSpec:
     config: list[str]
     args: list[str] = field(default_factory=list)
     ckpt: dict[str, str] = field(default_factory=dict)
+    sets: list[str] | None = None  # the training sets this generator is run on (default: all)
 
 
 @dataclass
@@ -98,7 +99,7 @@ def load_study_config(path: Path) -> StudyConfig:
     def spec(value, where) -> GeneratorSpec:
         if not isinstance(value, dict):
             raise DataError(path, f"{where} must be a mapping with config, args, ckpt", lines.get(where))
-        unknown = set(value) - {"config", "args", "ckpt"}
+        unknown = set(value) - {"config", "args", "ckpt", "sets"}
         if unknown:
             raise DataError(path, f"unknown key(s) {sorted(unknown)} in {'.'.join(where)}", lines.get(where))
         configs = value.get("config") or []
@@ -127,7 +128,14 @@ def load_study_config(path: Path) -> StudyConfig:
                 )
         if not configs:
             raise DataError(path, f"{'.'.join(where)} needs a config (its data section)", lines.get(where))
-        return GeneratorSpec(configs, [str(a) for a in value.get("args") or []], {k: str(v) for k, v in ckpt.items()})
+        sets = value.get("sets")
+        for set_name in sets or []:
+            if set_name not in training_sets:
+                raise DataError(
+                    path, f"{'.'.join(where)}.sets: no training set '{set_name}'", lines.get((*where, "sets"))
+                )
+        args = [str(a) for a in value.get("args") or []]
+        return GeneratorSpec(configs, args, {k: str(v) for k, v in ckpt.items()}, None if sets is None else list(sets))
 
     training_sets = section.get("training_sets") or StudyConfig.__dataclass_fields__["training_sets"].default_factory()
     generators = {
@@ -366,6 +374,9 @@ class Study:
             base = self.out / set_name
             entry: dict = {"fraction": fraction, "generators": {}, "localizer": {}}
             for name, spec in c.generators.items():
+                if spec.sets is not None and set_name not in spec.sets:
+                    entry["generators"][name] = None  # not run on this training set: "n/a" in the tables
+                    continue
                 g = base / name
                 trained = self.step(
                     g / "train",
@@ -400,7 +411,7 @@ class Study:
             variants = {"real": []} | {
                 f"real+{name}": [info["accepted"]["accepted_dir"]]
                 for name, info in entry["generators"].items()
-                if info["accepted"]["accepted"] > 0
+                if info is not None and info["accepted"]["accepted"] > 0
             }
             for variant, synthetic in variants.items():
                 record = self.step(
@@ -410,7 +421,8 @@ class Study:
                 )
                 entry["localizer"][variant] = record["metrics"]
             for name in c.generators:
-                entry["localizer"].setdefault(f"real+{name}", None)  # no accepted pairs: "/" in Table 2
+                # "/" in Table 2: no accepted pairs; "n/a": the generator was not run on this set
+                entry["localizer"].setdefault(f"real+{name}", None if entry["generators"][name] else "n/a")
             results["training_sets"][set_name] = entry
         write_report(self.out, results, c)
         return results
@@ -426,7 +438,11 @@ def tables(results: dict, config: StudyConfig) -> tuple[str, str]:
     cells = []
     for g in results["generators"]:
         for s in sets:
-            rate = results["training_sets"][s]["generators"][g]["acceptance"]
+            info = results["training_sets"][s]["generators"][g]
+            if info is None:
+                cells.append("n/a")
+                continue
+            rate = info["acceptance"]
             cells.append(f"{rate['mean']:.0%} (+-{rate['sd']:.0%} SD)")
     table1 = f"| metric | {head} |\n|---|{'---|' * len(cells)}\n| mean acceptance rate | {' | '.join(cells)} |"
     radii = [f"{r:g}" for r in config.outlier_radii]
@@ -437,8 +453,9 @@ def tables(results: dict, config: StudyConfig) -> tuple[str, str]:
     for s in sets:
         for variant, metrics in results["training_sets"][s]["localizer"].items():
             label = f"{s} ({variant})"
-            if metrics is None:
-                rows.append(f"| {label} | / | {' | '.join('/' for _ in radii)} |")
+            if metrics is None or metrics == "n/a":
+                mark = "/" if metrics is None else "n/a"
+                rows.append(f"| {label} | {mark} | {' | '.join(mark for _ in radii)} |")
             else:
                 counts = " | ".join(str(metrics["outliers"].get(r, "-")) for r in radii)
                 rows.append(f"| {label} | {metrics['mre_mm']:.2f} +- {metrics['mre_sd_mm']:.2f} | {counts} |")
@@ -466,6 +483,9 @@ def write_report(out: Path, results: dict, config: StudyConfig) -> None:
     ]
     for s, entry in results["training_sets"].items():
         for g, info in entry["generators"].items():
+            if info is None:
+                lines.append(f"### {s} / {g}: not run (no generator trained on this training set)\n")
+                continue
             gallery = Path(info["accepted"]["gallery"])
             lines.append(
                 f"### {s} / {g}: {info['accepted']['accepted']} of {info['accepted']['n']} accepted "

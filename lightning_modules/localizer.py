@@ -93,7 +93,9 @@ class LandmarkLocalizer(TaggedCheckpointMixin, L.LightningModule):
         self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"])
         return loss
 
-    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+    def optimizer_step(self, *args, **kwargs) -> None:
+        # Within the step (a checkpoint written at the batch's end holds it), once per optimizer step.
+        super().optimizer_step(*args, **kwargs)
         if self.ema is not None:
             self.ema.update_parameters(self.net)
 

@@ -116,7 +116,10 @@ class PairedDDPM(PairedGenerativeModule):
         self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"])
         return loss
 
-    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+    def optimizer_step(self, *args, **kwargs) -> None:
+        # The EMA follows every optimizer step (not every micro-batch of gradient accumulation), and
+        # within the step, so that a checkpoint written at the batch's end already holds it.
+        super().optimizer_step(*args, **kwargs)
         self.ema.update_parameters(self.unet)
 
     def _evaluate(self, batch: dict, batch_idx: int, stage: str) -> Tensor:

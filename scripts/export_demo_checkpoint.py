@@ -10,6 +10,11 @@ states are dropped. The result loads with ``load_model`` / ``xraydiff sample --c
     xraydiff fit --config configs/demo/hand_ddpm_pretrain.yaml --ckpt_path last
     python scripts/export_demo_checkpoint.py --ckpt runs/pretrain_hand_ddpm/checkpoints/last-step.ckpt \\
         --out xraydiff/assets/demo_hand_ddpm.ckpt
+
+Checkpoints record the training set they were trained on (``xraydiff.train_data``), which the study
+checks against each row. The shipped checkpoint predates that record; it was added afterwards with
+    python scripts/export_demo_checkpoint.py --ckpt xraydiff/assets/demo_hand_ddpm.ckpt \\
+        --out xraydiff/assets/demo_hand_ddpm.ckpt --train-config configs/demo/hand_ddpm_pretrain.yaml
 """
 
 from __future__ import annotations
@@ -23,8 +28,19 @@ import torch
 from xraydiff.imageio import atomic_write_bytes
 
 
-def export(source: Path, target: Path) -> dict:
+def describe_training_set(config: Path, overrides: list[str]) -> dict:
+    """The training set of a fit config's data section (for checkpoints older than provenance records)."""
+    from commands.lightning_cli import data_parser
+
+    parser = data_parser("export", "")
+    cfg = parser.parse_args(["--config", str(config), *overrides, "--data.init_args.annotations_only", "true"])
+    return parser.instantiate_classes(cfg).data.training_set_description()
+
+
+def export(source: Path, target: Path, train_data: dict | None = None) -> dict:
     checkpoint = torch.load(source, map_location="cpu", weights_only=False)
+    if train_data is None and "train_data" not in checkpoint["xraydiff"]:
+        raise SystemExit(f"{source}: records no training set; pass --train-config (and its data overrides)")
     state = checkpoint["state_dict"]
     ema = {k[len("ema.module.") :]: v for k, v in state.items() if k.startswith("ema.module.")}
     if not ema:
@@ -41,6 +57,7 @@ def export(source: Path, target: Path) -> dict:
         "pytorch-lightning_version": checkpoint["pytorch-lightning_version"],
         "xraydiff": {
             **checkpoint["xraydiff"],
+            **({"train_data": train_data} if train_data is not None else {}),
             "exported_from": str(source),
             "global_step": checkpoint["global_step"],
             "epoch": checkpoint["epoch"],
@@ -58,8 +75,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ckpt", type=Path, required=True)
     parser.add_argument("--out", type=Path, default=Path("xraydiff/assets/demo_hand_ddpm.ckpt"))
-    args = parser.parse_args()
-    info = export(args.ckpt, args.out)
+    parser.add_argument("--train-config", type=Path, help="fit config whose data section the model was trained on")
+    parser.add_argument("overrides", nargs="*", help="data overrides of that fit, e.g. --data.init_args.train_fraction 0.1")
+    args, unknown = parser.parse_known_args()
+    train_data = describe_training_set(args.train_config, args.overrides + unknown) if args.train_config else None
+    info = export(args.ckpt, args.out, train_data)
+    print(f"training set: {info.get('train_data')}")
     print(f"{args.out}: {args.out.stat().st_size / 1e6:.1f} MB, step {info['global_step']}, epoch {info['epoch']}")
 
 

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from tiny import DDPM, VAE
+from tiny import DDPM, LOCALIZER, VAE
 
 from lightning_modules import PairedDDPM, PairedVAE, load_model
 from xraydiff.samples import read_sample
@@ -123,27 +123,47 @@ def test_vae_trains_and_samples_from_its_prior(cli, tmp_path):
     assert code != 0 and "samples from its prior" in err
 
 
-def test_resume_continues_exactly(cli, tmp_path):
-    """2k steps in one go equal k steps, stop, resume, k more (weights, EMA, optimizer, RNG)."""
-    common = [
-        *DDPM,
-        "--data.init_args.augmentation",
-        "default",
-        "--trainer.callbacks",
-        '[{"class_path": "callbacks.gallery.SampleGallery", "init_args": {"num_samples": 2, "steps": 3}}]',
-    ]
-    straight = fit(cli, tmp_path / "a", common, "--trainer.max_steps", "8")
-    fit(cli, tmp_path / "b", common, "--trainer.max_steps", "4")
-    resumed = fit(cli, tmp_path / "b", common, "--trainer.max_steps", "8", "--ckpt_path", "last")
-    a, b = torch.load(straight, weights_only=False), torch.load(resumed, weights_only=False)
-    assert a["global_step"] == b["global_step"] == 8 and a["epoch"] == b["epoch"]
+def _same_training_state(a: dict, b: dict) -> None:
+    assert a["global_step"] == b["global_step"] and a["epoch"] == b["epoch"]
     for key, value in a["state_dict"].items():
         assert torch.equal(value, b["state_dict"][key]), key
     for state_a, state_b in zip(
         a["optimizer_states"][0]["state"].values(), b["optimizer_states"][0]["state"].values(), strict=True
     ):
         assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
-    assert (tmp_path / "a" / "galleries" / "epoch=0001.png").exists()
+
+
+@pytest.mark.parametrize(
+    "base,stop,total",
+    [
+        (DDPM, 4, 8),  # the epoch boundary (4 steps per epoch)
+        (DDPM, 3, 6),  # mid-epoch: the order and augmentation of the interrupted epoch continue
+        (VAE, 5, 7),
+        (LOCALIZER, 3, 6),
+    ],
+    ids=["ddpm-epoch-end", "ddpm-mid-epoch", "vae-mid-epoch", "localizer-mid-epoch"],
+)
+def test_resume_continues_exactly(cli, tmp_path, base, stop, total):
+    """n steps in one go equal k steps, a checkpoint, resume, n - k more: weights, EMA, optimizer, the
+    data order, augmentation and diffusion noise all continue bit for bit (augmentation on, so a
+    restarted epoch or a shifted random stream would show)."""
+    common = [
+        *base,
+        "--data.init_args.augmentation",
+        "default",
+        "--step_checkpoint.every_n_train_steps",
+        str(stop),
+        "--trainer.callbacks",
+        "[]",
+        "--trainer.check_val_every_n_epoch",
+        "1",
+    ]
+    straight = fit(cli, tmp_path / "a", common, "--trainer.max_steps", str(total))
+    fit(cli, tmp_path / "b", common, "--trainer.max_steps", str(stop))
+    step_checkpoint = tmp_path / "b" / "checkpoints" / "last-step.ckpt"
+    assert torch.load(step_checkpoint, weights_only=False)["global_step"] == stop
+    resumed = fit(cli, tmp_path / "b", common, "--trainer.max_steps", str(total), "--ckpt_path", step_checkpoint)
+    _same_training_state(torch.load(straight, weights_only=False), torch.load(resumed, weights_only=False))
 
 
 def test_bad_runs_are_refused_before_any_work(cli, tmp_path, ddpm_checkpoint):

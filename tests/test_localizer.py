@@ -8,10 +8,10 @@ import math
 import numpy as np
 import pytest
 import torch
-from tiny import DDP_TWO_CPU_PROCESSES, REPO, run
+from tiny import DDP_TWO_CPU_PROCESSES, LOCALIZER, REPO, run
 
 from datamodules import HandDataModule
-from xraydiff.datasets import MixedSampler
+from xraydiff.datasets import EpochSampler
 from xraydiff.errors import DataError
 from xraydiff.localization import decode_landmarks, spatial_softmax_nll, target_distributions
 from xraydiff.metrics import (
@@ -23,27 +23,6 @@ from xraydiff.metrics import (
     radial_errors_mm,
     summarize_errors,
 )
-
-LOCALIZER = [
-    "--config",
-    "configs/demo/hand_localizer.yaml",
-    "--config",
-    "configs/trainer/csv.yaml",
-    "--model.init_args.image_size",
-    "[32, 32]",
-    "--model.init_args.channels",
-    "[8, 16, 32]",
-    "--data.init_args.image_size",
-    "[32, 32]",
-    "--data.init_args.batch_size",
-    "2",
-    "--data.init_args.phantom_counts",
-    '{"train": 8, "val": 3, "test": 5}',
-    "--trainer.enable_progress_bar",
-    "false",
-    "--trainer.check_val_every_n_epoch",
-    "1",
-]
 
 
 def test_target_distributions_sum_to_one_and_nll_is_minimal_at_the_target():
@@ -107,16 +86,24 @@ def test_bad_radii_are_refused(radii, message):
         LandmarkEvaluation(outlier_radii=radii)
 
 
-def test_mixed_sampler_shares_and_is_reproducible():
-    sampler = MixedSampler(n_real=30, n_synthetic=7, share=0.25, seed=1)
+def test_epoch_sampler_shares_is_reproducible_and_resumes():
+    sampler = EpochSampler(n_real=30, n_synthetic=7, share=0.25, seed=1)
     epoch0 = list(sampler)
-    assert len(epoch0) == 40 and sorted(i for i in epoch0 if i < 30) == list(range(30))
-    assert sum(i >= 30 for i in epoch0) == 10
-    assert list(MixedSampler(30, 7, 0.25, seed=1)) == epoch0
+    indices = [i for i, _ in epoch0]
+    assert len(epoch0) == 40 and sorted(i for i in indices if i < 30) == list(range(30))
+    assert sum(i >= 30 for i in indices) == 10  # 30 real * 0.25 / 0.75
+    assert list(EpochSampler(30, 7, 0.25, seed=1)) == epoch0
     sampler.set_epoch(1)
     assert list(sampler) != epoch0
+    # the rest of an interrupted epoch, element for element
+    resumed = EpochSampler(30, 7, 0.25, seed=1)
+    resumed.resume_at(13)
+    assert list(resumed) == epoch0[13:] and list(resumed) == epoch0  # only the next iteration is shortened
+    # two ranks split the epoch's order without overlap, padded to equal length
+    ranks = [list(EpochSampler(30, 7, 0.25, seed=1, num_replicas=2, rank=r)) for r in (0, 1)]
+    assert ranks[0] + ranks[1] != epoch0 and sorted(ranks[0] + ranks[1]) == sorted(epoch0)
     with pytest.raises(DataError, match="synthetic_share"):
-        MixedSampler(3, 3, 1.0)
+        EpochSampler(3, 3, 1.0)
 
 
 def test_localizer_trains_tests_and_writes_metrics(cli, tmp_path):

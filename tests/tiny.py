@@ -70,6 +70,26 @@ VAE = [
     "1",
     *DATA,
 ]
+LOCALIZER = [
+    "--config",
+    "configs/demo/hand_localizer.yaml",
+    "--config",
+    "configs/trainer/csv.yaml",
+    "--model.init_args.image_size",
+    "[32, 32]",
+    "--model.init_args.channels",
+    "[8, 16, 32]",
+    "--data.init_args.image_size",
+    "[32, 32]",
+    "--data.init_args.batch_size",
+    "2",
+    "--data.init_args.phantom_counts",
+    '{"train": 8, "val": 3, "test": 5}',
+    "--trainer.enable_progress_bar",
+    "false",
+    "--trainer.check_val_every_n_epoch",
+    "1",
+]
 DDP_TWO_CPU_PROCESSES = ["--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu"]
 
 

@@ -24,7 +24,7 @@ from typing import TypeVar
 import albumentations as A
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, DistributedSampler
 
 from xraydiff.augment import apply_augmentation, visible_landmarks
 from xraydiff.errors import DataError
@@ -138,9 +138,12 @@ def binary_target(labels: np.ndarray, classes: Sequence[int]) -> np.ndarray:
     return np.isin(labels, np.asarray(list(classes))).astype(np.uint8)
 
 
-def _augmentation_seed() -> int:
-    # Drawn from torch's RNG, which Lightning seeds per worker: reproducible with any num_workers.
-    return int(torch.randint(0, 2**31 - 1, ()).item())
+def _index_and_seed(key: int | tuple[int, int]) -> tuple[int, int]:
+    """``(index, seed)`` from an ``EpochSampler`` element, or a plain index with a seed drawn from torch's
+    random state (previews and other direct access)."""
+    if isinstance(key, tuple):
+        return int(key[0]), int(key[1])
+    return int(key), int(torch.randint(0, 2**31 - 1, ()).item())
 
 
 class LandmarkDataset(Dataset):
@@ -153,16 +156,17 @@ class LandmarkDataset(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        index, seed = _index_and_seed(key)
         item = self.items[index]
         image, landmarks = item.image, item.landmarks
         if self.augmentation is not None:
-            image, landmarks, _ = apply_augmentation(self.augmentation, image, _augmentation_seed(), landmarks)
+            image, landmarks, _ = apply_augmentation(self.augmentation, image, seed, landmarks)
         return {
-            "image": torch.from_numpy(np.ascontiguousarray(image))[None],
-            "landmarks": torch.from_numpy(np.ascontiguousarray(landmarks, dtype=np.float32)),
+            "image": torch.from_numpy(np.require(image, np.float32, ["C", "W"]))[None],
+            "landmarks": torch.from_numpy(np.require(landmarks, np.float32, ["C", "W"])),
             "visible": torch.from_numpy(visible_landmarks(landmarks, image.shape)),
-            "scale": torch.from_numpy(item.scale),
+            "scale": torch.from_numpy(np.require(item.scale, np.float32, ["C", "W"])),
             "mm_per_px": torch.tensor(item.mm_per_px, dtype=torch.float32),
             "id": item.id,
             "index": index,
@@ -170,37 +174,77 @@ class LandmarkDataset(Dataset):
         }
 
 
-class MixedSampler(torch.utils.data.Sampler):
-    """Real samples once per epoch plus synthetic ones, so that a ``share`` of the epoch is synthetic.
+class EpochSampler(DistributedSampler):
+    """The order of one epoch and a seed for each draw, from (seed, epoch) alone; sharded over ranks; resumable.
 
-    Indices 0 .. n_real - 1 are real, n_real .. n_real + n_synthetic - 1 synthetic (drawn without
-    replacement while they last). The order is shuffled with a generator seeded by (seed, epoch):
-    the same on every process, reproducible and resumable (Lightning calls ``set_epoch``).
+    Each element is ``(index, item_seed)``: datasets augment item ``index`` with ``item_seed``, so
+    the data of an epoch depends on nothing but the seed and the epoch number (not on the global
+    random state, the number of workers or where a run was interrupted).
+
+    Indices 0 .. n_real - 1 are real samples, each once per epoch; n_real .. n_real + n_synthetic - 1
+    synthetic ones, drawn without replacement while they last so that a ``share`` of the epoch is
+    synthetic (None: all of them once, their natural proportion). ``shuffle`` False keeps the real order.
+
+    Under DDP, rank r takes positions r, r + R, ... of the epoch's order, padded by repetition to a
+    multiple of R (as ``DistributedSampler``, whose subclass this is, so that Lightning neither wraps
+    nor replaces it and calls ``set_epoch`` on it). ``resume_at(k)`` makes the next iteration start
+    at this rank's k-th element: the rest of an epoch interrupted after k elements.
     """
 
-    def __init__(self, n_real: int, n_synthetic: int, share: float, seed: int = 0):
-        if not 0.0 <= share < 1.0:
+    def __init__(
+        self,
+        n_real: int,
+        n_synthetic: int = 0,
+        share: float | None = None,
+        seed: int = 0,
+        shuffle: bool = True,
+        num_replicas: int = 1,
+        rank: int = 0,
+    ):
+        if share is not None and not 0.0 <= share < 1.0:
             raise DataError(None, f"synthetic_share must be in [0, 1), got {share}")
+        if not 0 <= rank < num_replicas:
+            raise DataError(None, f"rank {rank} outside 0 .. {num_replicas - 1}")
         self.n_real, self.n_synthetic, self.share, self.seed = n_real, n_synthetic, share, seed
-        self.epoch = 0
-        self.count = 0 if n_synthetic == 0 else int(round(n_real * share / (1.0 - share)))
+        self.shuffle, self.num_replicas, self.rank = shuffle, num_replicas, rank
+        self.epoch, self.start = 0, 0
+        if n_synthetic == 0:
+            self.count = 0
+        elif share is None:
+            self.count = n_synthetic
+        else:
+            self.count = int(round(n_real * share / (1.0 - share)))
+        self.total = self.n_real + self.count
+        self.num_samples = -(-self.total // num_replicas) if self.total else 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def resume_at(self, position: int) -> None:
+        self.start = position
+
+    def epoch_order(self) -> list[tuple[int, int]]:
+        """(index, item seed) of the whole epoch, every rank's share interleaved, before padding."""
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        rounds = -(-self.count // max(self.n_synthetic, 1))
+        synthetic = [torch.randperm(self.n_synthetic, generator=generator) for _ in range(rounds)]
+        synthetic = torch.cat(synthetic)[: self.count] if synthetic else torch.empty(0, dtype=torch.long)
+        indices = torch.cat([torch.arange(self.n_real), self.n_real + synthetic])
+        if self.shuffle:
+            indices = indices[torch.randperm(len(indices), generator=generator)]
+        seeds = torch.randint(0, 2**31 - 1, (len(indices),), generator=generator)
+        return list(zip(indices.tolist(), seeds.tolist(), strict=True))
+
     def __len__(self) -> int:
-        return self.n_real + self.count
+        return self.num_samples
 
     def __iter__(self):
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        synthetic = torch.cat(
-            [
-                torch.randperm(self.n_synthetic, generator=generator)
-                for _ in range(-(-self.count // max(self.n_synthetic, 1)))
-            ]
-        )[: self.count]
-        indices = torch.cat([torch.arange(self.n_real), self.n_real + synthetic])
-        yield from indices[torch.randperm(len(indices), generator=generator)].tolist()
+        order = self.epoch_order()
+        if order:
+            order += order[: self.num_samples * self.num_replicas - len(order)]
+        mine = order[self.rank :: self.num_replicas]
+        start, self.start = self.start, 0
+        yield from mine[start:]
 
 
 class SegmentationDataset(Dataset):
@@ -213,11 +257,12 @@ class SegmentationDataset(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        index, seed = _index_and_seed(key)
         item = self.items[index]
         image, mask = item.image, item.mask
         if self.augmentation is not None:
-            image, _, mask = apply_augmentation(self.augmentation, image, _augmentation_seed(), mask=mask)
+            image, _, mask = apply_augmentation(self.augmentation, image, seed, mask=mask)
         sample = {"image": torch.from_numpy(np.ascontiguousarray(image))[None], "id": item.id}
         if mask is not None:
             sample["mask"] = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None]

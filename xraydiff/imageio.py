@@ -66,8 +66,30 @@ def read_label_map(path: Path) -> np.ndarray:
     return _read_2d(path, "label map", lambda a: a[..., 0]).astype(np.int64)
 
 
+def check_complete(path: Path) -> None:
+    """DataError for a JPEG or PNG file that ends before its end marker.
+
+    Decoders fill the missing part of a truncated JPEG with grey and only warn, so a file cut short
+    in a copy or download would otherwise be read as a valid image. In JPEG entropy-coded data an
+    0xFF byte is always followed by 0x00 or a restart marker, so the end-of-image marker 0xFFD9
+    occurs only at the end; a PNG ends with its IEND chunk.
+    """
+    suffix = Path(path).suffix.lower()
+    if suffix not in (".jpg", ".jpeg", ".png"):
+        return
+    with open(path, "rb") as handle:
+        handle.seek(0, os.SEEK_END)
+        size = handle.tell()
+        handle.seek(max(0, size - 4096))
+        tail = handle.read()
+    marker, name = (b"\xff\xd9", "JPEG end-of-image marker") if suffix != ".png" else (b"IEND", "PNG IEND chunk")
+    if marker not in tail:
+        raise DataError(path, f"image file is truncated or incomplete ({size} bytes, no {name})")
+
+
 def _read_2d(path: Path, what: str, merge_channels) -> np.ndarray:
     """Decode a file with SimpleITK into a 2-D array; ``merge_channels`` reduces vector pixels."""
+    check_complete(path)
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as err:

@@ -44,6 +44,8 @@ def _cached_phantom(renderer, seed: int, render: bool) -> PhantomSample:
                 array.setflags(write=False)  # shared between DataModules: nobody may change it
         _PHANTOM_CACHE[key] = sample
     return _PHANTOM_CACHE[key]
+
+
 SPLIT_SEED_OFFSET = {"train": 0, "val": 1_000_000, "test": 2_000_000}
 
 

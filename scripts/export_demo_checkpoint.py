@@ -76,7 +76,7 @@ def main() -> None:
     parser.add_argument("--ckpt", type=Path, required=True)
     parser.add_argument("--out", type=Path, default=Path("xraydiff/assets/demo_hand_ddpm.ckpt"))
     parser.add_argument("--train-config", type=Path, help="fit config whose data section the model was trained on")
-    parser.add_argument("overrides", nargs="*", help="data overrides of that fit, e.g. --data.init_args.train_fraction 0.1")
+    parser.add_argument("overrides", nargs="*", help="data overrides of that fit (--data.init_args.KEY VALUE)")
     args, unknown = parser.parse_known_args()
     train_data = describe_training_set(args.train_config, args.overrides + unknown) if args.train_config else None
     info = export(args.ckpt, args.out, train_data)

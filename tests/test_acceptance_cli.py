@@ -97,6 +97,11 @@ def _bad_samples(folder, kind):
         np.savez(folder / "a.npz", image=image)
     elif kind == "size":
         write_sample(folder, "a", np.zeros((64, 64)), np.zeros((64, 64)))
+    elif kind in ("zero bytes", "truncated", "text"):
+        write_sample(folder, "a", image, np.zeros((256, 256), np.float32))
+        whole = (folder / "a.npz").read_bytes()
+        content = {"zero bytes": b"", "truncated": whole[: len(whole) // 2], "text": b"id,x,y\n1,2,3\n"}[kind]
+        (folder / "a.npz").write_bytes(content)
     elif kind == "nan":
         heatmap = np.zeros((256, 256), np.float32)
         heatmap[3, 4] = np.nan
@@ -111,6 +116,9 @@ def _bad_samples(folder, kind):
         ("size", "a.npz: heatmap size (64, 64) differs from the expected (256, 256)"),
         ("nan", "a.npz: 'heatmap' contains NaN"),
         ("empty", "samples folder holds no .npz samples"),
+        ("zero bytes", "a.npz: sample file is empty"),
+        ("truncated", "a.npz: not a readable .npz archive (BadZipFile"),
+        ("text", "a.npz: not a NumPy .npz archive (text or other content)"),
     ],
 )
 def test_bad_samples_are_refused(cli, fitted, tmp_path, kind, message):
@@ -209,3 +217,41 @@ def test_acceptance_callback_logs_the_rate_during_training(cli, tmp_path):
     assert len(rates) == 2 and all(0 <= float(r) <= 1 for r in rates)
     assert [float(r["acceptance/n"]) for r in rows if r.get("acceptance/n")] == [3.0, 3.0]
     assert (root / "acceptance/shape_stats.json").exists() and (root / "acceptance/epoch=0001.png").exists()
+
+
+def test_rate_mean_and_sd_match_a_hand_computed_case(tmp_path, fitted):
+    """Runs of a stand-in generator with a known number of plausible hands per run: run 0 yields 3 of 4
+    accepted, run 1 1 of 4, run 2 2 of 4. Mean 0.5; SD with Bessel's correction sqrt((0.25^2 + 0.25^2 + 0) / 2)."""
+    import math
+
+    import torch
+
+    from xraydiff.acceptance import ShapeStatistics
+    from xraydiff.acceptance_rate import measure_acceptance_rate
+    from xraydiff.heatmaps import gaussian_heatmaps
+
+    stats = ShapeStatistics.load(fitted / "stats.json")
+    real = [np.load(p)["landmarks"] for p in sorted((fitted / "gt").glob("*.npz"))[:3]]
+    plan = iter([3, 1, 2])
+
+    class StandIn:
+        image_size, device = tuple(stats.image_size), torch.device("cpu")
+
+        def sampling_description(self, sampler, steps):
+            return "ddim", 1
+
+        def generate(self, num, generator=None, sampler=None, steps=None):
+            good = next(plan)
+            heatmaps = [
+                gaussian_heatmaps(torch.from_numpy(real[k % len(real)]), self.image_size, 1.0, combine=True,
+                                  normalize=True)[0]
+                if k < good else torch.full(self.image_size, -1.0)  # no hand at all: rejected
+                for k in range(num)
+            ]  # fmt: skip
+            return torch.stack([torch.stack([torch.zeros(self.image_size), h]) for h in heatmaps])
+
+    result = measure_acceptance_rate(StandIn(), "standin", fitted / "stats.json", tmp_path, runs=3, num_samples=4,
+                                     batch_size=4, rule_set="paper")  # fmt: skip
+    assert [row["accepted"] for row in result["per_run"]] == [3, 1, 2]
+    assert result["mean"] == pytest.approx(0.5)
+    assert result["sd"] == pytest.approx(math.sqrt((0.25**2 + 0.25**2 + 0.0) / 2))

@@ -82,6 +82,27 @@ def test_hand_image_that_cannot_be_decoded(cli, tmp_path):
     assert_refused(summary(cli, HAND, root, out), out, "1001.png", "cannot")
 
 
+def test_truncated_jpeg_is_refused(cli, tmp_path):
+    """A JPEG cut short decodes without error (the decoder fills the rest with grey): it must be refused."""
+    import cv2
+    import numpy as np
+
+    root = make_hand(tmp_path / "d")
+    png = root / "images/1001.png"
+    image = cv2.imread(str(png), cv2.IMREAD_GRAYSCALE)
+    noise = np.random.default_rng(0).integers(0, 255, image.shape, dtype=np.uint8)  # incompressible content
+    ok, encoded = cv2.imencode(".jpg", np.maximum(image, noise), [cv2.IMWRITE_JPEG_QUALITY, 95])
+    assert ok and len(encoded) > 5000
+    png.unlink()
+    (root / "images/1001.jpg").write_bytes(encoded.tobytes()[:5000])
+    import SimpleITK as sitk
+
+    # the premise: the decoder itself returns an image for the truncated file
+    assert sitk.GetArrayFromImage(sitk.ReadImage(str(root / "images/1001.jpg"))).shape[:2] == image.shape
+    out = tmp_path / "out"
+    assert_refused(summary(cli, HAND, root, out), out, "1001.jpg", "truncated")
+
+
 @pytest.mark.parametrize(
     "edit,fragments",
     [

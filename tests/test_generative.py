@@ -275,3 +275,56 @@ def test_v_prediction_with_stochastic_ddim_trains_and_samples_reproducibly(cli, 
     for bad in (["--model.init_args.prediction_type", "noise"], ["--model.init_args.ddim_eta", "2"]):
         code, _, err = cli("fit", *DDPM, "--trainer.default_root_dir", tmp_path / "bad", *bad)
         assert code != 0 and bad[0].split(".")[-1] in err, err[-500:]
+
+
+def test_sample_never_replaces_a_folder_it_did_not_write(cli, tmp_path, ddpm_checkpoint):
+    foreign = tmp_path / "mine"
+    (foreign / "sub").mkdir(parents=True)
+    (foreign / "important.csv").write_text("a,b\n")
+    (foreign / "sub/x.txt").write_text("x")
+    for extra in ([], ["--overwrite"]):
+        code, _, err = cli("sample", "--ckpt", ddpm_checkpoint, "--num-samples", 2, "--out", foreign, *extra)
+        assert code != 0 and "was not written by xraydiff" in err
+    assert sorted(p.relative_to(foreign).as_posix() for p in foreign.rglob("*")) == [
+        "important.csv",
+        "sub",
+        "sub/x.txt",
+    ]
+    # an earlier sample run is replaced only with --overwrite
+    out = tmp_path / "samples"
+    args = ["sample", "--ckpt", ddpm_checkpoint, "--num-samples", 2, "--sampler", "ddim", "--steps", 2, "--out", out]
+    assert cli(*args)[0] == 0
+    code, _, err = cli(*args)
+    assert code != 0 and "--overwrite" in err
+    assert cli(*args, "--overwrite")[0] == 0
+    # --steps does nothing for the full DDPM chain: refused, not ignored
+    code, _, err = cli("sample", "--ckpt", ddpm_checkpoint, "--num-samples", 2, "--sampler", "ddpm", "--steps", 5,
+                       "--out", tmp_path / "d")  # fmt: skip
+    assert code != 0 and "--steps 5: the DDPM sampler always runs the full chain" in err
+    assert not (tmp_path / "d").exists()
+
+
+def test_sigterm_stops_sampling_and_leaves_nothing(tmp_path, ddpm_checkpoint):
+    import signal
+    import subprocess
+    import time
+
+    from tiny import REPO, XRAYDIFF
+
+    out = tmp_path / "samples"
+    process = subprocess.Popen(
+        [*XRAYDIFF, "sample", "--ckpt", str(ddpm_checkpoint), "--num-samples", "100000", "--batch-size", "1",
+         "--sampler", "ddpm", "--out", str(out)],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    staging = out.with_name(f".{out.name}.partial")
+    deadline = time.monotonic() + 120
+    while not any(staging.glob("*.npz")):  # samples are being written
+        assert process.poll() is None, process.communicate()[1][-2000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 128 + signal.SIGTERM, err[-2000:]
+    assert "stopped by signal" in err
+    assert not out.exists() and not staging.exists()

@@ -84,7 +84,7 @@ def check_complete(path: Path) -> None:
         tail = handle.read()
     marker, name = (b"\xff\xd9", "JPEG end-of-image marker") if suffix != ".png" else (b"IEND", "PNG IEND chunk")
     if marker not in tail:
-        raise DataError(path, f"image file is truncated or incomplete ({size} bytes, no {name})")
+        raise DataError(path, f"cannot decode image: the file is truncated ({size} bytes, no {name})")
 
 
 def _read_2d(path: Path, what: str, merge_channels) -> np.ndarray:

@@ -67,7 +67,7 @@ def test_run_reports_exports_and_draws(cli, fitted, tmp_path):
     assert set(sample) >= {"id", "accepted", "failed_rules", "landmarks"} and len(sample["landmarks"]) == 37
     rows = list(csv.reader(open(out / "accepted/setup/all.csv")))
     assert len(rows) == report["accepted"] and len(rows[0]) == 75
-    dm = HandDataModule(root=str(out / "accepted"), image_size=(256, 256), augmentation="none")
+    dm = HandDataModule(root=str(out / "accepted"), image_size=(256, 256), augmentation="none", val_fraction=0.0)
     dm.setup()
     assert len(dm.items["train"]) == report["accepted"]
     accepted = next(s for s in report["samples"] if s["accepted"])

@@ -48,7 +48,7 @@ def test_hand_summary_reports_original_pixels_and_wrist_width_spacing(cli, tmp_p
 
 
 def test_hand_images_decode_and_landmarks_map_back():
-    dm = HandDataModule(root=str(HAND), split_dir="setup/cv_reduced/set1", image_size=(256, 256))
+    dm = HandDataModule(root=str(HAND), split_dir="setup/cv_reduced/set1", image_size=(256, 256), val_fraction=0.0)
     dm.setup()
     assert len(dm.items["train"]) == 6 and len(dm.items["test"]) == 3
     for item in dm.items["train"]:
@@ -68,9 +68,11 @@ def test_hand_train_fraction_draws_the_reduced_dataset_reproducibly():
 
     records = read_hand_dataset(HAND, split_dir="setup/cv/set1", require_images=False)
     assert len(records["train"]) == 597
-    dm = HandDataModule(root=str(HAND), split_dir="setup/cv_reduced/set1", train_fraction=0.5, seed=3)
+    dm = HandDataModule(root=str(HAND), split_dir="setup/cv_reduced/set1", train_fraction=0.5, seed=3, val_fraction=0.0)
     dm.setup()
-    again = HandDataModule(root=str(HAND), split_dir="setup/cv_reduced/set1", train_fraction=0.5, seed=3)
+    again = HandDataModule(
+        root=str(HAND), split_dir="setup/cv_reduced/set1", train_fraction=0.5, seed=3, val_fraction=0.0
+    )
     again.setup()
     assert [i.id for i in dm.items["train"]] == [i.id for i in again.items["train"]]
     assert len(dm.items["train"]) == 3
@@ -86,7 +88,7 @@ def test_ceph_ground_truth_is_the_doctors_mean(cli, tmp_path):
         ISBI,
         "--data.init_args.image_size",
         "[100, 80]",
-        "--num_preview",
+        "--num-preview",
         "2",
         "--out",
         tmp_path / "o",

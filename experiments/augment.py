@@ -284,8 +284,7 @@ class Study:
             folder,
             c.rate_runs,
             c.rate_samples,
-            self._sampler(checkpoint),
-            self._steps(checkpoint),
+            *self._sampling(checkpoint),
             c.seed,
             c.batch_size,
             cache=self.out / "cache",
@@ -294,23 +293,21 @@ class Study:
         self.log(result["table"])
         return {"mean": result["mean"], "sd": result["sd"], "by_rule_set": result["by_rule_set"]}
 
-    def _is_diffusion(self, checkpoint: str) -> bool:
+    def _sampling(self, checkpoint: str) -> tuple[str | None, int | None]:
+        """(sampler, steps) of the study for this generator: none for a VAE (it samples its prior),
+        steps only for DDIM (the DDPM chain always runs T steps)."""
         from lightning_modules.generative import load_model
 
-        return load_model(checkpoint).sampling_description(None, None)[0] != "prior"
-
-    def _sampler(self, checkpoint: str) -> str | None:
-        return self.config.sampler if self._is_diffusion(checkpoint) else None
-
-    def _steps(self, checkpoint: str) -> int | None:
-        return self.config.steps if self._is_diffusion(checkpoint) and self.config.sampler == "ddim" else None
+        if load_model(checkpoint).sampling_description(None, None)[0] == "prior":
+            return None, None
+        return self.config.sampler, self.config.steps if self.config.sampler == "ddim" else None
 
     def sample_and_accept(self, folder: Path, checkpoint: str, stats: str) -> dict:
         from xraydiff.acceptance_rate import file_digest, sample_cache_key
         from xraydiff.acceptance_run import run_acceptance
 
         c = self.config
-        sampler, steps = self._sampler(checkpoint), self._steps(checkpoint)
+        sampler, steps = self._sampling(checkpoint)
         seed = c.seed + 1000
         # Samples depend only on the generator and the sampling settings: a cached folder is reused
         # only when every one of them is the same (judged here by this row's statistics).

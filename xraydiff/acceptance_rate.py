@@ -18,6 +18,7 @@ from xraydiff.acceptance import RULE_SETS, AcceptanceChecker, ShapeStatistics
 from xraydiff.acceptance_run import summarize
 from xraydiff.errors import DataError
 from xraydiff.imageio import atomic_write_bytes
+from xraydiff.precision import autocast_dtype
 from xraydiff.samples import batch_seed, sample_id
 
 
@@ -108,7 +109,7 @@ def measure_acceptance_rate(
         )
     checker = AcceptanceChecker(stats, rule_set)
     sampler_name, sampler_steps = model.sampling_description(sampler, steps)
-    autocast = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
+    autocast = autocast_dtype(precision)
     rows = []
     for r in range(runs):
         key = sample_cache_key(model_key, sampler_name, sampler_steps, num_samples, batch_size, seed + r, precision)

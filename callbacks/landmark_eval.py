@@ -10,8 +10,15 @@ import lightning as L
 from lightning.pytorch.callbacks import Callback
 
 from xraydiff.imageio import atomic_write_bytes
-from xraydiff.metrics import HAND_OUTLIER_RADII_MM, SDR_RADII_MM, LandmarkErrors, check_radii, summarize_errors
-from xraydiff.preview import error_bar_chart, worst_cases_figure
+from xraydiff.metrics import (
+    HAND_OUTLIER_RADII_MM,
+    SDR_RADII_MM,
+    LandmarkErrors,
+    check_radii,
+    spread_error_correlation,
+    summarize_errors,
+)
+from xraydiff.preview import error_bar_chart, error_spread_figure, worst_cases_figure
 
 
 class LandmarkEvaluation(Callback):
@@ -20,6 +27,12 @@ class LandmarkEvaluation(Callback):
     writes ``<output_dir>/<stage>_metrics.json`` with ``<stage>_per_landmark.png`` (error bars)
     and ``<stage>_worst_cases.png`` (prediction, ground truth and error line of the worst images;
     those of rank 0 under DDP).
+
+    Models with several inference modes (``LandmarkDiffusion``) add ``inference`` to the JSON: the
+    mode, network calls per image and seconds per image (measured on rank 0). When their steps
+    return ``uncertainty_mm`` (an ensemble of M > 1), the JSON gets ``uncertainty`` (the Spearman
+    correlation of spread and error over all landmarks of all images, mean spread per landmark) and
+    ``<stage>_error_vs_spread.png``.
 
     Args:
         output_dir: where the files go; default ``trainer.default_root_dir``.
@@ -40,17 +53,26 @@ class LandmarkEvaluation(Callback):
         self.outlier_radii = check_radii(outlier_radii, "outlier")
         self.worst_count = worst_cases
         self.metric = LandmarkErrors()
+        self.spread = LandmarkErrors()
+        self.timing = [0.0, 0, 0]  # seconds, images, network calls per image
         self.worst: list[tuple[float, dict]] = []
         self.last: dict[str, dict] = {}
 
     def _start(self, pl_module: L.LightningModule) -> None:
         self.metric = self.metric.to(pl_module.device)
+        self.spread = self.spread.to(pl_module.device)
         self.metric.reset()
+        self.spread.reset()
+        self.timing = [0.0, 0, 0]
         self.worst = []
 
     def _batch(self, outputs: dict, batch: dict) -> None:
         errors = outputs["errors_mm"].detach()
         self.metric.update(errors, batch["index"])
+        if outputs.get("uncertainty_mm") is not None:
+            self.spread.update(outputs["uncertainty_mm"].detach(), batch["index"])
+        if "seconds" in outputs:
+            self.timing = [self.timing[0] + outputs["seconds"], self.timing[1] + len(errors), outputs["network_calls"]]
         for k, per_image in enumerate(errors.mean(dim=1).tolist()):
             if len(self.worst) < self.worst_count or per_image > self.worst[-1][0]:
                 self.worst.append(
@@ -72,6 +94,14 @@ class LandmarkEvaluation(Callback):
         if errors.numel() == 0:
             return
         summary = summarize_errors(errors.cpu(), self.sdr_radii, self.outlier_radii)
+        settings = getattr(pl_module, "inference_settings", None)
+        if settings is not None and self.timing[1]:
+            seconds, images, calls = self.timing
+            timing = {"network_calls_per_image": calls, "seconds_per_image": seconds / images}
+            summary["inference"] = {**settings(), **timing}
+        spread = self.spread.compute().cpu() if self.spread.update_count else None
+        if spread is not None and spread.shape == errors.shape:
+            summary["uncertainty"] = spread_error_correlation(spread, errors.cpu())
         self.last[stage] = summary
         prefix = "val" if stage == "validate" else stage
         pl_module.log(f"{prefix}/mre_mm", summary["mre_mm"], prog_bar=True, sync_dist=False)
@@ -93,7 +123,16 @@ class LandmarkEvaluation(Callback):
                 title=f"{prefix}: MRE {summary['mre_mm']:.2f} mm over {summary['n_images']} images",
             )
             worst_cases_figure(out / f"{prefix}_worst_cases.png", [w for _, w in self.worst])
+            if "uncertainty" in summary:
+                rho = summary["uncertainty"]["spearman"]
+                error_spread_figure(
+                    out / f"{prefix}_error_vs_spread.png",
+                    spread.numpy(),
+                    errors.cpu().numpy(),
+                    title=f"{prefix}: Spearman rho {rho:.2f}",
+                )
         self.metric.reset()
+        self.spread.reset()
 
     def on_validation_epoch_start(self, trainer, pl_module):
         self._start(pl_module)

@@ -225,3 +225,52 @@ def test_ceph_test_split_runs_when_present_and_is_named_when_missing(cli, tmp_pa
     code, stdout, err = cli("test", *args, "--ckpt_path", "last")
     assert code == 0, err
     assert json.loads((tmp_path / "run/test_metrics.json").read_text())["n_images"] == 1
+
+
+def test_ddp_epochs_draw_different_synthetic_subsets(tmp_path):
+    """Under DDP (2 processes) Lightning must call set_epoch on the training sampler: each epoch draws
+    its own synthetic subset, every real image once, and the two ranks never share an item."""
+    from corruptions import render
+
+    from xraydiff.acceptance import AcceptanceConfig, ShapeStatistics
+    from xraydiff.acceptance_run import write_accepted_dataset
+
+    dm = HandDataModule(image_size=(64, 64), annotations_only=True, phantom_counts={"train": 20, "test": 8})
+    shapes, spacing, frame = dm.shape_table("train")
+    stats = ShapeStatistics.fit(shapes, spacing, (64, 64), "hand", AcceptanceConfig(), frame)
+    test = dm.shape_table("test")[0]
+    synthetic_ids = [f"syn{k}" for k in range(8)]
+    write_accepted_dataset(tmp_path / "acc", synthetic_ids, render(test, (64, 64)), test, stats)
+    root = tmp_path / "loc"
+    callback = {"class_path": "recording.RecordTrainingIds", "init_args": {"out": str(root)}}
+    result = run(
+        [
+            "fit",
+            *LOCALIZER,
+            "--trainer.default_root_dir",
+            root,
+            "--trainer.max_epochs",
+            "3",
+            "--trainer.check_val_every_n_epoch",
+            "10",
+            "--data.init_args.extra_train_dirs",
+            json.dumps([str(tmp_path / "acc")]),
+            "--data.init_args.synthetic_share",
+            "0.2",  # 8 real images -> 2 synthetic per epoch
+            "--trainer.callbacks+",
+            json.dumps(callback),
+            *DDP_TWO_CPU_PROCESSES,
+        ],
+        env={"PYTHONPATH": f"{REPO}:{REPO / 'tests'}"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    ranks = [json.loads((root / f"ids_rank{r}.json").read_text()) for r in (0, 1)]
+    drawn = []
+    for epoch in ("0", "1", "2"):
+        first, second = ranks[0][epoch], ranks[1][epoch]
+        assert len(first) == len(second) == 5 and not set(first) & set(second)
+        real = sorted(i for i in first + second if i not in synthetic_ids)
+        assert len(real) == len(set(real)) == 8
+        drawn.append(frozenset(first + second) & set(synthetic_ids))
+        assert len(drawn[-1]) == 2
+    assert len(set(drawn)) > 1, f"every epoch drew the same synthetic pair {sorted(drawn[0])}: set_epoch not called"

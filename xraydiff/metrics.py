@@ -120,5 +120,19 @@ def summarize_errors(errors: Tensor, sdr_radii: Sequence[float], outlier_radii: 
     }
 
 
+def spread_error_correlation(spread: Tensor, errors: Tensor) -> dict:
+    """How well an ensemble's spread ranks its errors: the Spearman correlation (scipy) of the (M, N)
+    spreads and radial errors over all landmarks of all images, with the mean spread per landmark."""
+    from scipy.stats import spearmanr
+
+    flat_spread, flat_errors = spread.flatten().double().numpy(), errors.flatten().double().numpy()
+    rho = spearmanr(flat_spread, flat_errors).statistic if flat_spread.std() > 0 else float("nan")
+    return {
+        "spearman": float(rho),
+        "mean_spread_mm": float(flat_spread.mean()),
+        "per_landmark_spread_mm": [float(v) for v in spread.mean(dim=0)],
+    }
+
+
 def _key(radius: float) -> str:
     return f"{radius:g}"

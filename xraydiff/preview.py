@@ -137,6 +137,17 @@ def error_bar_chart(path: Path, errors: np.ndarray, title: str | None = None) ->
     save_figure(fig, path)
 
 
+def error_spread_figure(path: Path, spread: np.ndarray, errors: np.ndarray, title: str | None = None) -> None:
+    """Radial error against ensemble spread, one dot per (image, landmark), both (M, N) in mm."""
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    ax.scatter(spread.ravel(), errors.ravel(), s=4, alpha=0.5, color="steelblue")
+    ax.set_xlabel("ensemble spread (mm)")
+    ax.set_ylabel("radial error (mm)")
+    if title:
+        ax.set_title(title, fontsize=9)
+    save_figure(fig, path)
+
+
 def worst_cases_figure(path: Path, cases: Sequence[dict], columns: int = 3) -> None:
     """Images with predictions (red), ground truth (green) and the error between them (yellow)."""
     if not cases:

@@ -1,0 +1,316 @@
+"""Landmark diffusion: a conditional DDPM that generates per-landmark heatmaps given an image."""
+
+from __future__ import annotations
+
+import time
+
+import lightning as L
+import numpy as np
+import torch
+from monai.networks.nets import DiffusionModelUNet
+from torch import Tensor, nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from lightning_modules.generative import TaggedCheckpointMixin
+from xraydiff.diffusion import make_scheduler
+from xraydiff.errors import DataError
+from xraydiff.geometry import to_original_pixels
+from xraydiff.heatmaps import gaussian_heatmaps
+from xraydiff.landmark_diffusion import (
+    InferenceMode,
+    check_blur,
+    check_inference,
+    decode_heatmaps,
+    ensemble_statistics,
+    item_generators,
+    landmark_diffusion_loss,
+    sample_heatmaps,
+)
+from xraydiff.metrics import radial_errors_mm
+
+INFERENCE_OPTIONS = ("inference", "ddim_steps", "ddim_eta", "ensemble", "seed", "sigma_max", "sigma_min")
+
+
+class HeatmapDenoiser(nn.Module):
+    """x0_hat = tanh(U-Net([image, x_t], t)): MONAI's time-conditioned ``DiffusionModelUNet`` with the
+    image concatenated to the noisy heatmaps and a tanh output layer (the paper's sect. 3.1).
+
+    Shapes: image (B, C, H, W), x_t (B, N, H, W), t (B,) -> (B, N, H, W) in [-1, 1].
+    """
+
+    def __init__(self, image_channels: int, num_landmarks: int, **unet):
+        super().__init__()
+        self.unet = DiffusionModelUNet(
+            spatial_dims=2, in_channels=image_channels + num_landmarks, out_channels=num_landmarks, **unet
+        )
+
+    def forward(self, image: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
+        return torch.tanh(self.unet(torch.cat([image, x_t.to(image.dtype)], dim=1), timesteps=t))
+
+
+class LandmarkDiffusion(TaggedCheckpointMixin, L.LightningModule):
+    """Conditional heatmap DDPM with x0 prediction (the landmark-diffusion paper, sect. 3).
+
+    Training: x0 = N Gaussians of sigma ``heatmap_sigma`` scaled to [-1, 1]; t ~ U{0, T-1};
+    x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps (eq. 3); loss eq. 10-11 on x0_hat. With
+    ``diffusion`` False the same network and loss are trained without noise (zeros in place of x_t,
+    t = 0): the paper's "no diffusion" baseline, image in, heatmaps out, one call at inference.
+
+    Inference (validate / test / predict, all from one checkpoint, set by ``inference``):
+    'single' (x0_hat from x_T in one call), 'multi' (the T-step chain with the shrinking blur of
+    eq. 12), 'ddim' (``ddim_steps`` steps, ``ddim_eta``); ``ensemble`` M > 1 runs M stochastic
+    members in one batch and averages their decoded coordinates, the spread of the M predictions
+    giving each landmark an uncertainty in mm. Validation inside ``fit`` uses ``fit_validation``
+    (default 'single', cheap), so that choosing a checkpoint does not cost T calls per image.
+
+    Args:
+        num_landmarks: N heatmap channels (19 for ISBI 2015).
+        image_size: (H, W), divisible by 2 ** (len(channels) - 1).
+        image_channels: channels of the conditioning image.
+        channels, num_res_blocks, attention_levels, norm_num_groups, num_head_channels,
+            use_flash_attention: the MONAI ``DiffusionModelUNet`` (symmetric; see the README for the
+            paper's asymmetric widths).
+        diffusion: False trains the no-diffusion baseline.
+        num_train_timesteps, beta_start, beta_end: T and the linear variance schedule (200, 1e-4, 0.02).
+        heatmap_sigma: target Gaussian sigma in pixels (1 = the paper's few-hot map).
+        lambda_nll, lambda_s: weights of eq. 11 (1 and 0.01).
+        sigma_max, sigma_min: the blur of eq. 12 at t = T - 1 and t = 0 (14 and ``sigma_min``).
+        inference, ddim_steps, ddim_eta, ensemble: the inference mode (see above).
+        fit_validation: inference mode of the validation inside ``fit``.
+        seed: seed of the per-image noise of inference (a prediction depends on it and the image only).
+        learning_rate, weight_decay: AdamW (1e-4 and 1e-4 in the paper).
+        ema_decay: moving average of the weights used for inference; None disables.
+        refine_window: window of the centre-of-mass refinement of each arg-max, in pixels.
+    """
+
+    def __init__(
+        self,
+        num_landmarks: int = 19,
+        image_size: tuple[int, int] = (800, 640),
+        image_channels: int = 1,
+        channels: tuple[int, ...] = (32, 64, 128, 256, 256, 512),
+        num_res_blocks: int = 1,
+        attention_levels: tuple[bool, ...] | None = None,
+        norm_num_groups: int = 16,
+        num_head_channels: int = 32,
+        use_flash_attention: bool = True,
+        diffusion: bool = True,
+        num_train_timesteps: int = 200,
+        beta_start: float = 1e-4,
+        beta_end: float = 0.02,
+        heatmap_sigma: float = 1.0,
+        lambda_nll: float = 1.0,
+        lambda_s: float = 0.01,
+        sigma_max: float = 14.0,
+        sigma_min: float = 1.0,
+        inference: InferenceMode = "multi",
+        ddim_steps: int | None = None,
+        ddim_eta: float = 0.0,
+        ensemble: int = 1,
+        fit_validation: InferenceMode = "single",
+        seed: int = 0,
+        learning_rate: float = 1e-4,
+        weight_decay: float = 1e-4,
+        ema_decay: float | None = None,
+        refine_window: int = 5,
+    ):
+        super().__init__()
+        # Inference options are choices of each validate / test / predict run, not properties of the
+        # trained model: kept out of the checkpoint, so that LightningCLI (which restores a
+        # checkpoint's hyperparameters over the config) lets `--model.init_args.inference ...` apply.
+        self.save_hyperparameters(ignore=list(INFERENCE_OPTIONS))
+        self.inference = {
+            "mode": inference,
+            "ddim_steps": ddim_steps,
+            "ddim_eta": ddim_eta,
+            "ensemble": ensemble,
+            "sigma_max": sigma_max,
+            "sigma_min": sigma_min,
+        }
+        self.inference_seed = seed
+        check_blur(sigma_max, sigma_min)
+        check_inference(inference, ddim_steps, ensemble, num_train_timesteps)
+        check_inference(fit_validation, ddim_steps, 1, num_train_timesteps)
+        if not 0.0 <= ddim_eta <= 1.0:
+            raise DataError(None, f"ddim_eta must be in [0, 1], got {ddim_eta}")
+        if ema_decay is not None and not 0.0 <= ema_decay < 1.0:
+            raise DataError(None, f"ema_decay must be in [0, 1), got {ema_decay}")
+        self.image_size = (int(image_size[0]), int(image_size[1]))
+        levels = len(channels)
+        # Default: attention at the two lowest resolutions, as in the paper.
+        default_attention = (False,) * max(levels - 2, 0) + (True,) * min(levels, 2)
+        attention = tuple(attention_levels) if attention_levels is not None else default_attention
+        self.net = HeatmapDenoiser(
+            image_channels,
+            num_landmarks,
+            channels=tuple(channels),
+            attention_levels=attention,
+            num_res_blocks=num_res_blocks,
+            norm_num_groups=norm_num_groups,
+            num_head_channels=num_head_channels,
+            use_flash_attention=use_flash_attention,
+        )
+        self.ema = None
+        if ema_decay is not None:
+            self.ema = AveragedModel(self.net, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
+            self.ema.requires_grad_(False)
+        self.scheduler = make_scheduler(
+            "ddpm", num_train_timesteps, beta_start=beta_start, beta_end=beta_end, prediction_type="sample"
+        )
+
+    # ------------------------------------------------------------------------------ training
+
+    def _check(self, batch: dict) -> None:
+        image = batch["image"]
+        if image.shape[1] != self.hparams.image_channels:
+            raise DataError(None, f"images have {image.shape[1]} channels, the model {self.hparams.image_channels}")
+        if tuple(image.shape[-2:]) != self.image_size:
+            size = tuple(image.shape[-2:])
+            raise DataError(None, f"data image size {size} differs from the model's {self.image_size}")
+        if batch["landmarks"].shape[1] != self.hparams.num_landmarks:
+            raise DataError(
+                None, f"data has {batch['landmarks'].shape[1]} landmarks, the model {self.hparams.num_landmarks}"
+            )
+
+    def loss(self, batch: dict, network: nn.Module, generator: torch.Generator | None = None) -> tuple:
+        """(L, L_nll, L_s) of eq. 11 on a batch, x_t drawn by eq. 3 (zeros for the baseline)."""
+        image = batch["image"]
+        x0 = gaussian_heatmaps(batch["landmarks"], self.image_size, self.hparams.heatmap_sigma, normalize=True)
+        batch_size = x0.shape[0]
+        if self.hparams.diffusion:
+            noise = torch.randn(x0.shape, generator=generator, device=x0.device)
+            t = torch.randint(0, self.hparams.num_train_timesteps, (batch_size,), generator=generator, device=x0.device)
+            x_t = self.scheduler.add_noise(x0, noise, t)
+        else:
+            x_t, t = torch.zeros_like(x0), torch.zeros(batch_size, dtype=torch.long, device=x0.device)
+        x0_hat = network(image, x_t, t)
+        hp = self.hparams
+        return landmark_diffusion_loss(x0_hat, x0, hp.lambda_nll, hp.lambda_s, batch.get("visible"))
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        self._check(batch)
+        loss, nll, mse = self.loss(batch, self.net)
+        size = len(batch["image"])
+        self.log("train/loss", loss, prog_bar=True, batch_size=size)
+        self.log_dict({"train/nll": nll, "train/mse": mse}, batch_size=size)
+        self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"])
+        return loss
+
+    def optimizer_step(self, *args, **kwargs) -> None:
+        # Within the step, so a checkpoint written at the batch's end holds the updated average.
+        super().optimizer_step(*args, **kwargs)
+        if self.ema is not None:
+            self.ema.update_parameters(self.net)
+
+    def configure_optimizers(self):
+        return torch.optim.AdamW(
+            self.net.parameters(), lr=self.hparams.learning_rate, weight_decay=self.hparams.weight_decay
+        )
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Refuse a checkpoint whose heatmaps, image channels or size differ from this model's config,
+        naming the file, before its weights are loaded."""
+        saved = checkpoint.get("hyper_parameters", {})
+        path = getattr(self._trainer, "ckpt_path", None) if self._trainer is not None else None
+        for key in ("num_landmarks", "image_channels", "image_size", "num_train_timesteps"):
+            if key in saved and list(np.atleast_1d(saved[key])) != list(np.atleast_1d(self.hparams[key])):
+                raise DataError(path, f"checkpoint has {key} {saved[key]}, the model config {self.hparams[key]}")
+
+    # ------------------------------------------------------------------------------ inference
+
+    @property
+    def inference_network(self) -> nn.Module:
+        return self.ema.module if self.ema is not None else self.net
+
+    def inference_settings(self) -> dict:
+        """The mode this stage runs: mode, steps (network calls per member), ensemble size M."""
+        hp = self.hparams
+        fitting = self._trainer is not None and self.trainer.state.fn == "fit"
+        mode = hp.fit_validation if fitting else self.inference["mode"]
+        ensemble = 1 if fitting else self.inference["ensemble"]
+        if not hp.diffusion:
+            return {"mode": "baseline", "steps": 1, "ensemble": 1}
+        steps = {"single": 1, "multi": hp.num_train_timesteps, "ddim": self.inference["ddim_steps"]}[mode]
+        return {"mode": mode, "steps": steps, "ensemble": ensemble}
+
+    @torch.no_grad()
+    def infer(self, image: Tensor, indices: Tensor, settings: dict | None = None) -> dict:
+        """Heatmaps and positions for (B, C, H, W) images with dataset ``indices`` (B,) (they seed the noise).
+
+        Returns ``heatmaps`` (B, N, H, W) of the first member, ``members`` (B, M, N, 2) model pixels,
+        ``network_calls`` per image and ``seconds`` for the batch.
+        """
+        settings = settings or self.inference_settings()
+        hp, network = self.hparams, self.inference_network
+        start = time.perf_counter()
+        shape = (hp.num_landmarks, *self.image_size)
+        if settings["mode"] == "baseline":
+            zeros = torch.zeros((image.shape[0], *shape), device=image.device)
+            heatmaps, calls, members = network(image, zeros, torch.zeros_like(indices)).float(), 1, 1
+        else:
+            members = settings["ensemble"]
+            images = image.repeat_interleave(members, dim=0)
+            generators = item_generators(self.inference_seed, indices.tolist(), members)
+            heatmaps, calls = sample_heatmaps(
+                lambda x, t: network(images, x, t),
+                shape,
+                self.scheduler.alphas_cumprod.to(image.device),
+                settings["mode"],
+                generators,
+                image.device,
+                steps=settings["steps"],
+                eta=self.inference["ddim_eta"],
+                sigma_max=self.inference["sigma_max"],
+                sigma_min=self.inference["sigma_min"],
+            )
+        positions = decode_heatmaps(heatmaps, hp.refine_window)
+        batch = image.shape[0]
+        return {
+            "heatmaps": heatmaps.view(batch, members, *shape)[:, 0],
+            "members": positions.view(batch, members, hp.num_landmarks, 2),
+            "network_calls": calls * members,
+            "seconds": time.perf_counter() - start,
+        }
+
+    def _predict_original(self, batch: dict) -> dict:
+        result = self.infer(batch["image"], torch.as_tensor(batch["index"], device=self.device))
+        scale = batch["scale"][:, None, None, :]
+        members_original = to_original_pixels(result["members"], scale)
+        predicted_original, spread = ensemble_statistics(members_original)
+        predicted, _ = ensemble_statistics(result["members"])
+        # An uncertainty exists only for an ensemble (M > 1); one member has zero spread by definition.
+        ensemble = result["members"].shape[1] > 1
+        result.update(
+            predicted=predicted,
+            predicted_original=predicted_original,
+            uncertainty_mm=spread * batch["mm_per_px"].float()[:, None] if ensemble else None,
+        )
+        return result
+
+    def _evaluate(self, batch: dict, batch_idx: int, stage: str) -> dict:
+        self._check(batch)
+        # A fixed generator per batch: the loss is comparable across epochs and the global random
+        # state (exact resumption) is left alone.
+        generator = torch.Generator(device=self.device).manual_seed(batch_idx)
+        loss, _, _ = self.loss(batch, self.inference_network, generator)
+        self.log(f"{stage}/loss", loss, prog_bar=True, sync_dist=True, batch_size=len(batch["image"]))
+        result = self._predict_original(batch)
+        target_original = to_original_pixels(batch["landmarks"].float(), batch["scale"][:, None, :])
+        result["errors_mm"] = radial_errors_mm(result["predicted_original"], target_original, batch["mm_per_px"])
+        result["loss"] = loss
+        return result
+
+    def validation_step(self, batch: dict, batch_idx: int) -> dict:
+        return self._evaluate(batch, batch_idx, "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> dict:
+        return self._evaluate(batch, batch_idx, "test")
+
+    def predict_step(self, batch: dict, batch_idx: int) -> dict:
+        result = self._predict_original(batch)
+        return {
+            "id": batch["id"],
+            "landmarks": result["predicted_original"].cpu(),
+            "uncertainty_mm": None if result["uncertainty_mm"] is None else result["uncertainty_mm"].cpu(),
+            "mm_per_px": batch["mm_per_px"].cpu(),
+        }

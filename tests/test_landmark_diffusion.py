@@ -1,0 +1,226 @@
+"""Landmark diffusion: the maths against independent references, then a tiny model trained for real."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.ndimage import gaussian_filter
+from tiny import DDP_TWO_CPU_PROCESSES, run
+
+import xraydiff.landmark_diffusion as ld
+from xraydiff.diffusion import make_scheduler
+from xraydiff.errors import DataError
+from xraydiff.heatmaps import gaussian_heatmaps
+
+
+def test_loss_equals_a_hand_computed_case():
+    # One landmark, two pixels: x0 = [1, -1] -> q = [1, 0]; x0_hat = [0.5, -0.5].
+    x0 = torch.tensor([1.0, -1.0]).view(1, 1, 1, 2)
+    x0_hat = torch.tensor([0.5, -0.5]).view(1, 1, 1, 2)
+    total, nll, mse = ld.landmark_diffusion_loss(x0_hat, x0, lambda_nll=1.0, lambda_s=0.01)
+    assert float(nll) == pytest.approx(math.log(1 + math.exp(-1.0)), rel=1e-6)  # -log softmax = log(1 + e^-1)
+    assert float(mse) == pytest.approx((0.5**2 + 0.5**2) / 2)
+    assert float(total) == pytest.approx(math.log(1 + math.exp(-1.0)) + 0.01 * 0.25, rel=1e-6)
+    # A masked landmark contributes nothing.
+    two = torch.cat([x0, -x0], dim=1), torch.cat([x0_hat, x0_hat], dim=1)
+    masked = ld.landmark_diffusion_loss(two[1], two[0], mask=torch.tensor([[True, False]]))
+    assert float(masked[1]) == pytest.approx(float(nll)) and float(masked[2]) == pytest.approx(float(mse))
+
+
+def test_blur_schedule_is_eq_12_and_the_kernel_is_13_by_13_gaussian():
+    assert ld.blur_sigma(0, 200, 14.0, 1.0) == 1.0
+    assert ld.blur_sigma(199, 200, 14.0, 1.0) == 14.0
+    assert ld.blur_sigma(99, 200, 14.0, 1.0) == pytest.approx(1.0 + 99 * 13.0 / 199)
+    rng = np.random.default_rng(0)
+    x0 = torch.from_numpy(rng.uniform(-1, 1, (1, 2, 31, 27)).astype(np.float32))
+    for sigma in (1.0, 4.0, 14.0):
+        # scipy: a normalised Gaussian truncated at radius int(truncate * sigma + 0.5) = 6, zero padding.
+        reference = gaussian_filter((x0.numpy() + 1) / 2, (0, 0, sigma, sigma), truncate=6 / sigma, mode="constant")
+        np.testing.assert_allclose(ld.blur_heatmaps(x0, sigma).numpy(), reference * 2 - 1, atol=1e-5)
+    assert torch.equal(ld.blur_heatmaps(x0, 0.0), x0)
+    # The reverse process blurs with sigma_max at t = T - 1 and sigma_min at t = 0.
+    used = []
+    original = ld.blur_heatmaps
+    try:
+        ld.blur_heatmaps = lambda x, sigma: used.append(sigma) or original(x, sigma)
+        alphas = make_scheduler("ddpm", 10, prediction_type="sample").alphas_cumprod
+        generators = ld.item_generators(0, [0], 1)
+        zeros = lambda x, t: torch.zeros_like(x)  # noqa: E731
+        ld.sample_heatmaps(zeros, (1, 8, 8), alphas, "multi", generators, "cpu", None, 0.0, 6.0, 0.5)
+    finally:
+        ld.blur_heatmaps = original
+    assert used[0] == 6.0 and used[-1] == 0.5 and len(used) == 10
+    np.testing.assert_allclose(np.diff(used), -(6.0 - 0.5) / 9)
+    with pytest.raises(DataError, match="sigma_min <= sigma_max"):
+        ld.check_blur(1.0, 2.0)
+
+
+def test_posterior_step_matches_monai_ddpm_and_ddim():
+    T = 50
+    x_t, x0 = torch.randn(2, 3, 8, 8), torch.rand(2, 3, 8, 8) * 2 - 1
+    ddpm = make_scheduler("ddpm", T, prediction_type="sample", clip_sample=False)
+    expected, _ = ddpm.step(x0, 20, x_t, generator=torch.Generator().manual_seed(3))
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(3))  # the draw MONAI made
+    mine = ld.posterior_step(x_t, x0, 20, 19, ddpm.alphas_cumprod, eta=1.0, noise=noise)
+    torch.testing.assert_close(mine, expected, atol=1e-5, rtol=1e-5)
+    ddim = make_scheduler("ddim", T, prediction_type="sample", clip_sample=False)
+    ddim.set_timesteps(5)  # T // k = 10: MONAI steps from 30 to 20
+    expected, _ = ddim.step(x0, 30, x_t, eta=0.0)
+    torch.testing.assert_close(ld.posterior_step(x_t, x0, 30, 20, ddpm.alphas_cumprod, 0.0, noise), expected)
+    # the last step lands on x0
+    torch.testing.assert_close(ld.posterior_step(x_t, x0, 0, -1, ddpm.alphas_cumprod, 1.0, noise), x0)
+    assert ld.reverse_timesteps(200, 200) == list(range(199, -1, -1))
+    assert ld.reverse_timesteps(200, 10)[0] == 199 and ld.reverse_timesteps(200, 10)[-1] == 0
+
+
+def test_decoding_recovers_sub_pixel_positions_and_ensemble_statistics():
+    points = torch.tensor([[[10.3, 7.6], [3.0, 20.45]]])
+    heatmaps = gaussian_heatmaps(points, (24, 16), 1.0, normalize=True)
+    # The 5 x 5 window truncates the Gaussian: its centre of mass is biased towards the arg-max by < 0.05 px.
+    torch.testing.assert_close(ld.decode_heatmaps(heatmaps), points, atol=0.05, rtol=0)
+    members = torch.tensor([[[[0.0, 0.0]], [[2.0, 0.0]], [[1.0, 3.0]], [[1.0, -3.0]]]])  # (1, 4, 1, 2)
+    mean, spread = ld.ensemble_statistics(members)
+    torch.testing.assert_close(mean, torch.tensor([[[1.0, 0.0]]]))
+    assert float(spread) == pytest.approx(math.sqrt((1 + 1 + 9 + 9) / 4))
+    assert float(ld.ensemble_statistics(members[:, :1])[1]) == 0.0
+
+
+def test_sampling_noise_is_per_image_not_per_batch():
+    alphas = make_scheduler("ddpm", 20, prediction_type="sample").alphas_cumprod
+
+    def predictor(x, t):  # any deterministic function of (x, t)
+        return torch.tanh(x * 0.5 + t[:, None, None, None] / 20)
+
+    def run_for(indices):
+        generators = ld.item_generators(7, indices, 2)
+        return ld.sample_heatmaps(predictor, (2, 6, 6), alphas, "ddim", generators, "cpu", 5, 1.0, 3.0, 1.0)[0]
+
+    together = run_for([4, 9])
+    alone = run_for([9])
+    torch.testing.assert_close(together[2:], alone)  # image 9's two members, batched with image 4 or not
+    assert not torch.equal(together[0], together[1])  # members differ
+
+
+@pytest.mark.parametrize(
+    ("mode", "steps", "ensemble", "message"),
+    [
+        ("ddim", 300, 1, r"DDIM steps k must be in \[1, T = 200\]"),
+        ("ddim", None, 1, "DDIM steps"),
+        ("multi", None, 0, "ensemble size M must be at least 1"),
+        ("fast", None, 1, "inference mode must be one of"),
+    ],
+)
+def test_bad_inference_settings_are_refused(mode, steps, ensemble, message):
+    with pytest.raises(DataError, match=message):
+        ld.check_inference(mode, steps, ensemble, 200)
+
+
+# ---------------------------------------------------------------------------------------------- the model
+
+TINY = [
+    "--config",
+    "configs/demo/ceph_landmark_diffusion.yaml",
+    "--config",
+    "configs/trainer/csv.yaml",
+    "--model.init_args.image_size",
+    "[32, 32]",
+    "--model.init_args.channels",
+    "[16, 32, 32]",
+    "--model.init_args.attention_levels",
+    "[false, false, true]",
+    "--model.init_args.num_train_timesteps",
+    "20",
+    "--model.init_args.beta_end",  # sum of betas 2.0 as for the paper's T = 200 to 0.02: the same abar_T
+    "0.2",
+    "--model.init_args.ddim_steps",
+    "4",
+    "--model.init_args.sigma_max",
+    "3.0",
+    "--data.init_args.image_size",
+    "[32, 32]",
+    "--data.init_args.batch_size",
+    "4",
+    "--data.init_args.phantom_counts",
+    '{"train": 32, "val": 4, "test": 5}',
+    "--trainer.check_val_every_n_epoch",
+    "100",
+]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("landmark_diffusion")
+    result = run(["fit", *TINY, "--trainer.default_root_dir", root, "--trainer.max_steps", "400"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    return root
+
+
+def _test(root, *args, devices: list[str] = ()) -> dict:
+    result = run(["test", *TINY, "--trainer.default_root_dir", root, "--ckpt_path", "last", *args, *devices])
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads((root / "test_metrics.json").read_text())
+
+
+def test_multi_step_sampling_beats_pure_noise(trained):
+    multi = _test(trained, "--model.init_args.inference", "multi")
+    assert multi["inference"]["mode"] == "multi" and multi["inference"]["network_calls_per_image"] == 20
+    assert multi["inference"]["seconds_per_image"] > 0 and multi["n_images"] == 5
+    # Pure noise: decoding x_T itself puts each landmark at an arbitrary pixel of the 32 x 32 image.
+    from datamodules import CephalometricDataModule
+
+    dm = CephalometricDataModule(image_size=(32, 32), phantom_counts={"train": 32, "val": 4, "test": 5})
+    dm.setup("test")
+    batch = next(iter(dm.test_dataloader()))
+    noise = ld.per_item_noise(ld.item_generators(0, batch["index"].tolist(), 1), (19, 32, 32), "cpu")
+    errors = torch.linalg.vector_norm(ld.decode_heatmaps(noise) - batch["landmarks"], dim=-1)
+    noise_mre_px = float(errors.mean())
+    mm_per_px = float(batch["mm_per_px"][0] * batch["scale"][0, 0])
+    assert multi["mre_mm"] < 0.25 * noise_mre_px * mm_per_px, (multi["mre_mm"], noise_mre_px * mm_per_px)
+
+
+def test_ensemble_uncertainty_and_ddp_give_the_same_metrics(trained):
+    one = _test(trained, "--model.init_args.inference", "ddim", "--model.init_args.ensemble", "1")
+    assert "uncertainty" not in one and one["inference"]["network_calls_per_image"] == 4
+    args = ["--model.init_args.inference", "ddim", "--model.init_args.ensemble", "3", "--model.init_args.ddim_eta", "1"]
+    single = _test(trained, *args)
+    assert single["inference"]["ensemble"] == 3 and single["inference"]["network_calls_per_image"] == 12
+    assert single["uncertainty"]["mean_spread_mm"] > 0 and -1 <= single["uncertainty"]["spearman"] <= 1
+    assert (trained / "test_error_vs_spread.png").exists()
+    double = _test(trained, *args, devices=DDP_TWO_CPU_PROCESSES)
+    assert double["n_images"] == single["n_images"] == 5
+    assert double["mre_mm"] == pytest.approx(single["mre_mm"], rel=1e-5)
+    assert double["uncertainty"]["spearman"] == pytest.approx(single["uncertainty"]["spearman"], rel=1e-5)
+    np.testing.assert_allclose(double["per_landmark_mm"], single["per_landmark_mm"], rtol=1e-5)
+
+
+def test_baseline_is_the_same_network_without_noise(trained, tmp_path):
+    root = tmp_path / "baseline"
+    args = ["--trainer.default_root_dir", root, "--trainer.max_steps", "2", "--model.init_args.diffusion", "false"]
+    result = run(["fit", *TINY, *args])
+    assert result.returncode == 0, result.stderr[-3000:]
+    baseline = torch.load(root / "checkpoints/last.ckpt", weights_only=False)
+    diffusion = torch.load(trained / "checkpoints/last.ckpt", weights_only=False)
+    shapes = {k: v.shape for k, v in baseline["state_dict"].items()}
+    assert shapes == {k: v.shape for k, v in diffusion["state_dict"].items()}
+    metrics = _test(root, "--model.init_args.diffusion", "false")
+    assert metrics["inference"] == {**metrics["inference"], "mode": "baseline", "network_calls_per_image": 1}
+
+
+def test_mismatched_checkpoint_and_data_are_refused(trained, cli):
+    test = ["test", *TINY, "--trainer.default_root_dir", trained, "--ckpt_path", "last"]
+    code, _, err = cli(*test, "--model.init_args.ddim_steps", "30")
+    assert code != 0 and "DDIM steps k must be in [1, T = 20]" in err
+    code, _, err = cli(*test, "--model.init_args.sigma_min", "20")
+    assert code != 0 and "sigma_min <= sigma_max" in err
+    code, _, err = cli(*test, "--data.init_args.image_size", "[64, 64]")
+    assert code != 0 and "data image size (64, 64) differs from the model's (32, 32)" in err
+    # Loading a checkpoint into a model configured for other heatmaps names the file.
+    from lightning_modules import LandmarkDiffusion
+
+    model = LandmarkDiffusion(num_landmarks=18, image_size=(32, 32), channels=(16, 32, 32), num_train_timesteps=20)
+    with pytest.raises(DataError, match="checkpoint has num_landmarks 19, the model config 18"):
+        model.on_load_checkpoint(torch.load(trained / "checkpoints/last.ckpt", weights_only=False))

@@ -1,0 +1,220 @@
+"""Landmark detection as conditional heatmap generation (the landmark-diffusion paper), framework-free.
+
+A DDPM over N heatmap channels x (one per landmark, a "few-hot" Gaussian of sigma ~1 px scaled to
+[-1, 1] by ``xraydiff.heatmaps.gaussian_heatmaps(..., normalize=True)``) conditioned on the image y
+by channel concatenation: the network sees [y, x_t] and t and predicts x0 directly (eq. 8-9),
+through a tanh output. Training minimises (eq. 10-11)
+
+    L = lambda_nll * E[-q . log softmax(x0_hat)] + lambda_s * E ||x0 - x0_hat||^2,
+
+with q the target renormalised to [0, 1] and then to a distribution over pixels. The reverse process
+blurs every predicted x0 with a fixed 13 x 13 Gaussian whose sigma falls linearly with t (eq. 12)
+before x_{t-1} is drawn from the posterior q(x_{t-1} | x_t, x0_blurred).
+
+Every random draw of sampling is per image (and per ensemble member) from its own generator, so a
+prediction does not depend on the batch it was computed in, the process that computed it, or the
+device: DDP and a single process give the same answers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Literal, get_args
+
+import torch
+from monai.networks.layers import gaussian_1d, separable_filtering
+from torch import Tensor
+
+from xraydiff.errors import DataError
+from xraydiff.localization import decode_landmarks, spatial_softmax_nll
+
+InferenceMode = Literal["single", "multi", "ddim"]
+BLUR_KERNEL_SIZE = 13
+# Predicts x0 in [-1, 1] from (x_t, t); the condition (image) is closed over.
+X0Predictor = Callable[[Tensor, Tensor], Tensor]
+
+
+def check_inference(mode: str, steps: int | None, ensemble: int, num_train_timesteps: int) -> None:
+    """DataError for an unknown mode, DDIM steps outside [1, T] or an ensemble size below 1."""
+    if mode not in get_args(InferenceMode):
+        raise DataError(None, f"inference mode must be one of {get_args(InferenceMode)}, got {mode!r}")
+    if mode == "ddim" and (steps is None or not 1 <= steps <= num_train_timesteps):
+        raise DataError(None, f"DDIM steps k must be in [1, T = {num_train_timesteps}], got {steps}")
+    if ensemble < 1:
+        raise DataError(None, f"ensemble size M must be at least 1, got {ensemble}")
+
+
+def check_blur(sigma_max: float, sigma_min: float) -> None:
+    if sigma_min < 0 or sigma_max < sigma_min:
+        raise DataError(None, f"blur sigmas need 0 <= sigma_min <= sigma_max, got {sigma_min} and {sigma_max}")
+
+
+def landmark_diffusion_loss(
+    x0_hat: Tensor, x0: Tensor, lambda_nll: float = 1.0, lambda_s: float = 0.01, mask: Tensor | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(L, L_nll, L_s) of eq. 10-11, in float32 whatever the autocast dtype.
+
+    L_nll is the spatial-softmax cross-entropy of x0_hat against q = x0 renormalised to [0, 1] and
+    to sum 1 over the pixels (``xraydiff.localization.spatial_softmax_nll``); L_s the MSE of eq. 9.
+
+    Args:
+        x0_hat: (B, N, H, W) predicted heatmaps in [-1, 1].
+        x0: (B, N, H, W) target heatmaps in [-1, 1].
+        mask: (B, N) landmarks inside the image; others contribute to neither term.
+    """
+    x0_hat, x0 = x0_hat.float(), x0.float()
+    unit = (x0 + 1.0) / 2.0
+    target = unit / unit.sum(dim=(-1, -2), keepdim=True).clamp_min(1e-12)
+    nll = spatial_softmax_nll(x0_hat, target, mask)
+    squared = (x0_hat - x0).pow(2).mean(dim=(-1, -2))
+    if mask is None:
+        mse = squared.mean()
+    else:
+        mask = mask.float()
+        mse = (squared * mask).sum() / mask.sum().clamp_min(1.0)
+    return lambda_nll * nll + lambda_s * mse, nll, mse
+
+
+def blur_sigma(t: int, num_train_timesteps: int, sigma_max: float, sigma_min: float) -> float:
+    """Eq. 12: sigma_blur(t) = sigma_min + t (sigma_max - sigma_min) / (T - 1), for t in 0 .. T - 1."""
+    if num_train_timesteps < 2:
+        return float(sigma_min)
+    return float(sigma_min + t * (sigma_max - sigma_min) / (num_train_timesteps - 1))
+
+
+def blur_heatmaps(x0: Tensor, sigma: float, kernel_size: int = BLUR_KERNEL_SIZE) -> Tensor:
+    """x0 (B, N, H, W) in [-1, 1] convolved per channel with a normalised ``kernel_size``^2 Gaussian.
+
+    The blur acts on the [0, 1] heatmap with zero padding, so the background stays -1 up to the
+    border; sigma 0 returns x0 unchanged. The kernel is MONAI's sampled Gaussian truncated at
+    (kernel_size - 1) / 2 pixels, renormalised to sum 1 (at sigma 14 it is nearly a box filter).
+    """
+    if sigma <= 0:
+        return x0
+    radius = (kernel_size - 1) / 2
+    kernel = gaussian_1d(torch.tensor(float(sigma)), truncated=radius / sigma, approx="sampled", normalize=True)
+    if kernel.numel() != kernel_size:
+        raise DataError(None, f"blur kernel of {kernel.numel()} taps, expected {kernel_size}")
+    unit = (x0.float() + 1.0) / 2.0
+    blurred = separable_filtering(unit, [kernel.to(x0.device), kernel.to(x0.device)], mode="zeros")
+    return (blurred * 2.0 - 1.0).to(x0.dtype)
+
+
+def reverse_timesteps(num_train_timesteps: int, steps: int) -> list[int]:
+    """The sub-sequence tau of the reverse process, descending from T - 1 to 0 (Song et al., sect. 4.2):
+    MONAI's DDIM choice, round(linspace(T - 1, 0, k)); all of T - 1 .. 0 when k = T.
+
+    Each step goes to the next element (then to -1, i.e. x0). MONAI 1.6's ``DDIMScheduler.step``
+    instead steps to t - T // k, which is not the next of its own linspace timesteps unless k divides
+    T - 1, so this module steps with ``posterior_step`` and keeps MONAI's schedule arithmetic only.
+    """
+    return torch.linspace(num_train_timesteps - 1, 0, steps).round().long().tolist()
+
+
+def posterior_step(
+    x_t: Tensor, x0: Tensor, t: int, t_prev: int, alphas_cumprod: Tensor, eta: float, noise: Tensor
+) -> Tensor:
+    """x_{t_prev} from x_t and a prediction of x0 (Song et al. 2021, eq. 12):
+
+        x_prev = sqrt(abar_prev) x0 + sqrt(1 - abar_prev - s^2) eps_hat + s z,
+        eps_hat = (x_t - sqrt(abar_t) x0) / sqrt(1 - abar_t),
+        s^2 = eta^2 (1 - abar_prev) / (1 - abar_t) (1 - abar_t / abar_prev),
+
+    with abar_prev = 1 for t_prev < 0. With eta = 1 and t_prev = t - 1 this is a draw from the DDPM
+    posterior q(x_{t-1} | x_t, x0) of Ho et al. (eq. 6-7, variance beta~_t); eta = 0 is DDIM.
+    """
+    abar_t = alphas_cumprod[t].double()
+    abar_prev = alphas_cumprod[t_prev].double() if t_prev >= 0 else torch.tensor(1.0, dtype=torch.float64)
+    x_t, x0 = x_t.float(), x0.float()
+    eps_hat = (x_t - abar_t.sqrt().float() * x0) / (1 - abar_t).sqrt().float()
+    variance = eta**2 * (1 - abar_prev) / (1 - abar_t) * (1 - abar_t / abar_prev)
+    direction = (1 - abar_prev - variance).clamp_min(0).sqrt()
+    return abar_prev.sqrt().float() * x0 + direction.float() * eps_hat + variance.sqrt().float() * noise.float()
+
+
+def per_item_noise(generators: Sequence[torch.Generator], shape: Sequence[int], device: torch.device) -> Tensor:
+    """(len(generators), *shape) standard normal draws, row i from generators[i] (on the CPU, so the
+    numbers do not depend on the device)."""
+    return torch.stack([torch.randn(tuple(shape), generator=g) for g in generators]).to(device)
+
+
+def item_generators(seed: int, indices: Sequence[int], members: int) -> list[torch.Generator]:
+    """One generator per (image, ensemble member), image-major: seeded from (seed, dataset index, m)."""
+    return [
+        torch.Generator().manual_seed((seed * 1_000_003 + int(index)) * 1_009 + m)
+        for index in indices
+        for m in range(members)
+    ]
+
+
+@torch.no_grad()
+def sample_heatmaps(
+    predict_x0: X0Predictor,
+    shape: Sequence[int],
+    alphas_cumprod: Tensor,
+    mode: InferenceMode,
+    generators: Sequence[torch.Generator],
+    device: torch.device,
+    steps: int | None = None,
+    eta: float = 0.0,
+    sigma_max: float = 14.0,
+    sigma_min: float = 1.0,
+) -> tuple[Tensor, int]:
+    """(x0 (B, N, H, W) in [-1, 1], network calls per image) from x_T ~ N(0, I).
+
+    * ``single``: x0_hat(x_T, T - 1) in one network call, unblurred.
+    * ``multi``: the T-step DDPM chain, eta = 1 (every step: predict x0, blur by eq. 12, draw from the posterior).
+    * ``ddim``: k = ``steps`` steps (``reverse_timesteps``) with ``eta``, blurred likewise.
+
+    ``shape`` is (N, H, W) per item; row i of the batch draws all its noise from ``generators[i]``.
+    """
+    num_train_timesteps = len(alphas_cumprod)
+    x = per_item_noise(generators, shape, device)
+    if mode == "single":
+        t = torch.full((x.shape[0],), num_train_timesteps - 1, device=device, dtype=torch.long)
+        return predict_x0(x, t).float().clamp(-1, 1), 1
+    if mode == "multi":
+        steps, eta = num_train_timesteps, 1.0
+    timesteps = reverse_timesteps(num_train_timesteps, steps)
+    for t, t_prev in zip(timesteps, [*timesteps[1:], -1], strict=True):
+        x0 = predict_x0(x, torch.full((x.shape[0],), t, device=device, dtype=torch.long)).float()
+        x0 = blur_heatmaps(x0.clamp(-1, 1), blur_sigma(t, num_train_timesteps, sigma_max, sigma_min))
+        noise = per_item_noise(generators, shape, device) if eta > 0 and t_prev >= 0 else torch.zeros_like(x)
+        x = posterior_step(x, x0, t, t_prev, alphas_cumprod, eta, noise)
+    return x.clamp(-1, 1), len(timesteps)
+
+
+def decode_heatmaps(x0: Tensor, window: int = 5) -> Tensor:
+    """(B, N, 2) positions (x, y) in pixels: each channel's arg-max refined by its centre of mass in a
+    ``window`` window (``decode_landmarks`` on log of the [0, 1] heatmap)."""
+    unit = ((x0.float() + 1.0) / 2.0).clamp_min(1e-6)
+    return decode_landmarks(unit.log(), window)
+
+
+def ensemble_statistics(positions: Tensor) -> tuple[Tensor, Tensor]:
+    """(mean (B, N, 2), spread (B, N)) of M ensemble members' positions (B, M, N, 2).
+
+    The spread is the root-mean-square distance of the members from their mean (0 for M = 1), in
+    the units of ``positions``.
+    """
+    mean = positions.mean(dim=1)
+    spread = (positions - mean[:, None]).pow(2).sum(-1).mean(dim=1).sqrt()
+    return mean, spread
+
+
+__all__ = [
+    "BLUR_KERNEL_SIZE",
+    "InferenceMode",
+    "blur_heatmaps",
+    "blur_sigma",
+    "check_blur",
+    "check_inference",
+    "decode_heatmaps",
+    "ensemble_statistics",
+    "item_generators",
+    "landmark_diffusion_loss",
+    "per_item_noise",
+    "posterior_step",
+    "reverse_timesteps",
+    "sample_heatmaps",
+]

@@ -9,6 +9,7 @@ import lightning as L
 import torch
 from lightning.pytorch.loggers import WandbLogger
 from torch import Tensor
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from xraydiff.checkpoints import CHECKPOINT_KEY, checkpoint_model_class, class_path
 from xraydiff.errors import DataError
@@ -39,6 +40,32 @@ class TaggedCheckpointMixin:
             if isinstance(logger, WandbLogger):  # a resumed run continues the same W&B run
                 meta["wandb_run_id"] = logger.version
         checkpoint[CHECKPOINT_KEY] = meta
+
+
+class WeightAverageMixin:
+    """An exponential moving average of a network's weights, ``self.ema`` (None when disabled),
+    updated after every optimizer step.
+
+    The update sits inside ``optimizer_step`` rather than at batch end: a checkpoint written at the
+    batch's end then already holds it (exact resume), and gradient accumulation updates it once per
+    optimizer step, not per micro-batch.
+    """
+
+    def init_weight_average(self, network: str, decay: float | None) -> None:
+        """Average the weights of the submodule named ``network`` with ``decay`` (None: no average)."""
+        self.ema_source = network
+        self.ema = None
+        if decay is None:
+            return
+        if not 0.0 <= decay < 1.0:
+            raise DataError(None, f"ema_decay must be in [0, 1), got {decay}")
+        self.ema = AveragedModel(getattr(self, network), multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+        self.ema.requires_grad_(False)
+
+    def optimizer_step(self, *args, **kwargs) -> None:
+        super().optimizer_step(*args, **kwargs)
+        if self.ema is not None:
+            self.ema.update_parameters(getattr(self, self.ema_source))
 
 
 class PairedGenerativeModule(TaggedCheckpointMixin, L.LightningModule):

@@ -9,10 +9,9 @@ import numpy as np
 import torch
 from monai.networks.nets import DiffusionModelUNet
 from torch import Tensor, nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from lightning_modules.generative import TaggedCheckpointMixin
-from xraydiff.diffusion import make_scheduler
+from lightning_modules.generative import TaggedCheckpointMixin, WeightAverageMixin
+from xraydiff.diffusion import check_diffusion_options, make_scheduler
 from xraydiff.errors import DataError
 from xraydiff.geometry import to_original_pixels
 from xraydiff.heatmaps import gaussian_heatmaps
@@ -48,7 +47,7 @@ class HeatmapDenoiser(nn.Module):
         return torch.tanh(self.unet(torch.cat([image, x_t.to(image.dtype)], dim=1), timesteps=t))
 
 
-class LandmarkDiffusion(TaggedCheckpointMixin, L.LightningModule):
+class LandmarkDiffusion(WeightAverageMixin, TaggedCheckpointMixin, L.LightningModule):
     """Conditional heatmap DDPM with x0 prediction (the landmark-diffusion paper, sect. 3).
 
     Training: x0 = N Gaussians of sigma ``heatmap_sigma`` scaled to [-1, 1]; t ~ U{0, T-1};
@@ -131,10 +130,7 @@ class LandmarkDiffusion(TaggedCheckpointMixin, L.LightningModule):
         check_blur(sigma_max, sigma_min)
         check_inference(inference, ddim_steps, ensemble, num_train_timesteps)
         check_inference(fit_validation, ddim_steps, 1, num_train_timesteps)
-        if not 0.0 <= ddim_eta <= 1.0:
-            raise DataError(None, f"ddim_eta must be in [0, 1], got {ddim_eta}")
-        if ema_decay is not None and not 0.0 <= ema_decay < 1.0:
-            raise DataError(None, f"ema_decay must be in [0, 1), got {ema_decay}")
+        check_diffusion_options("ddim", "sample", ddim_eta)
         self.image_size = (int(image_size[0]), int(image_size[1]))
         levels = len(channels)
         # Default: attention at the two lowest resolutions, as in the paper.
@@ -150,10 +146,7 @@ class LandmarkDiffusion(TaggedCheckpointMixin, L.LightningModule):
             num_head_channels=num_head_channels,
             use_flash_attention=use_flash_attention,
         )
-        self.ema = None
-        if ema_decay is not None:
-            self.ema = AveragedModel(self.net, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
-            self.ema.requires_grad_(False)
+        self.init_weight_average("net", ema_decay)
         self.scheduler = make_scheduler(
             "ddpm", num_train_timesteps, beta_start=beta_start, beta_end=beta_end, prediction_type="sample"
         )
@@ -195,12 +188,6 @@ class LandmarkDiffusion(TaggedCheckpointMixin, L.LightningModule):
         self.log_dict({"train/nll": nll, "train/mse": mse}, batch_size=size)
         self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"])
         return loss
-
-    def optimizer_step(self, *args, **kwargs) -> None:
-        # Within the step, so a checkpoint written at the batch's end holds the updated average.
-        super().optimizer_step(*args, **kwargs)
-        if self.ema is not None:
-            self.ema.update_parameters(self.net)
 
     def configure_optimizers(self):
         return torch.optim.AdamW(

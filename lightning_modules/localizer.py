@@ -5,9 +5,8 @@ from __future__ import annotations
 import lightning as L
 import torch
 from torch import Tensor
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from lightning_modules.generative import TaggedCheckpointMixin
+from lightning_modules.generative import TaggedCheckpointMixin, WeightAverageMixin
 from xraydiff.errors import DataError
 from xraydiff.geometry import to_original_pixels
 from xraydiff.localization import decode_landmarks, heatmap_mse, spatial_softmax_nll, target_distributions
@@ -15,7 +14,7 @@ from xraydiff.metrics import radial_errors_mm
 from xraydiff.networks import heatmap_unet
 
 
-class LandmarkLocalizer(TaggedCheckpointMixin, L.LightningModule):
+class LandmarkLocalizer(WeightAverageMixin, TaggedCheckpointMixin, L.LightningModule):
     """Predicts N landmark heatmaps from an image and decodes them to positions.
 
     Loss: the spatial-softmax NLL against Gaussian target distributions (sigma ``heatmap_sigma``
@@ -58,10 +57,7 @@ class LandmarkLocalizer(TaggedCheckpointMixin, L.LightningModule):
             raise DataError(None, f"lr_schedule must be 'cosine' or 'constant', got {lr_schedule!r}")
         self.image_size = (int(image_size[0]), int(image_size[1]))
         self.net = heatmap_unet(1, num_landmarks, channels, strides, num_res_units, dropout=dropout)
-        self.ema = None
-        if ema_decay is not None:
-            self.ema = AveragedModel(self.net, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
-            self.ema.requires_grad_(False)
+        self.init_weight_average("net", ema_decay)
 
     def forward(self, image: Tensor) -> Tensor:
         """(B, 1, H, W) images -> (B, N, H, W) heatmap logits."""
@@ -92,12 +88,6 @@ class LandmarkLocalizer(TaggedCheckpointMixin, L.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["image"]))
         self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"])
         return loss
-
-    def optimizer_step(self, *args, **kwargs) -> None:
-        # Within the step (a checkpoint written at the batch's end holds it), once per optimizer step.
-        super().optimizer_step(*args, **kwargs)
-        if self.ema is not None:
-            self.ema.update_parameters(self.net)
 
     def predict_landmarks(self, image: Tensor) -> tuple[Tensor, Tensor]:
         """(logits, positions (B, N, 2) in model pixels) with the evaluation weights."""

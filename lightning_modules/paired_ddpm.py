@@ -6,9 +6,8 @@ import torch
 from monai.networks.nets import DiffusionModelUNet
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
 from torch import Tensor, nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from lightning_modules.generative import PairedGenerativeModule
+from lightning_modules.generative import PairedGenerativeModule, WeightAverageMixin
 from xraydiff.diffusion import (
     PredictionType,
     Sampler,
@@ -20,7 +19,7 @@ from xraydiff.diffusion import (
 from xraydiff.errors import DataError
 
 
-class PairedDDPM(PairedGenerativeModule):
+class PairedDDPM(WeightAverageMixin, PairedGenerativeModule):
     """DDPM over 2-channel samples x0 = [image, heatmap] (Hadzic et al., sect. 2.1).
 
     Forward process q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I) (eq. 2); the U-Net
@@ -78,8 +77,6 @@ class PairedDDPM(PairedGenerativeModule):
         super().__init__(image_size, heatmap_sigma)
         self.save_hyperparameters()
         check_diffusion_options(sampler, prediction_type, ddim_eta)
-        if not 0.0 <= ema_decay < 1.0:
-            raise DataError(None, f"ema_decay must be in [0, 1), got {ema_decay}")
         self.unet = DiffusionModelUNet(
             spatial_dims=2,
             in_channels=2,
@@ -90,8 +87,7 @@ class PairedDDPM(PairedGenerativeModule):
             norm_num_groups=norm_num_groups,
             use_flash_attention=use_flash_attention,
         )
-        self.ema = AveragedModel(self.unet, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
-        self.ema.requires_grad_(False)
+        self.init_weight_average("unet", ema_decay)
         self.scheduler = self.make_scheduler("ddpm")
 
     def make_scheduler(self, sampler: Sampler) -> DDPMScheduler | DDIMScheduler:
@@ -115,12 +111,6 @@ class PairedDDPM(PairedGenerativeModule):
         self.log("train/loss", loss, prog_bar=True)
         self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"])
         return loss
-
-    def optimizer_step(self, *args, **kwargs) -> None:
-        # The EMA follows every optimizer step (not every micro-batch of gradient accumulation), and
-        # within the step, so that a checkpoint written at the batch's end already holds it.
-        super().optimizer_step(*args, **kwargs)
-        self.ema.update_parameters(self.unet)
 
     def _evaluate(self, batch: dict, batch_idx: int, stage: str) -> Tensor:
         # A fixed generator per batch makes the loss comparable across epochs and leaves the

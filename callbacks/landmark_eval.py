@@ -7,14 +7,20 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import Callback
 
+from callbacks.plausibility import fit_prediction_checker
+from xraydiff.acceptance import AcceptanceChecker
 from xraydiff.imageio import atomic_write_bytes
 from xraydiff.metrics import (
     HAND_OUTLIER_RADII_MM,
     SDR_RADII_MM,
     LandmarkErrors,
     check_radii,
+    observer_agreement,
+    observer_errors_mm,
+    radial_errors_mm,
     spread_error_correlation,
     summarize_errors,
 )
@@ -34,11 +40,22 @@ class LandmarkEvaluation(Callback):
     correlation of spread and error over all landmarks of all images, mean spread per landmark) and
     ``<stage>_error_vs_spread.png``.
 
+    When the batches carry several annotators' landmarks (``observers``, e.g. ISBI 2015's senior and
+    junior doctor), the JSON gets ``observers``: the MRE to each annotator (named by the DataModule's
+    ``observer_names``), the mean inter-observer distance and the percentage of predictions within
+    the inter-observer distance of the nearer annotator (``xraydiff.metrics.observer_agreement``).
+
+    With ``plausibility`` (default), every predicted configuration is checked with shape statistics
+    fitted on the training split (``callbacks.plausibility``: SSM aligned by RANSAC, shape rules);
+    the JSON gets ``plausibility`` with the number checked and the ids of the implausible ones
+    (e.g. a cephalogram facing the other way, whose mirrored answer no similarity aligns).
+
     Args:
         output_dir: where the files go; default ``trainer.default_root_dir``.
         sdr_radii: success-detection radii in mm (default 2, 2.5, 3, 4).
         outlier_radii: outlier radii in mm (default 2, 4, 10, 20, as for hands).
         worst_cases: images in the worst-case figure.
+        plausibility: check the predicted configurations' shapes.
     """
 
     def __init__(
@@ -47,6 +64,7 @@ class LandmarkEvaluation(Callback):
         sdr_radii: Sequence[float] = SDR_RADII_MM,
         outlier_radii: Sequence[float] = HAND_OUTLIER_RADII_MM,
         worst_cases: int = 6,
+        plausibility: bool = True,
     ):
         self.output_dir = output_dir
         self.sdr_radii = check_radii(sdr_radii, "success detection rate")
@@ -54,15 +72,27 @@ class LandmarkEvaluation(Callback):
         self.worst_count = worst_cases
         self.metric = LandmarkErrors()
         self.spread = LandmarkErrors()
+        self.observer_errors = LandmarkErrors()  # (B, K * N)
+        self.inter_observer = LandmarkErrors()  # (B, N)
+        self.plausibility = plausibility
+        self.checker: AcceptanceChecker | None = None
+        self.plausible = LandmarkErrors()  # (B, 2): dataset index, plausible
         self.timing = [0.0, 0, 0]  # seconds, images, network calls per image
         self.worst: list[tuple[float, dict]] = []
         self.last: dict[str, dict] = {}
 
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self.plausibility and self.checker is None:
+            self.checker = fit_prediction_checker(trainer.datamodule)
+
     def _start(self, pl_module: L.LightningModule) -> None:
         self.metric = self.metric.to(pl_module.device)
         self.spread = self.spread.to(pl_module.device)
-        self.metric.reset()
-        self.spread.reset()
+        self.observer_errors = self.observer_errors.to(pl_module.device)
+        self.inter_observer = self.inter_observer.to(pl_module.device)
+        self.plausible = self.plausible.to(pl_module.device)
+        for metric in self._metrics():
+            metric.reset()
         self.timing = [0.0, 0, 0]
         self.worst = []
 
@@ -71,6 +101,15 @@ class LandmarkEvaluation(Callback):
         self.metric.update(errors, batch["index"])
         if outputs.get("uncertainty_mm") is not None:
             self.spread.update(outputs["uncertainty_mm"].detach(), batch["index"])
+        if "observers" in batch and "predicted_original" in outputs:
+            observers, mm_per_px = batch["observers"], batch["mm_per_px"]
+            to_each = observer_errors_mm(outputs["predicted_original"].detach(), observers, mm_per_px)
+            self.observer_errors.update(to_each.flatten(1), batch["index"])
+            self.inter_observer.update(radial_errors_mm(observers[:, 0], observers[:, 1], mm_per_px), batch["index"])
+        if self.checker is not None:
+            failed = self.checker.check_configurations(outputs["predicted"].detach().float().cpu().numpy())
+            rows = [[float(i), float(not f)] for i, f in zip(batch["index"].tolist(), failed, strict=True)]
+            self.plausible.update(torch.tensor(rows, device=errors.device), batch["index"])
         if "seconds" in outputs:
             self.timing = [self.timing[0] + outputs["seconds"], self.timing[1] + len(errors), outputs["network_calls"]]
         for k, per_image in enumerate(errors.mean(dim=1).tolist()):
@@ -102,6 +141,24 @@ class LandmarkEvaluation(Callback):
         spread = self.spread.compute().cpu() if self.spread.update_count else None
         if spread is not None and spread.shape == errors.shape:
             summary["uncertainty"] = spread_error_correlation(spread, errors.cpu())
+        if self.inter_observer.update_count:
+            inter = self.inter_observer.compute().cpu()
+            to_each = self.observer_errors.compute().cpu().reshape(len(inter), -1, inter.shape[1])
+            datamodule = getattr(trainer, "datamodule", None)
+            names = getattr(datamodule, "observer_names", None) or [f"observer_{k}" for k in range(to_each.shape[1])]
+            summary["observers"] = observer_agreement(to_each, inter, names)
+        if self.plausible.update_count:
+            rows = self.plausible.compute().cpu()
+            items = getattr(getattr(trainer, "datamodule", None), "items", None) or {}
+            split = items.get("val" if stage == "val" else stage) or []
+            flagged = [int(i) for i, ok in rows.tolist() if not ok]
+            summary["plausibility"] = {
+                "checked": len(rows),
+                "implausible": len(flagged),
+                "implausible_ids": [split[i].id if i < len(split) else str(i) for i in flagged],
+                "rule_set": self.checker.rule_set,
+                "training_shapes": self.checker.stats.num_shapes,
+            }
         self.last[stage] = summary
         prefix = "val" if stage == "validate" else stage
         pl_module.log(f"{prefix}/mre_mm", summary["mre_mm"], prog_bar=True, sync_dist=False)
@@ -113,6 +170,12 @@ class LandmarkEvaluation(Callback):
             pl_module.log(f"{prefix}/outliers_{radius}mm", float(value))
         for k, value in enumerate(summary["per_landmark_mm"]):
             pl_module.log(f"{prefix}/landmark_{k:02d}_mm", value)
+        if "observers" in summary:
+            for name, value in summary["observers"]["mre_mm_to"].items():
+                pl_module.log(f"{prefix}/mre_mm_to_{name}", value)
+            pl_module.log(f"{prefix}/within_inter_observer", summary["observers"]["within_inter_observer"])
+        if "plausibility" in summary:
+            pl_module.log(f"{prefix}/implausible", float(summary["plausibility"]["implausible"]))
         if trainer.is_global_zero and not trainer.sanity_checking:
             out = Path(self.output_dir or trainer.default_root_dir)
             out.mkdir(parents=True, exist_ok=True)
@@ -131,8 +194,11 @@ class LandmarkEvaluation(Callback):
                     errors.cpu().numpy(),
                     title=f"{prefix}: Spearman rho {rho:.2f}",
                 )
-        self.metric.reset()
-        self.spread.reset()
+        for metric in self._metrics():
+            metric.reset()
+
+    def _metrics(self) -> tuple[LandmarkErrors, ...]:
+        return (self.metric, self.spread, self.observer_errors, self.inter_observer, self.plausible)
 
     def on_validation_epoch_start(self, trainer, pl_module):
         self._start(pl_module)

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from datamodules.landmarks import LandmarkDataModule
 from xraydiff.phantoms import PhantomSample, ceph_phantom
-from xraydiff.readers import CEPH_FOLDERS, CEPH_MM_PER_PX, CEPH_NUM_LANDMARKS, LandmarkRecord, read_ceph_dataset
+from xraydiff.readers import (
+    CEPH_FOLDERS,
+    CEPH_MM_PER_PX,
+    CEPH_NUM_LANDMARKS,
+    CEPH_OBSERVERS,
+    LandmarkRecord,
+    read_ceph_dataset,
+)
 
 # Every ISBI 2015 image is 1935 x 2400 (W x H): the annotations-only frame is exact.
 ORIGINAL_SIZE = (2400, 1935)
@@ -17,6 +24,8 @@ class CephalometricDataModule(LandmarkDataModule):
     Layout under ``root``: ``RawImage/{TrainingData,Test1Data,Test2Data}/NNN.<ext>`` and
     ``AnnotationsByMD/{400_senior,400_junior}/NNN.txt``. Splits: train = TrainingData,
     val = Test1Data, test = Test2Data (a missing folder is an empty split). 0.1 mm per pixel.
+    Evaluation batches carry both doctors' annotations (``observers``, named by ``observer_names``),
+    so that metrics can report the error to each doctor and the inter-observer agreement.
 
     Args:
         ground_truth: 'mean' of the two doctors (default, as in the literature), 'senior' or 'junior'.
@@ -28,6 +37,7 @@ class CephalometricDataModule(LandmarkDataModule):
 
     anatomy = "ceph"
     num_landmarks = CEPH_NUM_LANDMARKS
+    observer_names = CEPH_OBSERVERS
 
     def __init__(
         self,

@@ -77,6 +77,8 @@ class LandmarkDataModule(CachedSplitsDataModule):
             run`` exports (``accepted/``); never used for validation or testing.
         synthetic_share: share of synthetic samples in each training epoch (and so, on average,
             in each batch); None mixes them in their natural proportion.
+        predict_splits: the splits ``predict`` runs on, one DataLoader (and one predictions CSV)
+            each; None = every non-empty one of 'val' and 'test'.
     """
 
     anatomy = "landmarks"
@@ -98,6 +100,7 @@ class LandmarkDataModule(CachedSplitsDataModule):
         extent_margin: tuple[float, float] = (1.0, 1.0),
         extra_train_dirs: list[str] | None = None,
         synthetic_share: float | None = None,
+        predict_splits: list[str] | None = None,
     ):
         super().__init__()
         if len(image_size) != 2 or min(image_size) < 8:
@@ -123,6 +126,9 @@ class LandmarkDataModule(CachedSplitsDataModule):
         if synthetic_share is not None and not 0.0 <= synthetic_share < 1.0:
             raise DataError(None, f"synthetic_share must be in [0, 1), got {synthetic_share}")
         self.synthetic_share = synthetic_share
+        if predict_splits is not None and (not predict_splits or set(predict_splits) - {"train", "val", "test"}):
+            raise DataError(None, f"predict_splits must name some of 'train', 'val', 'test', got {predict_splits}")
+        self.predict_splits = None if predict_splits is None else list(predict_splits)
         self.items: dict[str, list[LandmarkItem]] | None = None
         self._sized_ids: set[str] = set()
 
@@ -200,6 +206,28 @@ class LandmarkDataModule(CachedSplitsDataModule):
         if self.annotations_only:
             raise DataError(self.root, "annotations_only data has no images to train or evaluate on")
         return super()._loader(split)
+
+    def predicted_splits(self) -> list[str]:
+        """The splits ``predict`` runs on, in DataLoader order."""
+        self.setup()
+        if self.predict_splits is not None:
+            return self.predict_splits
+        splits = [split for split in ("val", "test") if self.items[split]]
+        if not splits:
+            raise DataError(self.empty_split_source("test"), "nothing to predict: the val and test splits are empty")
+        return splits
+
+    def predict_dataloader(self) -> list[DataLoader]:
+        # un-augmented, in dataset order; an empty split that was asked for is an error
+        if self.annotations_only:
+            raise DataError(self.root, "annotations_only data has no images to predict on")
+        loaders = []
+        for split in self.predicted_splits():
+            dataset = self.dataset(split, augment=False)
+            if len(dataset) == 0:
+                raise DataError(self.empty_split_source(split), f"the {split} split is empty")
+            loaders.append(self.make_loader(dataset))
+        return loaders
 
     def train_dataloader(self) -> DataLoader:
         self.setup()

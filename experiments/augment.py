@@ -69,6 +69,10 @@ class StudyConfig:
     batch_size: int = 16
     rate_runs: int = 10
     rate_samples: int = 100
+    # "runs": the paper's protocol, rate_runs separate draws of rate_samples; "augmentation": the
+    # augmentation draw's verdicts split into rate_runs consecutive runs of rate_samples (no extra
+    # sampling; each batch has its own seed, so the runs are still independent draws)
+    rate_source: str = "runs"
     synthetic_share: float | None = None
     acceptance: dict[str, Any] = field(default_factory=dict)
     outlier_radii: list[float] = field(default_factory=lambda: [2.0, 4.0, 10.0, 20.0])
@@ -157,6 +161,18 @@ def load_study_config(path: Path) -> StudyConfig:
     for name in ("num_samples", "rate_runs", "rate_samples", "batch_size"):
         if int(getattr(config, name)) < 1:
             raise DataError(path, f"experiment.{name} must be at least 1", lines.get(("experiment", name)))
+    where = lines.get(("experiment", "rate_source"))
+    if config.rate_source not in ("runs", "augmentation"):
+        raise DataError(
+            path, f"experiment.rate_source must be 'runs' or 'augmentation', got {config.rate_source!r}", where
+        )
+    if config.rate_source == "augmentation" and config.rate_runs * config.rate_samples > config.num_samples:
+        raise DataError(
+            path,
+            f"rate_source 'augmentation' splits the {config.num_samples} augmentation samples into runs: "
+            f"rate_runs x rate_samples ({config.rate_runs} x {config.rate_samples}) must not exceed num_samples",
+            where,
+        )
     return config
 
 
@@ -293,6 +309,31 @@ class Study:
         self.log(result["table"])
         return {"mean": result["mean"], "sd": result["sd"], "by_rule_set": result["by_rule_set"]}
 
+    def rate_from_samples(self, folder: Path, report: Path) -> dict:
+        """The acceptance rate of ``rate_runs`` consecutive runs of ``rate_samples`` of the augmentation
+        draw's verdicts (``rate_source: augmentation``): mean and SD over the runs, per rule set."""
+        from xraydiff.acceptance import RULE_SETS
+        from xraydiff.acceptance_rate import rate_statistics
+
+        c = self.config
+        verdicts = json.loads(Path(report).read_text())["samples"]
+        runs = [verdicts[r * c.rate_samples : (r + 1) * c.rate_samples] for r in range(c.rate_runs)]
+        rule_set = self.config.acceptance.get("rule_set", "strict")
+        per_run = [
+            {name: float(np.mean([v["accepted_by_rule_set"][name] for v in run])) for name in RULE_SETS} for run in runs
+        ]
+        by_rule_set = {
+            name: dict(zip(("mean", "sd"), rate_statistics([r[name] for r in per_run]), strict=True))
+            for name in RULE_SETS
+        }
+        mean, sd = by_rule_set[rule_set]["mean"], by_rule_set[rule_set]["sd"]
+        rates = ", ".join(f"{r[rule_set]:.1%}" for r in per_run)
+        self.log(
+            f"acceptance rate ({rule_set}): {mean:.1%} (+-{sd:.1%} SD) over {c.rate_runs} runs of {c.rate_samples} "
+            f"of the augmentation samples ({rates})"
+        )
+        return {"mean": mean, "sd": sd, "by_rule_set": by_rule_set, "per_run": per_run, "source": "augmentation"}
+
     def _sampling(self, checkpoint: str) -> tuple[str | None, int | None]:
         """(sampler, steps) of the study for this generator: none for a VAE (it samples its prior),
         steps only for DDIM (the DDPM chain always runs T steps)."""
@@ -386,16 +427,19 @@ class Study:
                     f"{set_name}/{name}: shape statistics",
                     partial(self.fit_statistics, spec=spec, fraction=fraction, checkpoint=checkpoint),
                 )["stats"]
-                rate = self.step(
-                    g / "rate",
-                    f"{set_name}/{name}: acceptance rate",
-                    partial(self.acceptance_rate, checkpoint=checkpoint, stats=stats),
-                )
+                rate_step = partial(self.acceptance_rate, checkpoint=checkpoint, stats=stats)
+                if c.rate_source == "runs":
+                    rate = self.step(g / "rate", f"{set_name}/{name}: acceptance rate", rate_step)
                 accepted = self.step(
                     g / "samples",
                     f"{set_name}/{name}: sample and accept",
                     partial(self.sample_and_accept, checkpoint=checkpoint, stats=stats),
                 )
+                if c.rate_source == "augmentation":
+                    rate_step = partial(self.rate_from_samples, report=g / "samples/acceptance/report.json")
+                    rate = self.step(
+                        g / "rate", f"{set_name}/{name}: acceptance rate (augmentation samples)", rate_step
+                    )
                 entry["generators"][name] = {
                     "checkpoint": checkpoint,
                     "trained": trained["trained"],
@@ -469,7 +513,8 @@ def write_report(out: Path, results: dict, config: StudyConfig) -> None:
         table1,
         "",
         f"{config.rate_runs} runs of {config.rate_samples} samples each; "
-        f"{config.num_samples} samples drawn for augmentation.",
+        f"{config.num_samples} samples drawn for augmentation"
+        + (" (the runs are the first of them)." if config.rate_source == "augmentation" else "."),
         "",
         "## Table 2: localizer trained with and without synthetic images (test set)",
         "",

@@ -117,7 +117,7 @@ class PairedGenerativeModule(TaggedCheckpointMixin, L.LightningModule):
         """The (sampler, steps) that ``generate`` uses for these arguments, for manifests."""
         return "prior", None
 
-    def predict_step(self, batch: dict, batch_idx: int) -> dict:
+    def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:
         """Generate one batch of a sampling run (see ``datamodules.sampling``)."""
         if "indices" not in batch:
             raise DataError(

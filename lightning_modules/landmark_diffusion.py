@@ -293,10 +293,11 @@ class LandmarkDiffusion(WeightAverageMixin, TaggedCheckpointMixin, L.LightningMo
     def test_step(self, batch: dict, batch_idx: int) -> dict:
         return self._evaluate(batch, batch_idx, "test")
 
-    def predict_step(self, batch: dict, batch_idx: int) -> dict:
+    def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:
         result = self._predict_original(batch)
         return {
             "id": batch["id"],
+            "predicted": result["predicted"].cpu(),
             "landmarks": result["predicted_original"].cpu(),
             "uncertainty_mm": None if result["uncertainty_mm"] is None else result["uncertainty_mm"].cpu(),
             "mm_per_px": batch["mm_per_px"].cpu(),

@@ -112,10 +112,15 @@ class LandmarkLocalizer(WeightAverageMixin, TaggedCheckpointMixin, L.LightningMo
     def test_step(self, batch: dict, batch_idx: int) -> dict:
         return self._evaluate(batch, "test")
 
-    def predict_step(self, batch: dict, batch_idx: int) -> dict:
+    def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:
         _, predicted = self.predict_landmarks(batch["image"])
         original = to_original_pixels(predicted, batch["scale"][:, None, :])
-        return {"id": batch["id"], "landmarks": original.cpu(), "mm_per_px": batch["mm_per_px"].cpu()}
+        return {
+            "id": batch["id"],
+            "predicted": predicted.cpu(),
+            "landmarks": original.cpu(),
+            "mm_per_px": batch["mm_per_px"].cpu(),
+        }
 
     def configure_optimizers(self):
         optimizer = torch.optim.AdamW(

@@ -9,7 +9,6 @@ import json
 import numpy as np
 import pytest
 from conftest import SHARED_DATA, requires_shared_data
-from corruptions import KINDS, corrupted, render, sixth_finger, stretch_thumb
 
 from datamodules import HandDataModule
 from xraydiff.acceptance import (
@@ -19,6 +18,7 @@ from xraydiff.acceptance import (
     ShapeStatistics,
     defaults_for,
 )
+from xraydiff.corruptions import KINDS, corrupted, render, sixth_finger, stretch_thumb
 from xraydiff.errors import DataError
 from xraydiff.mrf import max_sum_bp, pgmpy_map
 
@@ -91,10 +91,18 @@ def test_phantom_hands_pass_and_corruptions_fail_end_to_end(phantom_stats, phant
     config, extra = sixth_finger(shape)
     verdict = checker.check(render([config], extras=[extra]))[0]
     assert "unassigned_blob" in verdict.failed_rules and not verdict.accepted
-    paper = AcceptanceChecker(phantom_stats, rule_set="paper").check(render([config], extras=[extra]))[0]
-    assert paper.accepted == (
-        "shared_coordinate" not in paper.failed_rules and "stable_landmarks" not in paper.failed_rules
-    )
+    # A faint stray blob between the index and middle fingertips (heatmap level 0.7: above the 0.5
+    # strong-blob level, below the 37 true blobs, so every landmark keeps its own blob): only the
+    # strict set's unassigned-blob rule sees it.
+    heatmap = render([shape])
+    stray = (shape[24] + shape[28]) / 2
+    faint = render([stray[None]])  # one blob in [-1, 1]; as [0, 1] levels: (faint + 1) / 2
+    heatmap = np.maximum(heatmap, 0.7 * (faint + 1) - 1)
+    strict = checker.check(heatmap)[0]
+    assert strict.failed_rules == ["unassigned_blob"] and not strict.accepted
+    paper = AcceptanceChecker(phantom_stats, rule_set="paper").check(heatmap)[0]
+    assert paper.accepted and paper.accepted_by_rule_set == {"paper": True, "strict": False}
+    np.testing.assert_allclose(paper.landmarks, shape, atol=0.3)
     assert "shape_parameters" in checker.check(render([stretch_thumb(shape, 1.6)]))[0].failed_rules
 
 
@@ -192,3 +200,40 @@ def test_corrupted_real_hands_are_rejected(real_hands, kind):
     configurations, extras = corrupted(kind, test, stats.mm_per_px, seed=KINDS.index(kind))
     verdicts = AcceptanceChecker(stats).check(render(configurations, extras=extras))
     assert 1 - np.mean([v.accepted for v in verdicts]) >= 0.95
+
+
+# ------------------------------------------------------------------ predicted configurations
+
+
+def _ceph_checker(root):
+    from callbacks.plausibility import fit_prediction_checker
+    from datamodules import CephalometricDataModule
+
+    dm = CephalometricDataModule(
+        root=root, image_size=(320, 256), annotations_only=True, phantom_counts={"train": 150, "val": 60}
+    )
+    return fit_prediction_checker(dm), dm.shape_table("val")[0]
+
+
+def _mirrored(shapes: np.ndarray, width: int = 256) -> np.ndarray:
+    out = shapes.copy()
+    out[..., 0] = width - 1 - out[..., 0]
+    return out
+
+
+def test_predicted_skulls_are_checked_and_mirrored_ones_flagged():
+    checker, val = _ceph_checker(None)
+    assert checker.stats.num_shapes == 150 and checker.stats.image_size == (320, 256)
+    assert np.mean([not failed for failed in checker.check_configurations(val)]) >= 0.9
+    # facing the other way: no rotation + scale + shift maps the mirrored skull onto the mean
+    assert all("stable_landmarks" in failed for failed in checker.check_configurations(_mirrored(val)))
+    with pytest.raises(DataError, match="configurations must be"):
+        checker.check_configurations(val[:, :5])
+
+
+@requires_shared_data
+def test_real_test1_annotations_pass_and_their_mirror_images_fail():
+    checker, val = _ceph_checker(str(SHARED_DATA / "isbi2015"))
+    assert len(val) == 150
+    assert np.mean([not failed for failed in checker.check_configurations(val)]) >= 0.95  # measured 97.3 %
+    assert all("stable_landmarks" in failed for failed in checker.check_configurations(_mirrored(val)))

@@ -9,7 +9,7 @@ import torch
 import yaml
 from tiny import DDPM, VAE
 
-from experiments.augment import load_study_config
+from experiments.augment import Study, load_study_config
 from xraydiff.errors import DataError
 
 
@@ -108,11 +108,29 @@ def test_study_runs_end_to_end_and_resumes(cli, tmp_path):
         ({"localizer": {"config": ["configs/nope.yaml"]}}, "config configs/nope.yaml not found"),
         ({"training_sets": {"full": 1.5}}, "fraction must be in (0, 1]"),
         ({"rate_runs": 0}, "rate_runs must be at least 1"),
+        ({"rate_source": "pool"}, "rate_source must be 'runs' or 'augmentation'"),
+        ({"rate_source": "augmentation"}, "rate_runs x rate_samples (2 x 3) must not exceed num_samples"),
     ],
 )
 def test_bad_study_configs_name_file_and_line(tmp_path, change, message):
     with pytest.raises(DataError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
         load_study_config(_study(tmp_path, **change))
+
+
+def test_rate_from_the_augmentation_samples_matches_a_hand_computed_case(tmp_path):
+    """rate_source augmentation: 6 verdicts split into 2 runs of 3. Strict: 2 of 3, then 1 of 3 accepted
+    (mean 1/2, SD with Bessel's correction sqrt(2) / 6); paper rules: 3 of 3, then 2 of 3 (mean 5/6)."""
+    config = load_study_config(_study(tmp_path, rate_source="augmentation", num_samples=6))
+    strict, paper = [1, 1, 0, 0, 0, 1], [1, 1, 1, 0, 1, 1]
+    report = tmp_path / "report.json"
+    verdicts = [
+        {"accepted_by_rule_set": {"strict": bool(a), "paper": bool(b)}} for a, b in zip(strict, paper, strict=True)
+    ]
+    report.write_text(json.dumps({"samples": verdicts}))
+    result = Study(config, tmp_path / "out", log=lambda *_: None).rate_from_samples(tmp_path, report)
+    assert result["mean"] == pytest.approx(0.5) and result["sd"] == pytest.approx(2**0.5 / 6)
+    assert result["by_rule_set"]["paper"]["mean"] == pytest.approx(5 / 6)
+    assert result["by_rule_set"]["paper"]["sd"] == pytest.approx(2**0.5 / 6)
 
 
 def test_unknown_key_reports_its_line(tmp_path):

@@ -40,8 +40,26 @@ def test_non_finite_landmarks_give_empty_channels():
     assert maps[0].max() == 0 and maps[1].max() == pytest.approx(1.0)
 
 
-def test_rendering_is_differentiable_free_and_dtype_clean_under_autocast():
-    landmarks = torch.rand(2, 5, 2) * 15
+def test_rendering_is_differentiable_and_dtype_clean_under_autocast():
+    landmarks = (torch.rand(2, 5, 2, generator=torch.Generator().manual_seed(0)) * 15).requires_grad_()
+    sigma = 1.5
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        maps = gaussian_heatmaps(landmarks, (16, 16))
+        maps = gaussian_heatmaps(landmarks, (16, 16), sigma)
+    # float32 values, identical to rendering without autocast (bf16 would be off by ~1e-2)
     assert maps.dtype == torch.float32
+    torch.testing.assert_close(maps, gaussian_heatmaps(landmarks.detach(), (16, 16), sigma), rtol=0, atol=1e-6)
+    # d/dx of exp(-((u - x)^2 + (v - y)^2) / 2 s^2), summed over the pixels (u, v): sum(map * (u - x)) / s^2
+    maps.sum().backward()
+    ys, xs = torch.meshgrid(torch.arange(16.0), torch.arange(16.0), indexing="ij")
+    m = maps.detach()
+    expected = (
+        torch.stack(
+            [
+                (m * (xs - landmarks[..., 0, None, None])).sum((-2, -1)),
+                (m * (ys - landmarks[..., 1, None, None])).sum((-2, -1)),
+            ],
+            dim=-1,
+        ).detach()
+        / sigma**2
+    )
+    torch.testing.assert_close(landmarks.grad, expected, rtol=1e-4, atol=1e-5)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 
@@ -195,6 +196,21 @@ def test_ensemble_uncertainty_and_ddp_give_the_same_metrics(trained):
     assert double["mre_mm"] == pytest.approx(single["mre_mm"], rel=1e-5)
     assert double["uncertainty"]["spearman"] == pytest.approx(single["uncertainty"]["spearman"], rel=1e-5)
     np.testing.assert_allclose(double["per_landmark_mm"], single["per_landmark_mm"], rtol=1e-5)
+    assert single["plausibility"]["checked"] == 5 and single["plausibility"]["training_shapes"] == 32
+    # predict under DDP: one CSV per split, each image once; the test split's spreads are the test's
+    result = run(
+        ["predict", *TINY, "--trainer.default_root_dir", trained, "--ckpt_path", "last", *args, *DDP_TWO_CPU_PROCESSES]
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    for split, count in (("val", 4), ("test", 5)):
+        with open(trained / f"predictions_{split}.csv") as f:
+            rows = list(csv.DictReader(f))
+        assert len(rows) == count * 19 and len({r["id"] for r in rows}) == count
+        assert set(rows[0]) == {"id", "landmark", "x", "y", "mm_per_px", "plausible", "uncertainty_mm"}
+    spreads = [float(r["uncertainty_mm"]) for r in rows]
+    assert np.mean(spreads) == pytest.approx(single["uncertainty"]["mean_spread_mm"], rel=1e-3)
+    flagged = sorted({r["id"] for r in rows if r["plausible"] == "0"})
+    assert flagged == sorted(single["plausibility"]["implausible_ids"])
 
 
 def test_baseline_is_the_same_network_without_noise(trained, tmp_path):

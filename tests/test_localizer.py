@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 
@@ -20,6 +21,8 @@ from xraydiff.metrics import (
     PerLandmarkError,
     RadialError,
     SuccessDetectionRate,
+    observer_agreement,
+    observer_errors_mm,
     radial_errors_mm,
     summarize_errors,
 )
@@ -67,6 +70,23 @@ def test_metrics_match_hand_computed_values():
     summary = summarize_errors(errors, [2, 2.5], [2, 20])
     assert summary["mre_mm"] == pytest.approx(8.125) and summary["sdr"] == {"2": 50.0, "2.5": 75.0}
     assert summary["outliers"] == {"2": 2, "20": 1} and summary["n_images"] == 2 and summary["n_landmarks"] == 2
+
+
+def test_two_doctor_metrics_match_hand_computed_values():
+    # one image, two landmarks at 0.5 mm per pixel; senior and junior 6 px apart on landmark 0, 2 px on 1
+    predicted = torch.tensor([[[0.0, 0.0], [10.0, 10.0]]])
+    observers = torch.tensor([[[[0.0, 4.0], [10.0, 11.0]], [[0.0, -2.0], [10.0, 13.0]]]])
+    errors = observer_errors_mm(predicted, observers, torch.tensor([0.5]))
+    torch.testing.assert_close(errors, torch.tensor([[[2.0, 0.5], [1.0, 1.5]]]))
+    inter = radial_errors_mm(observers[:, 0], observers[:, 1], torch.tensor([0.5]))
+    torch.testing.assert_close(inter, torch.tensor([[3.0, 1.0]]))
+    summary = observer_agreement(errors, inter, ["senior", "junior"])
+    assert summary["mre_mm_to"] == {"senior": pytest.approx(1.25), "junior": pytest.approx(1.25)}
+    assert summary["inter_observer_mm"] == pytest.approx(2.0)
+    # landmark 0: nearer doctor 1.0 <= 3.0; landmark 1: nearer doctor 0.5 <= 1.0: both within
+    assert summary["within_inter_observer"] == pytest.approx(100.0)
+    far = observer_agreement(errors * 3, inter, ["senior", "junior"])  # 3.0 <= 3.0 within, 1.5 > 1.0 not
+    assert far["within_inter_observer"] == pytest.approx(50.0)
 
 
 def test_repeated_images_count_once():
@@ -156,10 +176,9 @@ def test_ddp_metrics_equal_single_process(tmp_path):
 
 
 def test_synthetic_folders_join_training_only(tmp_path):
-    from corruptions import render
-
     from xraydiff.acceptance import AcceptanceConfig, ShapeStatistics
     from xraydiff.acceptance_run import write_accepted_dataset
+    from xraydiff.corruptions import render
 
     dm = HandDataModule(image_size=(64, 64), annotations_only=True, phantom_counts={"train": 20, "test": 4})
     shapes, spacing, frame = dm.shape_table("train")
@@ -194,7 +213,7 @@ assert REPO.is_dir()
 def test_ceph_test_split_runs_when_present_and_is_named_when_missing(cli, tmp_path):
     from fakedata import make_ceph, write_png
 
-    root = make_ceph(tmp_path / "isbi", ids=("001", "002", "003"))
+    root = make_ceph(tmp_path / "isbi", ids=("001", "002", "003", "004"))
     args = [
         "--config",
         "configs/ceph/localizer_cpu.yaml",
@@ -224,16 +243,43 @@ def test_ceph_test_split_runs_when_present_and_is_named_when_missing(cli, tmp_pa
         (root / "AnnotationsByMD" / doctor / "003.txt").rename(root / "AnnotationsByMD" / doctor / "301.txt")
     code, stdout, err = cli("test", *args, "--ckpt_path", "last")
     assert code == 0, err
-    assert json.loads((tmp_path / "run/test_metrics.json").read_text())["n_images"] == 1
+    metrics = json.loads((tmp_path / "run/test_metrics.json").read_text())
+    assert metrics["n_images"] == 1
+
+    # Two-doctor evaluation, recomputed from predictions.csv and the two annotation files.
+    code, _, err = cli("predict", *args, "--ckpt_path", "last")
+    assert code == 0, err
+    with open(tmp_path / "run/predictions_test.csv") as f:  # Test1Data (val) is absent: test only
+        rows = list(csv.DictReader(f))
+    assert not (tmp_path / "run/predictions_val.csv").exists()
+    # the shape check of the prediction, fitted on the 3 training shapes, agrees between CSV and JSON
+    assert metrics["plausibility"]["checked"] == 1 and metrics["plausibility"]["training_shapes"] == 3
+    assert {r["plausible"] for r in rows} == {"0" if metrics["plausibility"]["implausible_ids"] == ["301"] else "1"}
+    assert [(r["id"], int(r["landmark"])) for r in rows] == [("301", k) for k in range(19)]
+    predicted = np.array([[float(r["x"]), float(r["y"])] for r in rows])
+    doctors = [
+        np.loadtxt(root / "AnnotationsByMD" / doctor / "301.txt", delimiter=",", max_rows=19)
+        for doctor in ("400_senior", "400_junior")
+    ]
+    to_doctor = [np.linalg.norm(predicted - d, axis=1) * 0.1 for d in doctors]
+    inter = np.linalg.norm(doctors[0] - doctors[1], axis=1) * 0.1
+    np.testing.assert_allclose(
+        metrics["mre_mm"], np.linalg.norm(predicted - (doctors[0] + doctors[1]) / 2, axis=1).mean() * 0.1, rtol=1e-4
+    )
+    observers = metrics["observers"]
+    np.testing.assert_allclose(observers["mre_mm_to"]["senior"], to_doctor[0].mean(), rtol=1e-4)
+    np.testing.assert_allclose(observers["mre_mm_to"]["junior"], to_doctor[1].mean(), rtol=1e-4)
+    np.testing.assert_allclose(observers["inter_observer_mm"], inter.mean(), rtol=1e-4)
+    within = (np.minimum(*to_doctor) <= inter).mean() * 100
+    np.testing.assert_allclose(observers["within_inter_observer"], within, rtol=1e-4)
 
 
 def test_ddp_epochs_draw_different_synthetic_subsets(tmp_path):
     """Under DDP (2 processes) Lightning must call set_epoch on the training sampler: each epoch draws
     its own synthetic subset, every real image once, and the two ranks never share an item."""
-    from corruptions import render
-
     from xraydiff.acceptance import AcceptanceConfig, ShapeStatistics
     from xraydiff.acceptance_run import write_accepted_dataset
+    from xraydiff.corruptions import render
 
     dm = HandDataModule(image_size=(64, 64), annotations_only=True, phantom_counts={"train": 20, "test": 8})
     shapes, spacing, frame = dm.shape_table("train")

@@ -113,6 +113,12 @@ def test_ceph_single_doctor_ground_truth():
         first.landmarks, np.loadtxt(ISBI / "AnnotationsByMD/400_senior/001.txt", delimiter=",", max_rows=19)
     )
     assert [len(senior[s]) for s in ("train", "val", "test")] == [150, 150, 0]
+    # both doctors are kept for two-doctor evaluation, senior first, whatever the ground truth
+    junior = np.loadtxt(ISBI / "AnnotationsByMD/400_junior/001.txt", delimiter=",", max_rows=19)
+    np.testing.assert_array_equal(first.observers, np.stack([first.landmarks, junior]))
+    mean = read_ceph_dataset(ISBI)["train"][0]
+    np.testing.assert_array_equal(mean.observers, first.observers)
+    np.testing.assert_array_equal(read_ceph_dataset(ISBI, ground_truth="junior")["train"][0].observers, first.observers)
     dm = CephalometricDataModule(root=str(ISBI), image_size=(64, 48), load_workers=2)
     dm.setup()
     item = dm.items["val"][0]

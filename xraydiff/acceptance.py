@@ -210,9 +210,14 @@ class ShapeStatistics:
         anatomy: str,
         config: AcceptanceConfig | None = None,
         frame: dict | None = None,
+        edge_distributions: bool = True,
     ) -> ShapeStatistics:
         """Fit from (M, N, 2) training shapes in model pixels and their (x, y) mm per model pixel,
-        (2,) or one row per shape (M, 2), whose median becomes the statistics' mm per pixel."""
+        (2,) or one row per shape (M, 2), whose median becomes the statistics' mm per pixel.
+
+        ``edge_distributions=False`` skips the Student-t fits of the pairwise term (about 0.2 s per
+        edge): such statistics serve ``check_configurations`` only, not the MRF labelling of heatmaps.
+        """
         shapes_px = np.asarray(shapes_px, dtype=np.float64)
         if shapes_px.ndim != 3 or shapes_px.shape[0] < 3:
             raise DataError(None, f"need at least 3 training shapes (M, N, 2), got {shapes_px.shape}")
@@ -226,7 +231,10 @@ class ShapeStatistics:
         covariance = np.einsum("mni,mnj->nij", centred, centred) / (len(shapes_px) - 1)
         edges = topology_edges(config.topology, mean_coords * mm_per_px, config.knn)
         distances = np.linalg.norm(shapes_mm[:, edges[:, 0]] - shapes_mm[:, edges[:, 1]], axis=-1)
-        t_params = np.array([scipy_stats.t.fit(distances[:, e]) for e in range(len(edges))])
+        if edge_distributions:
+            t_params = np.array([scipy_stats.t.fit(distances[:, e]) for e in range(len(edges))])
+        else:
+            t_params = np.full((len(edges), 3), np.nan)
         aligned, _ = generalized_procrustes(shapes_mm, scaling=True)
         ssm = PointDistributionModel.fit(aligned, config.variance_share)
         limit = float(np.quantile(shape_distance(ssm, aligned), config.shape_quantile))
@@ -446,6 +454,10 @@ class AcceptanceChecker:
 
     def build_mrf(self, heatmaps: np.ndarray) -> MRFProblem:
         """The MRF of each of (B, H, W) heatmaps in [0, 1], over pruned candidate sets."""
+        if np.isnan(self.stats.t_params).any():
+            raise DataError(
+                None, "these statistics were fitted without edge distributions: they check configurations only"
+            )
         config = self.config
         # Twice K maxima: the K strongest are the MRF's candidates, all strong ones count as blobs.
         found = find_candidates(heatmaps, 2 * config.candidate_count, config.min_candidate_value, config.peak_window)
@@ -536,6 +548,21 @@ class AcceptanceChecker:
         )
         by_set = {name: not set(failed) & set(rules) for name, rules in RULE_SETS.items()}
         return Verdict(sample_id, by_set[self.rule_set], failed, labelling.coords[b], by_set)
+
+    def check_configurations(self, coords: np.ndarray) -> list[list[str]]:
+        """Shape rules failed by each of (B, N, 2) predicted landmark configurations in model pixels.
+
+        Quality control of a localizer's predictions: every landmark is its own point, so only the
+        RANSAC-aligned ``stable_landmarks`` rule and (strict set) ``shape_parameters`` can fail. A
+        similarity transform cannot reflect, so a left-right mirrored configuration (a cephalogram
+        facing the other way) fails the alignment.
+        """
+        coords = np.asarray(coords, dtype=np.float64)
+        if coords.ndim != 3 or coords.shape[1:] != (self.stats.num_landmarks, 2):
+            raise DataError(None, f"configurations must be (B, {self.stats.num_landmarks}, 2), got {coords.shape}")
+        index, no_blobs = np.arange(coords.shape[1]), np.zeros((0, 2))
+        rules = RULE_SETS[self.rule_set]
+        return [[rule for rule in self.apply_rules(c, index, no_blobs) if rule in rules] for c in coords]
 
     def apply_rules(self, coords: np.ndarray, candidate_index: np.ndarray, strong_blobs: np.ndarray) -> list[str]:
         """The rules failed by one labelled configuration.

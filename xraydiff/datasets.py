@@ -48,6 +48,7 @@ class LandmarkItem:
     mm_per_px: float
     original_size: tuple[int, int]
     synthetic: bool = False
+    observers_original: np.ndarray | None = None  # (K, N, 2) float64 every annotator's original pixels
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,9 @@ def load_landmark_item(record: LandmarkRecord, size: tuple[int, int]) -> Landmar
     scale = resize_scale(raw.shape, size)
     image = normalize_intensity(resize_image(raw, size))
     landmarks = to_model_pixels(record.landmarks, scale).astype(np.float32)
-    return LandmarkItem(record.id, image, landmarks, record.landmarks, scale, record.mm_per_px, raw.shape)
+    return LandmarkItem(
+        record.id, image, landmarks, record.landmarks, scale, record.mm_per_px, raw.shape, False, record.observers
+    )
 
 
 def load_segmentation_item(
@@ -113,7 +116,9 @@ def annotation_item(
     size = record.original_size or original_size or estimate_original_size(record.landmarks, extent_margin)
     scale = resize_scale(size, image_size)
     landmarks = to_model_pixels(record.landmarks, scale).astype(np.float32)
-    return LandmarkItem(record.id, None, landmarks, record.landmarks, scale, record.mm_per_px, tuple(size))
+    return LandmarkItem(
+        record.id, None, landmarks, record.landmarks, scale, record.mm_per_px, tuple(size), False, record.observers
+    )
 
 
 def training_subset(items: Sequence[T], fraction: float, seed: int) -> list[T]:
@@ -147,11 +152,17 @@ def _index_and_seed(key: int | tuple[int, int]) -> tuple[int, int]:
 
 
 class LandmarkDataset(Dataset):
-    """Landmark samples from cached items, optionally augmented (keypoint-aware)."""
+    """Landmark samples from cached items, optionally augmented (keypoint-aware).
+
+    When every item carries several annotators' landmarks, samples also hold ``observers``
+    (K, N, 2) in original pixels (never augmented: they serve evaluation only).
+    """
 
     def __init__(self, items: Sequence[LandmarkItem], augmentation: A.Compose | None = None):
         self.items = list(items)
         self.augmentation = augmentation
+        shapes = {None if item.observers_original is None else item.observers_original.shape for item in self.items}
+        self.observers = len(shapes) == 1 and None not in shapes
 
     def __len__(self) -> int:
         return len(self.items)
@@ -162,7 +173,7 @@ class LandmarkDataset(Dataset):
         image, landmarks = item.image, item.landmarks
         if self.augmentation is not None:
             image, landmarks, _ = apply_augmentation(self.augmentation, image, seed, landmarks)
-        return {
+        sample = {
             "image": torch.from_numpy(np.require(image, np.float32, ["C", "W"]))[None],
             "landmarks": torch.from_numpy(np.require(landmarks, np.float32, ["C", "W"])),
             "visible": torch.from_numpy(visible_landmarks(landmarks, image.shape)),
@@ -172,6 +183,9 @@ class LandmarkDataset(Dataset):
             "index": index,
             "synthetic": item.synthetic,
         }
+        if self.observers:
+            sample["observers"] = torch.from_numpy(item.observers_original.astype(np.float32))
+        return sample
 
 
 class EpochSampler(DistributedSampler):

@@ -134,5 +134,27 @@ def spread_error_correlation(spread: Tensor, errors: Tensor) -> dict:
     }
 
 
+def observer_errors_mm(predicted: Tensor, observers: Tensor, mm_per_px: Tensor) -> Tensor:
+    """(B, K, N) radial errors in mm of (B, N, 2) predictions to each of K annotators' (B, K, N, 2)
+    landmarks, all in original pixels; ``mm_per_px`` (B,)."""
+    distance = torch.linalg.vector_norm(predicted.float()[:, None] - observers.float(), dim=-1)
+    return distance * mm_per_px.float()[:, None, None]
+
+
+def observer_agreement(errors: Tensor, inter_observer: Tensor, names: Sequence[str]) -> dict:
+    """Two-doctor evaluation of (M, K, N) errors to K annotators, given the (M, N) distance in mm between
+    the first two annotators: the MRE to each, the mean inter-observer distance, and the percentage of
+    predictions within the inter-observer distance of the nearer annotator (min_k e_k <= d)."""
+    if errors.shape[1] != len(names):
+        raise DataError(None, f"{errors.shape[1]} annotators in the batch, {len(names)} names")
+    within = errors.min(dim=1).values <= inter_observer
+    return {
+        "mre_mm_to": {name: float(errors[:, k].mean()) for k, name in enumerate(names)},
+        "inter_observer_mm": float(inter_observer.mean()),
+        "within_inter_observer": float(within.float().mean() * 100),
+        "per_landmark_inter_observer_mm": [float(v) for v in inter_observer.mean(dim=0)],
+    }
+
+
 def _key(radius: float) -> str:
     return f"{radius:g}"

@@ -32,6 +32,7 @@ CEPH_FOLDERS = {"train": "TrainingData", "val": "Test1Data", "test": "Test2Data"
 # folder is absent altogether (allowed: an empty split) from one whose image is missing (an error).
 CEPH_SPLIT_IDS = {"train": range(1, 151), "val": range(151, 301), "test": range(301, 401)}
 CEPH_DOCTORS = ("400_senior", "400_junior")
+CEPH_OBSERVERS = ("senior", "junior")  # names of CEPH_DOCTORS in metrics
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,8 @@ class LandmarkRecord:
 
     ``landmarks`` are (N, 2) float64 original-image pixels (x = column, y = row); ``source`` names
     the annotation file and line for messages; ``original_size`` is (H, W) or None when unknown.
+    ``observers`` holds every annotator's landmarks (K, N, 2) when the dataset has several (ISBI
+    2015: senior and junior doctor, in ``CEPH_OBSERVERS`` order), for inter-observer evaluation.
     """
 
     id: str
@@ -48,6 +51,7 @@ class LandmarkRecord:
     image_path: Path | None
     source: str
     original_size: tuple[int, int] | None = None
+    observers: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -219,7 +223,8 @@ def read_ceph_dataset(
     """Records per split of the ISBI 2015 layout under ``root``.
 
     ``ground_truth`` is ``mean`` (average of senior and junior doctor, the literature's convention),
-    ``senior`` or ``junior``. A missing image folder gives an empty split. With
+    ``senior`` or ``junior``. Where both doctors annotated an image, its record also keeps both
+    (``observers``, whatever the ground truth). A missing image folder gives an empty split. With
     ``require_images=False`` the splits are formed from the annotation files by the challenge's
     numbering (1-150 train, 151-300 val, 301-400 test).
     """
@@ -271,7 +276,15 @@ def read_ceph_dataset(
             if not require_images:
                 image_path = None
             landmarks = np.mean(per_doctor, axis=0)
-            records.append(LandmarkRecord(sample_id, landmarks, mm_per_px, image_path, str(files[0]), size))
+            observers = np.stack(per_doctor) if len(per_doctor) == len(CEPH_DOCTORS) else None
+            if observers is None:  # one doctor is the ground truth; the other's file may still be there
+                other = root / "AnnotationsByMD" / next(d for d in CEPH_DOCTORS if d not in doctors) / files[0].name
+                if other.is_file():
+                    pair = [per_doctor[0], read_ceph_annotation(other, num_landmarks)]
+                    if size is not None:
+                        _check_inside(pair[1], size, other, None, image_path)
+                    observers = np.stack(pair if doctors[0] == CEPH_DOCTORS[0] else pair[::-1])
+            records.append(LandmarkRecord(sample_id, landmarks, mm_per_px, image_path, str(files[0]), size, observers))
         result[split] = records
     if require_images:
         # An annotation whose image is missing is an error unless its whole split folder is absent.

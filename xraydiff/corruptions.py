@@ -1,6 +1,9 @@
 """Hand configurations the acceptance check must reject (Hadzic et al., Fig. 2d and Figs. 5-7).
 
-All work on landmarks (N, 2) in model pixels; ``render`` turns configurations into heatmaps.
+The stress test of the MRF-SSM check: real or phantom hands are corrupted the ways a generator
+fails (swapped fingers, a sixth finger, a stretched thumb, a shifted wrist, missing blobs) and
+rendered as heatmaps; ``scripts/acceptance_real_hands.py`` prints the rejection rate of each kind and
+the tests assert them. All functions work on landmarks (N, 2) in model pixels.
 """
 
 from __future__ import annotations

@@ -1,0 +1,27 @@
+"""Quality control of predicted landmark configurations with the acceptance machinery's shape model."""
+
+from __future__ import annotations
+
+from lightning.pytorch.utilities import rank_zero_info
+
+from xraydiff.acceptance import AcceptanceChecker, AcceptanceConfig, ShapeStatistics
+from xraydiff.errors import DataError
+
+
+def fit_prediction_checker(datamodule) -> AcceptanceChecker | None:
+    """An ``AcceptanceChecker`` whose statistics are fitted on the DataModule's training shapes, in
+    its model frame (``image_size``), with the anatomy's default rules, without the MRF's edge
+    distributions (not needed, and the slow part of a fit); ``check_configurations`` then judges
+    predicted configurations. None (with a note) when the DataModule has no landmark
+    shapes or fewer than 3 training shapes."""
+    if datamodule is None or not hasattr(datamodule, "shape_table"):
+        return None
+    try:
+        shapes, spacing, frame = datamodule.shape_table("train")
+    except DataError as err:
+        rank_zero_info(f"prediction plausibility not checked: {err}")
+        return None
+    stats = ShapeStatistics.fit(
+        shapes, spacing, datamodule.image_size, datamodule.anatomy, AcceptanceConfig(), frame, edge_distributions=False
+    )
+    return AcceptanceChecker(stats)

@@ -150,7 +150,7 @@ class LandmarkEvaluation(Callback):
         if self.plausible.update_count:
             rows = self.plausible.compute().cpu()
             items = getattr(getattr(trainer, "datamodule", None), "items", None) or {}
-            split = items.get("val" if stage == "val" else stage) or []
+            split = items.get(stage) or []  # stage is the split: 'val' or 'test'
             flagged = [int(i) for i, ok in rows.tolist() if not ok]
             summary["plausibility"] = {
                 "checked": len(rows),

@@ -427,18 +427,23 @@ class Study:
                     f"{set_name}/{name}: shape statistics",
                     partial(self.fit_statistics, spec=spec, fraction=fraction, checkpoint=checkpoint),
                 )["stats"]
-                rate_step = partial(self.acceptance_rate, checkpoint=checkpoint, stats=stats)
+                # the rate of separate runs comes first; the rate of the augmentation draw needs its verdicts
+                rate_label = f"{set_name}/{name}: acceptance rate"
                 if c.rate_source == "runs":
-                    rate = self.step(g / "rate", f"{set_name}/{name}: acceptance rate", rate_step)
+                    rate = self.step(
+                        g / "rate", rate_label, partial(self.acceptance_rate, checkpoint=checkpoint, stats=stats)
+                    )
                 accepted = self.step(
                     g / "samples",
                     f"{set_name}/{name}: sample and accept",
                     partial(self.sample_and_accept, checkpoint=checkpoint, stats=stats),
                 )
                 if c.rate_source == "augmentation":
-                    rate_step = partial(self.rate_from_samples, report=g / "samples/acceptance/report.json")
+                    report = g / "samples/acceptance/report.json"
                     rate = self.step(
-                        g / "rate", f"{set_name}/{name}: acceptance rate (augmentation samples)", rate_step
+                        g / "rate",
+                        f"{rate_label} (augmentation samples)",
+                        partial(self.rate_from_samples, report=report),
                     )
                 entry["generators"][name] = {
                     "checkpoint": checkpoint,

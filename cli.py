@@ -6,6 +6,7 @@
 * ``xraydiff sample --ckpt CKPT --num-samples N --out DIR``: generate image/heatmap pairs.
 * ``xraydiff acceptance fit|render|run|rate``: the MRF-SSM quality control of generated pairs.
 * ``xraydiff experiment augment --config ... --out DIR``: the synthetic-augmentation study.
+* ``xraydiff experiment landmarks --config ... --out DIR``: landmark diffusion vs. its no-diffusion baseline.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ commands:
   sample                            generate image/heatmap pairs from a checkpoint
   acceptance fit|render|run|rate    MRF-SSM quality control of generated pairs
   experiment augment                the synthetic-augmentation study, end to end
+  experiment landmarks              landmark diffusion vs. the same network without diffusion
 
 Each command has its own --help.
 """
@@ -253,6 +255,25 @@ def experiment_augment(argv: list[str]) -> None:
     print(f"\nreport: {args.out / 'results.md'}")
 
 
+def experiment_landmarks(argv: list[str]) -> None:
+    from experiments.landmarks import LandmarkStudy, load_landmark_study_config, table
+
+    parser = argparse.ArgumentParser(
+        prog="xraydiff experiment landmarks",
+        description="Landmark diffusion vs. the same network without diffusion at equal budget (the paper's "
+        "Table 1): train both, evaluate every inference mode; resumable.",
+    )
+    parser.add_argument("--config", type=Path, required=True, help="YAML with an 'experiment' section")
+    parser.add_argument("--out", type=Path, required=True, help="study folder (rerun to resume)")
+    args = parser.parse_args(argv)
+    config = load_landmark_study_config(args.config)
+    results = LandmarkStudy(config, args.out).run()
+    print("\n" + table(results, config))
+    print(f"\nreport: {args.out / 'results.md'}")
+
+
+EXPERIMENTS = {"augment": experiment_augment, "landmarks": experiment_landmarks}
+
 ACCEPTANCE_COMMANDS = {
     "fit": acceptance_fit,
     "render": acceptance_render,
@@ -276,8 +297,8 @@ def main(argv: list[str] | None = None) -> None:
             data_summary(argv[2:])
         elif argv[:1] == ["sample"]:
             sample(argv[1:])
-        elif argv[:2] == ["experiment", "augment"]:
-            experiment_augment(argv[2:])
+        elif argv[:1] == ["experiment"] and len(argv) > 1 and argv[1] in EXPERIMENTS:
+            EXPERIMENTS[argv[1]](argv[2:])
         elif argv[:1] == ["acceptance"] and len(argv) > 1 and argv[1] in ACCEPTANCE_COMMANDS:
             ACCEPTANCE_COMMANDS[argv[1]](argv[2:])
         elif not argv or argv[0] in ("-h", "--help"):

@@ -16,8 +16,6 @@ a step whose marker exists is not recomputed, so an interrupted study resumes wh
 from __future__ import annotations
 
 import json
-import shutil
-import time
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -27,14 +25,14 @@ import numpy as np
 import torch
 
 from commands.acceptance import acceptance_rate_of_checkpoint
-from commands.lightning_cli import XrayCLI, data_parser, key_lines, read_yaml
+from commands.lightning_cli import data_parser, key_lines, read_yaml
 from commands.sampling import generate_samples
+from experiments.steps import StepRunner
 from xraydiff.checkpoints import CHECKPOINT_KEY, read_checkpoint
 from xraydiff.errors import DataError
-from xraydiff.imageio import atomic_write_bytes, check_output_folder, mark_output
+from xraydiff.imageio import atomic_write_bytes
 from xraydiff.precision import resolve_precision
 
-MARKER = "done.json"
 # What identifies a training set: a generator row's checkpoint must agree with its row on all of these.
 # (The data's location may differ between machines, so it is recorded but not compared.)
 TRAIN_SET_KEYS = ("anatomy", "split", "train_fraction", "seed", "train_images")
@@ -179,49 +177,17 @@ def load_study_config(path: Path) -> StudyConfig:
 # ---------------------------------------------------------------------------------------- steps
 
 
-class Study:
+class Study(StepRunner):
     """Runs the steps of the study into ``out``; see the module docstring."""
 
+    command = "experiment augment"
+
     def __init__(self, config: StudyConfig, out: Path, log=print):
+        super().__init__(out, log)
         self.config = config
-        self.out = Path(out)
-        self.log = log
-        self.timings: dict[str, float] = {}
-
-    # -- bookkeeping
-
-    def prepare_folder(self) -> None:
-        """A new or empty folder becomes this study's; an earlier xraydiff output resumes; anything else is refused."""
-        check_output_folder(self.out, overwrite=True)
-        self.out.mkdir(parents=True, exist_ok=True)
-        mark_output(self.out, "experiment augment")
-
-    def step(self, folder: Path, name: str, work) -> dict:
-        """Run ``work(folder)`` unless ``folder/done.json`` exists; return the step's record."""
-        marker = folder / MARKER
-        if marker.is_file():
-            self.log(f"[skip] {name}: done before")
-            return json.loads(marker.read_text())
-        if folder.exists():
-            shutil.rmtree(folder)  # a step interrupted before its marker starts over
-        folder.mkdir(parents=True)
-        self.log(f"[run ] {name}")
-        start = time.perf_counter()
-        record = work(folder) or {}
-        record["seconds"] = round(time.perf_counter() - start, 1)
-        atomic_write_bytes(marker, json.dumps(record, indent=1).encode())
-        return record
 
     def _data_args(self, fraction: float, extra: dict | None = None) -> list[str]:
-        overrides = {**self.config.data, "train_fraction": fraction, **(extra or {})}
-        return [
-            arg
-            for key, value in overrides.items()
-            for arg in (f"--data.init_args.{key}", json.dumps(value) if not isinstance(value, str) else value)
-        ]
-
-    def _cli(self, args: list[str]) -> None:
-        XrayCLI(args=[str(a) for a in args])
+        return self.data_args({**self.config.data, "train_fraction": fraction, **(extra or {})})
 
     # -- generators
 
@@ -237,12 +203,9 @@ class Study:
                 *[a for c in spec.config for a in ("--config", c)],
                 *spec.args,
                 *self._data_args(fraction),
-                "--trainer.default_root_dir",
-                str(folder / "run"),
-                "--trainer.logger",
-                '{"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "."}}',
+                *self.run_folder_args(folder / "run"),
             ]
-            self._cli(args)
+            self.cli(args)
             checkpoint, trained = str((folder / "run/checkpoints/last.ckpt").resolve()), True
         saved = read_checkpoint(checkpoint)
         train_data = saved[CHECKPOINT_KEY].get("train_data")
@@ -391,13 +354,10 @@ class Study:
             *[a for c in spec.config for a in ("--config", c)],
             *spec.args,
             *self._data_args(fraction, extra),
-            "--trainer.default_root_dir",
-            str(folder),
-            "--trainer.logger",
-            '{"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "."}}',
+            *self.run_folder_args(folder),
         ]
-        self._cli(["fit", *common])
-        self._cli(["test", *common, "--ckpt_path", str(folder / "checkpoints/last.ckpt")])
+        self.cli(["fit", *common])
+        self.cli(["test", *common, "--ckpt_path", str(folder / "checkpoints/last.ckpt")])
         metrics = json.loads((folder / "test_metrics.json").read_text())
         return {"metrics": metrics}
 

@@ -1,0 +1,332 @@
+"""The comparison study of the landmark-diffusion paper (Table 1), end to end and resumable.
+
+Does iterative diffusion localize better than the same network without diffusion? The study
+
+1. trains the no-diffusion baseline and the diffusion model from one LightningCLI config, with the
+   same budget by construction: the same network, loss, data, augmentation, batch size and number
+   of optimizer steps (``max_steps``; a time cap would give the faster model more steps), and no
+   validation during training (the evaluation sets never choose a checkpoint);
+2. evaluates the baseline once and the diffusion model in every configured inference mode
+   (single-step, the T-step chain, DDIM with k steps, ensembles of M members) on each evaluation
+   split that holds images (Test1 and Test2 for ISBI 2015), from the last checkpoint of each;
+3. writes ``results.json`` and ``results.md``: the paper's Table 1 layout (MRE +- SD, SDR per
+   radius and test set) plus network calls and seconds per image, and for ensembles the Spearman
+   correlation between a landmark's spread and its error.
+
+Each training and each evaluation is a step with its own folder (see ``experiments.steps``).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from commands.lightning_cli import data_parser, key_lines, read_yaml
+from experiments.steps import StepRunner
+from xraydiff.checkpoints import CHECKPOINT_KEY, read_checkpoint
+from xraydiff.errors import DataError
+from xraydiff.imageio import atomic_write_bytes
+from xraydiff.landmark_diffusion import check_blur, check_inference
+
+# What a mode may set: the inference options of LandmarkDiffusion, and how many evaluation images
+# an expensive mode (the T-step chain on a CPU) runs on.
+MODE_KEYS = ("inference", "ddim_steps", "ddim_eta", "ensemble", "sigma_max", "sigma_min", "seed", "max_images")
+MODELS = {"baseline": False, "diffusion": True}  # model name -> LandmarkDiffusion's ``diffusion``
+
+
+@dataclass
+class LandmarkStudyConfig:
+    config: list[str]  # LightningCLI config(s) of the LandmarkDiffusion model, its data and trainer
+    max_steps: int  # the common training budget: optimizer steps of each model
+    modes: dict[str, dict[str, Any]]  # row name -> inference options of the diffusion model
+    args: list[str] = field(default_factory=list)  # extra CLI overrides of both models
+    data: dict[str, Any] = field(default_factory=dict)  # overrides of data.init_args (root, ...)
+    # table column -> split of the DataModule; a split without images is left out
+    test_sets: dict[str, str] = field(default_factory=lambda: {"Test1": "val", "Test2": "test"})
+    sdr_radii: list[float] = field(default_factory=lambda: [2.0, 2.5, 4.0])  # the table's SDR columns
+
+
+def _model_init_args(configs: list[str], args: list[str]) -> dict:
+    """The LandmarkDiffusion constructor arguments the configs and overrides give (defaults filled in)."""
+    from lightning_modules.landmark_diffusion import LandmarkDiffusion
+
+    values = {
+        name: p.default
+        for name, p in inspect.signature(LandmarkDiffusion.__init__).parameters.items()
+        if p.default is not inspect.Parameter.empty
+    }
+    for config in configs:
+        model = (read_yaml(Path(config)) or {}).get("model") or {}
+        values.update(model.get("init_args") or {})
+    for key, value in zip(args[::2], args[1::2], strict=False):
+        if key.startswith("--model.init_args."):
+            values[key.removeprefix("--model.init_args.")] = value
+    return values
+
+
+def load_landmark_study_config(path: Path) -> LandmarkStudyConfig:
+    """Read and check an ``experiment:`` config of the landmark study; errors name the file and line.
+
+    Every mode is checked against the model's T (k <= T, M >= 1, sigma_max >= sigma_min) here,
+    before any training starts.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "config not found")
+    document = read_yaml(path)
+    lines = key_lines(path)
+    if not isinstance(document, dict) or "experiment" not in document:
+        raise DataError(path, "needs a top-level 'experiment' section")
+    section = document["experiment"] or {}
+    known = set(LandmarkStudyConfig.__dataclass_fields__)
+    for key in section:
+        if key not in known:
+            raise DataError(
+                path, f"unknown key experiment.{key} (known: {sorted(known)})", lines.get(("experiment", key))
+            )
+    for key in ("config", "max_steps", "modes"):
+        if key not in section:
+            raise DataError(path, f"experiment.{key} is required", lines.get(("experiment",)))
+    configs = section["config"]
+    configs = [configs] if isinstance(configs, str) else list(configs)
+    for config in configs:
+        if not Path(config).is_file():
+            raise DataError(path, f"experiment.config: {config} not found", lines.get(("experiment", "config")))
+    args = [str(a) for a in section.get("args") or []]
+    if len(args) % 2:
+        raise DataError(path, "experiment.args must be pairs of option and value", lines.get(("experiment", "args")))
+    max_steps = section["max_steps"]
+    if not isinstance(max_steps, int) or max_steps < 1:
+        raise DataError(
+            path, f"experiment.max_steps must be a positive integer, got {max_steps!r}", lines.get(("experiment",))
+        )
+    hparams = _model_init_args(configs, args)
+    modes = section["modes"] or {}
+    if not isinstance(modes, dict) or not modes:
+        raise DataError(path, "experiment.modes must name at least one inference mode", lines.get(("experiment",)))
+    for name, mode in modes.items():
+        where = lines.get(("experiment", "modes", name))
+        if not isinstance(mode, dict) or "inference" not in mode:
+            raise DataError(path, f"experiment.modes.{name} needs 'inference' (single, multi or ddim)", where)
+        unknown = set(mode) - set(MODE_KEYS)
+        if unknown:
+            raise DataError(
+                path, f"experiment.modes.{name}: unknown key(s) {sorted(unknown)} (known: {MODE_KEYS})", where
+            )
+        try:
+            check_inference(
+                mode["inference"],
+                mode.get("ddim_steps"),
+                int(mode.get("ensemble", 1)),
+                int(hparams["num_train_timesteps"]),
+            )
+            check_blur(
+                float(mode.get("sigma_max", hparams["sigma_max"])), float(mode.get("sigma_min", hparams["sigma_min"]))
+            )
+        except DataError as err:
+            raise DataError(path, f"experiment.modes.{name}: {err.reason}", where) from None
+        if "max_images" in mode and (not isinstance(mode["max_images"], int) or mode["max_images"] < 1):
+            raise DataError(path, f"experiment.modes.{name}.max_images must be a positive integer", where)
+    test_sets = section.get("test_sets") or LandmarkStudyConfig.__dataclass_fields__["test_sets"].default_factory()
+    for label, split in test_sets.items():
+        if split not in ("val", "test"):
+            raise DataError(
+                path, f"experiment.test_sets.{label}: split must be 'val' or 'test', got {split!r}",
+                lines.get(("experiment", "test_sets", label)),
+            )  # fmt: skip
+    values = {k: v for k, v in section.items() if k not in ("config", "args", "modes", "test_sets")}
+    return LandmarkStudyConfig(
+        **{**values, "config": configs, "args": args, "modes": dict(modes), "test_sets": dict(test_sets)}
+    )
+
+
+class LandmarkStudy(StepRunner):
+    """Runs the steps of the study into ``out``; see the module docstring."""
+
+    command = "experiment landmarks"
+
+    def __init__(self, config: LandmarkStudyConfig, out: Path, log=print):
+        super().__init__(out, log)
+        self.config = config
+        self._splits: dict[str, int] | None = None
+
+    def _common(self) -> list[str]:
+        c = self.config
+        return [*[a for f in c.config for a in ("--config", f)], *c.args, *self.data_args(c.data)]
+
+    def split_sizes(self) -> dict[str, int]:
+        """Images per evaluation split (read once, annotations only)."""
+        if self._splits is None:
+            parser = data_parser("experiment landmarks", "")
+            args = [a for f in self.config.config for a in ("--config", f)]
+            args += self.data_args({**self.config.data, "annotations_only": True})
+            datamodule = parser.instantiate_classes(parser.parse_args(args)).data
+            datamodule.setup()
+            self._splits = {split: len(datamodule.items[split]) for split in ("val", "test")}
+        return self._splits
+
+    def batch_size(self) -> int:
+        """Images per optimizer step and per evaluation batch (the data config's ``batch_size``)."""
+        values: dict = {}
+        for config in self.config.config:
+            values.update(((read_yaml(Path(config)) or {}).get("data") or {}).get("init_args") or {})
+        values.update(self.config.data)
+        for key, value in zip(self.config.args[::2], self.config.args[1::2], strict=False):
+            if key == "--data.init_args.batch_size":
+                values["batch_size"] = value
+        return int(values.get("batch_size", 1))
+
+    # -- steps
+
+    def train(self, folder: Path, name: str) -> dict:
+        """Fit one model for exactly ``max_steps`` optimizer steps, without validation."""
+        self.cli(
+            [
+                "fit",
+                *self._common(),
+                "--model.init_args.diffusion",
+                str(MODELS[name]).lower(),
+                "--trainer.max_steps",
+                self.config.max_steps,
+                "--trainer.max_epochs",
+                "-1",
+                "--trainer.max_time",
+                "null",
+                "--trainer.limit_val_batches",
+                "0",
+                *self.run_folder_args(folder),
+            ]
+        )
+        checkpoint = folder / "checkpoints/last.ckpt"
+        saved = read_checkpoint(checkpoint)
+        return {
+            "checkpoint": str(checkpoint.resolve()),
+            "global_step": int(saved["global_step"]),
+            "train_images": int(saved[CHECKPOINT_KEY]["train_data"]["train_images"]),
+            "batch_size": self.batch_size(),
+        }
+
+    def evaluate(self, folder: Path, checkpoint: str, mode: dict) -> dict:
+        """Validate / test the checkpoint in one inference mode on every evaluation split with images."""
+        options = [
+            a for key, value in mode.items() if key != "max_images" for a in (f"--model.init_args.{key}", str(value))
+        ]
+        batch_size = self.batch_size()
+        results = {}
+        for label, split in self.config.test_sets.items():
+            if not self.split_sizes()[split]:
+                continue
+            stage, limit_key = ("validate", "limit_val_batches") if split == "val" else ("test", "limit_test_batches")
+            limit = (
+                ["--trainer." + limit_key, str(math.ceil(mode["max_images"] / batch_size))]
+                if "max_images" in mode
+                else []
+            )
+            self.cli(
+                [stage, *self._common(), *options, *limit, "--ckpt_path", checkpoint, *self.run_folder_args(folder)]
+            )
+            results[label] = json.loads((folder / f"{split}_metrics.json").read_text())
+        return {"metrics": results}
+
+    # -- the whole study
+
+    def run(self) -> dict:
+        c = self.config
+        self.prepare_folder()
+        models = {
+            name: self.step(self.out / name, f"{name}: train {c.max_steps} steps", partial(self.train, name=name))
+            for name in MODELS
+        }
+        budgets = {name: (m["global_step"], m["batch_size"], m["train_images"]) for name, m in models.items()}
+        if len(set(budgets.values())) != 1:
+            raise DataError(
+                self.out, f"the models were trained with different budgets (steps, batch, images): {budgets}; "
+                "remove the study folder of the one that differs and rerun",
+            )  # fmt: skip
+        rows = {"baseline": {"model": "baseline", "mode": {"inference": "baseline"}}}
+        rows.update({name: {"model": "diffusion", "mode": dict(mode)} for name, mode in c.modes.items()})
+        for name, row in rows.items():
+            checkpoint = models[row["model"]]["checkpoint"]
+            mode = {} if row["model"] == "baseline" else row["mode"]
+            record = self.step(
+                self.out / "eval" / name, f"{name}: evaluate", partial(self.evaluate, checkpoint=checkpoint, mode=mode)
+            )
+            row["metrics"] = record["metrics"]
+        results = {
+            "budget": {"max_steps": c.max_steps, "batch_size": models["diffusion"]["batch_size"],
+                       "train_images": models["diffusion"]["train_images"]},
+            "models": models,
+            "test_sets": {label: split for label, split in c.test_sets.items() if self.split_sizes()[split]},
+            "rows": rows,
+        }  # fmt: skip
+        write_report(self.out, results, c)
+        return results
+
+
+# --------------------------------------------------------------------------------------- report
+
+
+def row_label(name: str, row: dict) -> str:
+    mode = row["mode"]
+    if row["model"] == "baseline":
+        return "baseline (no diffusion)"
+    kind = mode["inference"]
+    label = {"single": "single-step (x0 from x_T)", "multi": "multi-step (T steps)"}.get(
+        kind, f"DDIM k={mode.get('ddim_steps')}"
+    )
+    if int(mode.get("ensemble", 1)) > 1:
+        label += f", ensemble M={mode['ensemble']}"
+    return f"{label} [{name}]"
+
+
+def table(results: dict, config: LandmarkStudyConfig) -> str:
+    """The paper's Table 1 layout: MRE +- SD and SDR per test set, plus cost and uncertainty."""
+    sets = list(results["test_sets"])
+    radii = [f"{r:g}" for r in config.sdr_radii]
+    head = ["model", "calls / image", "s / image"]
+    for label in sets:
+        head += [f"{label} n", f"{label} MRE (mm)", *[f"{label} SDR {r} mm" for r in radii]]
+    head += ["rho(spread, error)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, row in results["rows"].items():
+        metrics = row["metrics"]
+        first = next(iter(metrics.values()), None)
+        inference = (first or {}).get("inference", {})
+        cells = [
+            row_label(name, row),
+            str(inference.get("network_calls_per_image", "-")),
+            f"{inference['seconds_per_image']:.2f}" if "seconds_per_image" in inference else "-",
+        ]
+        for label in sets:
+            m = metrics.get(label)
+            if m is None:
+                cells += ["-"] * (2 + len(radii))
+                continue
+            cells += [str(m["n_images"]), f"{m['mre_mm']:.2f} +- {m['mre_sd_mm']:.2f}"]
+            cells += [f"{m['sdr'][r]:.1f}" if r in m["sdr"] else "-" for r in radii]
+        rho = [f"{m['uncertainty']['spearman']:.2f}" for m in metrics.values() if "uncertainty" in m]
+        cells.append(" / ".join(rho) or "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_report(out: Path, results: dict, config: LandmarkStudyConfig) -> None:
+    budget = results["budget"]
+    text = [
+        "# Landmark diffusion vs. the same network without diffusion (Table 1 layout)",
+        "",
+        table(results, config),
+        "",
+        f"Both models: {budget['max_steps']} optimizer steps of {budget['batch_size']} images on "
+        f"{budget['train_images']} training images, last checkpoint, no validation during training. "
+        "SDR in %; rho is the Spearman correlation between a landmark's ensemble spread and its error "
+        "(per test set). A row with fewer images (n) ran on the first n of the set (whole evaluation batches).",
+        "",
+    ]
+    atomic_write_bytes(out / "results.md", "\n".join(text).encode())
+    atomic_write_bytes(out / "results.json", json.dumps(results, indent=1).encode())

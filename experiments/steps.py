@@ -1,0 +1,70 @@
+"""What the studies share: an output folder of resumable steps, and LightningCLI runs inside it.
+
+Each step writes its outputs into its own folder and a ``done.json`` marker last; a step whose
+marker exists is not recomputed, so an interrupted study resumes where it stopped, and a step
+interrupted before its marker starts over from an empty folder.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+from commands.lightning_cli import XrayCLI
+from xraydiff.imageio import atomic_write_bytes, check_output_folder, mark_output
+
+MARKER = "done.json"
+# Sub-runs of a study log to CSV inside their step folder (no W&B run per step).
+CSV_LOGGER = '{"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "."}}'
+
+
+class StepRunner:
+    """Runs named steps into ``out``; ``command`` names the study in the folder's marker."""
+
+    command = "experiment"
+
+    def __init__(self, out: Path, log=print):
+        self.out = Path(out)
+        self.log = log
+        self.timings: dict[str, float] = {}
+
+    def prepare_folder(self) -> None:
+        """A new or empty folder becomes this study's; an earlier xraydiff output resumes; anything else is refused."""
+        check_output_folder(self.out, overwrite=True)
+        self.out.mkdir(parents=True, exist_ok=True)
+        mark_output(self.out, self.command)
+
+    def step(self, folder: Path, name: str, work) -> dict:
+        """Run ``work(folder)`` unless ``folder/done.json`` exists; return the step's record."""
+        marker = folder / MARKER
+        if marker.is_file():
+            self.log(f"[skip] {name}: done before")
+            return json.loads(marker.read_text())
+        if folder.exists():
+            shutil.rmtree(folder)  # a step interrupted before its marker starts over
+        folder.mkdir(parents=True)
+        self.log(f"[run ] {name}")
+        start = time.perf_counter()
+        record = work(folder) or {}
+        record["seconds"] = round(time.perf_counter() - start, 1)
+        atomic_write_bytes(marker, json.dumps(record, indent=1).encode())
+        return record
+
+    @staticmethod
+    def data_args(overrides: dict) -> list[str]:
+        """``--data.init_args.KEY VALUE`` for every override (values as JSON unless strings)."""
+        return [
+            arg
+            for key, value in overrides.items()
+            for arg in (f"--data.init_args.{key}", json.dumps(value) if not isinstance(value, str) else value)
+        ]
+
+    @staticmethod
+    def run_folder_args(folder: Path) -> list[str]:
+        """A sub-run's root directory and its CSV logger."""
+        return ["--trainer.default_root_dir", str(folder), "--trainer.logger", CSV_LOGGER]
+
+    def cli(self, args: list[str]) -> None:
+        XrayCLI(args=[str(a) for a in args])

@@ -103,7 +103,9 @@ def load_landmark_study_config(path: Path) -> LandmarkStudyConfig:
     max_steps = section["max_steps"]
     if not isinstance(max_steps, int) or max_steps < 1:
         raise DataError(
-            path, f"experiment.max_steps must be a positive integer, got {max_steps!r}", lines.get(("experiment",))
+            path,
+            f"experiment.max_steps must be a positive integer, got {max_steps!r}",
+            lines.get(("experiment", "max_steps")),
         )
     hparams = _model_init_args(configs, args)
     modes = section["modes"] or {}
@@ -222,11 +224,12 @@ class LandmarkStudy(StepRunner):
             if not self.split_sizes()[split]:
                 continue
             stage, limit_key = ("validate", "limit_val_batches") if split == "val" else ("test", "limit_test_batches")
-            limit = (
-                ["--trainer." + limit_key, str(math.ceil(mode["max_images"] / batch_size))]
-                if "max_images" in mode
-                else []
-            )
+            size, limit = self.split_sizes()[split], []
+            if "max_images" in mode and mode["max_images"] < size:
+                # The first ceil(max_images / batch) batches, given as a fraction: on the command line
+                # Lightning's int 1 (one batch) and float 1.0 (all batches) cannot be told apart.
+                wanted, batches = math.ceil(mode["max_images"] / batch_size), math.ceil(size / batch_size)
+                limit = ["--trainer." + limit_key, str((wanted + 0.5) / batches)]
             self.cli(
                 [stage, *self._common(), *options, *limit, "--ckpt_path", checkpoint, *self.run_folder_args(folder)]
             )

@@ -1,0 +1,128 @@
+"""`xraydiff experiment landmarks`: the comparison study at toy size, resumable; bad study configs."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+import yaml
+
+from experiments.landmarks import load_landmark_study_config
+from xraydiff.errors import DataError
+
+# The demo model at 32 x 32 with T = 20 (the T-step chain is 20 calls), 4 phantom training skulls.
+ARGS = [
+    "--model.init_args.image_size", "[32, 32]",
+    "--model.init_args.channels", "[16, 32, 32]",
+    "--model.init_args.attention_levels", "[false, false, true]",
+    "--model.init_args.num_train_timesteps", "20",
+    "--model.init_args.beta_end", "0.2",
+    "--model.init_args.sigma_max", "3.0",
+    "--trainer.enable_progress_bar", "false",
+]  # fmt: skip
+MODES = {
+    "single": {"inference": "single"},
+    "ddim3": {"inference": "ddim", "ddim_steps": 3},
+    "ensemble3x2": {"inference": "ddim", "ddim_steps": 3, "ensemble": 2, "ddim_eta": 1.0},
+    "multi": {"inference": "multi", "max_images": 2},
+}
+# (network calls per image, images evaluated on Test1 / Test2) known from the modes and the data:
+# batch 2, 4 Test1 and 3 Test2 phantoms; max_images 2 = one batch.
+EXPECTED = {
+    "baseline": (1, 4, 3),
+    "single": (1, 4, 3),
+    "ddim3": (3, 4, 3),
+    "ensemble3x2": (6, 4, 3),
+    "multi": (20, 2, 2),
+}
+
+
+def _write(tmp_path, **changes) -> str:
+    experiment = {
+        "config": ["configs/demo/ceph_landmark_diffusion.yaml"],
+        "args": ARGS,
+        "data": {"image_size": [32, 32], "batch_size": 2, "phantom_counts": {"train": 4, "val": 4, "test": 3}},
+        "max_steps": 3,
+        "modes": MODES,
+    }
+    experiment.update(changes)
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump({"experiment": experiment}, sort_keys=False))
+    return str(path)
+
+
+def test_study_trains_both_models_equally_evaluates_every_mode_and_resumes(cli, tmp_path):
+    out = tmp_path / "out"
+    code, stdout, err = cli("experiment", "landmarks", "--config", _write(tmp_path), "--out", out)
+    assert code == 0, err[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    # Equal budget by construction: both checkpoints stopped after exactly max_steps optimizer steps.
+    for name, diffusion in (("baseline", False), ("diffusion", True)):
+        saved = torch.load(out / name / "checkpoints/last.ckpt", weights_only=False, map_location="cpu")
+        assert saved["global_step"] == 3 and saved["hyper_parameters"]["diffusion"] is diffusion
+        assert results["models"][name]["global_step"] == 3
+    assert results["budget"] == {"max_steps": 3, "batch_size": 2, "train_images": 4}
+    assert results["test_sets"] == {"Test1": "val", "Test2": "test"}
+    assert list(results["rows"]) == list(EXPECTED)
+    for name, (calls, test1, test2) in EXPECTED.items():
+        metrics = results["rows"][name]["metrics"]
+        assert metrics["Test1"]["inference"]["network_calls_per_image"] == calls, name
+        assert (metrics["Test1"]["n_images"], metrics["Test2"]["n_images"]) == (test1, test2), name
+        # the row is the evaluation's own metrics file, not a copy that could drift
+        folder = out / "eval" / name
+        assert json.loads((folder / "val_metrics.json").read_text())["mre_mm"] == metrics["Test1"]["mre_mm"]
+        assert json.loads((folder / "test_metrics.json").read_text())["mre_mm"] == metrics["Test2"]["mre_mm"]
+    assert results["rows"]["baseline"]["metrics"]["Test1"]["inference"]["mode"] == "baseline"
+    assert "uncertainty" in results["rows"]["ensemble3x2"]["metrics"]["Test1"]
+    assert all("uncertainty" not in results["rows"][n]["metrics"]["Test1"] for n in ("single", "ddim3", "multi"))
+    table = (out / "results.md").read_text()
+    single = results["rows"]["single"]["metrics"]["Test1"]
+    assert f"{single['mre_mm']:.2f} +- {single['mre_sd_mm']:.2f}" in table
+    assert all(line in stdout for line in table.splitlines() if line.startswith("| "))  # printed as written
+    assert "DDIM k=3, ensemble M=2 [ensemble3x2]" in table
+
+    # Rerun: every step is skipped and the results are the same; a step without its marker reruns.
+    (out / "eval" / "ddim3" / "done.json").unlink()
+    code, stdout, err = cli("experiment", "landmarks", "--config", _write(tmp_path), "--out", out)
+    assert code == 0, err[-3000:]
+    assert stdout.count("[skip]") == 6 and "[run ] ddim3: evaluate" in stdout
+    again = json.loads((out / "results.json").read_text())
+    assert again["rows"]["ddim3"]["metrics"]["Test1"]["mre_mm"] == pytest.approx(
+        results["rows"]["ddim3"]["metrics"]["Test1"]["mre_mm"], rel=1e-6
+    )  # the per-image seeds make inference a function of the checkpoint and the image
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"modes": {"bad": {"inference": "ddim", "ddim_steps": 30}}}, "DDIM steps k must be in [1, T = 20]"),
+        ({"modes": {"bad": {"inference": "ddim", "ddim_steps": 3, "ensemble": 0}}}, "ensemble size M must be"),
+        ({"modes": {"bad": {"inference": "multi", "sigma_min": 5.0}}}, "sigma_min <= sigma_max"),
+        ({"modes": {"bad": {"inference": "sideways"}}}, "inference mode must be one of"),
+        ({"modes": {"bad": {"inference": "single", "temperature": 2}}}, "unknown key(s) ['temperature']"),
+        ({"modes": {"bad": {"inference": "multi", "max_images": 0}}}, "max_images must be a positive integer"),
+        ({"max_steps": 0}, "max_steps must be a positive integer"),
+        ({"test_sets": {"Test3": "train"}}, "split must be 'val' or 'test'"),
+        ({"config": ["configs/demo/missing.yaml"]}, "configs/demo/missing.yaml not found"),
+    ],
+)
+def test_bad_study_configs_stop_before_any_work_naming_file_and_line(cli, tmp_path, change, message):
+    path = _write(tmp_path, **change)
+    with pytest.raises(DataError) as error:
+        load_landmark_study_config(path)
+    assert message in str(error.value) and str(error.value).startswith(f"{path}:")
+    if "modes" in change:  # the line of the offending mode
+        line = next(i for i, text in enumerate(open(path), 1) if text.strip().startswith("bad:"))
+        assert str(error.value).startswith(f"{path}:{line}:")
+    code, _, err = cli("experiment", "landmarks", "--config", path, "--out", tmp_path / "out")
+    assert code == 1 and message in err and not (tmp_path / "out").exists()
+
+
+def test_the_shipped_study_configs_are_valid():
+    for path, rows in (("configs/ceph/landmarks_cpu.yaml", 5), ("configs/demo/ceph_landmarks.yaml", 5)):
+        config = load_landmark_study_config(path)
+        assert len(config.modes) == rows and config.max_steps > 0
+        multi = config.modes["multi"]
+        assert multi["inference"] == "multi" and math.isfinite(multi.get("max_images", math.inf))

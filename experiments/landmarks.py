@@ -201,6 +201,8 @@ class LandmarkStudy(StepRunner):
                 "null",
                 "--trainer.limit_val_batches",
                 "0",
+                "--ckpt_path",
+                "last",  # a training interrupted within its step continues from its last checkpoint
                 *self.run_folder_args(folder),
             ]
         )
@@ -242,7 +244,9 @@ class LandmarkStudy(StepRunner):
         c = self.config
         self.prepare_folder()
         models = {
-            name: self.step(self.out / name, f"{name}: train {c.max_steps} steps", partial(self.train, name=name))
+            name: self.step(
+                self.out / name, f"{name}: train {c.max_steps} steps", partial(self.train, name=name), resumable=True
+            )
             for name in MODELS
         }
         budgets = {name: (m["global_step"], m["batch_size"], m["train_images"]) for name, m in models.items()}

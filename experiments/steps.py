@@ -36,16 +36,20 @@ class StepRunner:
         self.out.mkdir(parents=True, exist_ok=True)
         mark_output(self.out, self.command)
 
-    def step(self, folder: Path, name: str, work) -> dict:
-        """Run ``work(folder)`` unless ``folder/done.json`` exists; return the step's record."""
+    def step(self, folder: Path, name: str, work, resumable: bool = False) -> dict:
+        """Run ``work(folder)`` unless ``folder/done.json`` exists; return the step's record.
+
+        An interrupted step starts over from an empty folder, unless it is ``resumable`` (a training
+        that continues from the checkpoints in its folder)."""
         marker = folder / MARKER
         if marker.is_file():
             self.log(f"[skip] {name}: done before")
             return json.loads(marker.read_text())
-        if folder.exists():
-            shutil.rmtree(folder)  # a step interrupted before its marker starts over
-        folder.mkdir(parents=True)
-        self.log(f"[run ] {name}")
+        resumed = resumable and folder.exists()
+        if folder.exists() and not resumable:
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.log(f"[run ] {name}{' (resumed)' if resumed else ''}")
         start = time.perf_counter()
         record = work(folder) or {}
         record["seconds"] = round(time.perf_counter() - start, 1)

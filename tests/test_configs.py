@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from experiments.augment import load_study_config
+from experiments.landmarks import LandmarkStudy, load_landmark_study_config
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(p.relative_to(REPO).as_posix() for p in (REPO / "configs").rglob("*.yaml"))
@@ -17,7 +18,7 @@ CONFIGS = sorted(p.relative_to(REPO).as_posix() for p in (REPO / "configs").rglo
 def kind(path: str) -> str:
     document = yaml.safe_load((REPO / path).read_text())
     if "experiment" in document:
-        return "study"
+        return "landmark study" if "modes" in document["experiment"] else "study"
     if "model" in document:
         return "lightning"
     return "data" if set(document) == {"data"} else "fragment"
@@ -32,6 +33,12 @@ def test_config_parses(cli, path, monkeypatch):
         for spec in subconfigs:
             code, _, err = cli("fit", *(a for c in spec.config for a in ("--config", c)), *spec.args, "--print_config")
             assert code == 0, err[-2000:]
+        return
+    if kind(path) == "landmark study":
+        study = load_landmark_study_config(REPO / path)
+        args = [a for c in study.config for a in ("--config", c)] + study.args + LandmarkStudy.data_args(study.data)
+        code, _, err = cli("fit", *args, "--print_config")
+        assert code == 0, err[-2000:]
         return
     if kind(path) == "data":
         code, _, err = cli("data", "summary", "--config", path, "--out", "unused", "--print_config")

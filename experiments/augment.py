@@ -25,9 +25,9 @@ import numpy as np
 import torch
 
 from commands.acceptance import acceptance_rate_of_checkpoint
-from commands.lightning_cli import data_parser, key_lines, read_yaml
+from commands.lightning_cli import data_parser
 from commands.sampling import generate_samples
-from experiments.steps import StepRunner
+from experiments.steps import StepRunner, read_experiment
 from xraydiff.checkpoints import CHECKPOINT_KEY, read_checkpoint
 from xraydiff.errors import DataError
 from xraydiff.imageio import atomic_write_bytes
@@ -81,22 +81,7 @@ class StudyConfig:
 def load_study_config(path: Path) -> StudyConfig:
     """Read and check an ``experiment:`` config; errors name the file and line."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(path, "config not found")
-    document = read_yaml(path)
-    lines = key_lines(path)
-    if not isinstance(document, dict) or "experiment" not in document:
-        raise DataError(path, "needs a top-level 'experiment' section")
-    section = document["experiment"]
-    known = {f for f in StudyConfig.__dataclass_fields__}
-    for key in section:
-        if key not in known:
-            raise DataError(
-                path, f"unknown key experiment.{key} (known: {sorted(known)})", lines.get(("experiment", key))
-            )
-    for key in ("data", "generators", "localizer"):
-        if key not in section:
-            raise DataError(path, f"experiment.{key} is required", lines.get(("experiment",)))
+    section, lines = read_experiment(path, set(StudyConfig.__dataclass_fields__), ("data", "generators", "localizer"))
 
     def spec(value, where) -> GeneratorSpec:
         if not isinstance(value, dict):

@@ -26,8 +26,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from commands.lightning_cli import data_parser, key_lines, read_yaml
-from experiments.steps import StepRunner
+from commands.lightning_cli import data_parser, read_yaml
+from experiments.steps import StepRunner, read_experiment
 from xraydiff.checkpoints import CHECKPOINT_KEY, read_checkpoint
 from xraydiff.errors import DataError
 from xraydiff.imageio import atomic_write_bytes
@@ -51,22 +51,29 @@ class LandmarkStudyConfig:
     sdr_radii: list[float] = field(default_factory=lambda: [2.0, 2.5, 4.0])  # the table's SDR columns
 
 
+def init_args(group: str, configs: list[str], args: list[str], defaults: dict | None = None) -> dict:
+    """A config group's ``init_args`` (``model`` or ``data``) as the configs, then the
+    ``--GROUP.init_args.KEY VALUE`` overrides, give them, on top of ``defaults``."""
+    values = dict(defaults or {})
+    for config in configs:
+        values.update(((read_yaml(Path(config)) or {}).get(group) or {}).get("init_args") or {})
+    prefix = f"--{group}.init_args."
+    for key, value in zip(args[::2], args[1::2], strict=False):
+        if key.startswith(prefix):
+            values[key.removeprefix(prefix)] = value
+    return values
+
+
 def _model_init_args(configs: list[str], args: list[str]) -> dict:
     """The LandmarkDiffusion constructor arguments the configs and overrides give (defaults filled in)."""
     from lightning_modules.landmark_diffusion import LandmarkDiffusion
 
-    values = {
+    defaults = {
         name: p.default
         for name, p in inspect.signature(LandmarkDiffusion.__init__).parameters.items()
         if p.default is not inspect.Parameter.empty
     }
-    for config in configs:
-        model = (read_yaml(Path(config)) or {}).get("model") or {}
-        values.update(model.get("init_args") or {})
-    for key, value in zip(args[::2], args[1::2], strict=False):
-        if key.startswith("--model.init_args."):
-            values[key.removeprefix("--model.init_args.")] = value
-    return values
+    return init_args("model", configs, args, defaults)
 
 
 def load_landmark_study_config(path: Path) -> LandmarkStudyConfig:
@@ -76,22 +83,9 @@ def load_landmark_study_config(path: Path) -> LandmarkStudyConfig:
     before any training starts.
     """
     path = Path(path)
-    if not path.is_file():
-        raise DataError(path, "config not found")
-    document = read_yaml(path)
-    lines = key_lines(path)
-    if not isinstance(document, dict) or "experiment" not in document:
-        raise DataError(path, "needs a top-level 'experiment' section")
-    section = document["experiment"] or {}
-    known = set(LandmarkStudyConfig.__dataclass_fields__)
-    for key in section:
-        if key not in known:
-            raise DataError(
-                path, f"unknown key experiment.{key} (known: {sorted(known)})", lines.get(("experiment", key))
-            )
-    for key in ("config", "max_steps", "modes"):
-        if key not in section:
-            raise DataError(path, f"experiment.{key} is required", lines.get(("experiment",)))
+    section, lines = read_experiment(
+        path, set(LandmarkStudyConfig.__dataclass_fields__), ("config", "max_steps", "modes")
+    )
     configs = section["config"]
     configs = [configs] if isinstance(configs, str) else list(configs)
     for config in configs:
@@ -174,14 +168,9 @@ class LandmarkStudy(StepRunner):
 
     def batch_size(self) -> int:
         """Images per optimizer step and per evaluation batch (the data config's ``batch_size``)."""
-        values: dict = {}
-        for config in self.config.config:
-            values.update(((read_yaml(Path(config)) or {}).get("data") or {}).get("init_args") or {})
-        values.update(self.config.data)
-        for key, value in zip(self.config.args[::2], self.config.args[1::2], strict=False):
-            if key == "--data.init_args.batch_size":
-                values["batch_size"] = value
-        return int(values.get("batch_size", 1))
+        c = self.config
+        # the study's data overrides come after the configs' args on the command line (see _common)
+        return int({**init_args("data", c.config, c.args), **c.data}.get("batch_size", 1))
 
     # -- steps
 

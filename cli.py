@@ -3,7 +3,7 @@
 * ``xraydiff fit|validate|test|predict --config ...``: LightningCLI over every model and DataModule.
 * ``xraydiff data summary --config ... --out DIR``: load every split, write counts, landmarks and a
   preview of augmented training samples.
-* ``xraydiff sample --ckpt CKPT --num-samples N --out DIR``: generate image/heatmap pairs.
+* ``xraydiff sample --ckpt CKPT --num-samples N --out DIR``: generate image/heatmap pairs (or LDM images).
 * ``xraydiff acceptance fit|render|run|rate``: the MRF-SSM quality control of generated pairs.
 * ``xraydiff experiment augment --config ... --out DIR``: the synthetic-augmentation study.
 * ``xraydiff experiment landmarks --config ... --out DIR``: landmark diffusion vs. its no-diffusion baseline.
@@ -35,7 +35,7 @@ USAGE = """usage: xraydiff <command> [options]
 commands:
   fit | validate | test | predict   LightningCLI (e.g. xraydiff fit --help)
   data summary                      load a dataset, write summary.json, landmarks.csv, preview.png
-  sample                            generate image/heatmap pairs from a checkpoint
+  sample                            generate image/heatmap pairs (or LDM images) from a checkpoint
   acceptance fit|render|run|rate    MRF-SSM quality control of generated pairs
   experiment augment                the synthetic-augmentation study, end to end
   experiment landmarks              landmark diffusion vs. the same network without diffusion
@@ -87,11 +87,11 @@ def data_summary(argv: list[str]) -> None:
 def sample(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(
         prog="xraydiff sample",
-        description="Generate image/heatmap pairs: DIR/<id>.npz (float32 'image' and 'heatmap' in [-1, 1]), "
-        "DIR/<id>.png previews and DIR/manifest.json. Ids are reproducible from the seed.",
+        description="Generate samples: DIR/<id>.npz (float32 'image' and, for paired generators, 'heatmap', in "
+        "[-1, 1]), DIR/<id>.png previews and DIR/manifest.json. Ids are reproducible from the seed.",
     )
     _sampling_arguments(parser)
-    parser.add_argument("--num-samples", type=int, required=True, help="number of pairs to generate")
+    parser.add_argument("--num-samples", type=int, required=True, help="number of samples to generate")
     parser.add_argument("--out", type=Path, required=True, help="output folder (must be new or an earlier sample run)")
     parser.add_argument("--devices", type=int, default=1, help="processes (DDP when > 1)")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier sample run in --out")

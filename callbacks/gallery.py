@@ -14,9 +14,11 @@ from xraydiff.preview import pairs_grid
 
 
 class SampleGallery(Callback):
-    """Every ``every_n_epochs`` epochs, sample ``num_samples`` pairs and show them.
+    """Every ``every_n_epochs`` epochs, sample ``num_samples`` panels from the model and show them.
 
-    The grid (image with its heatmap beside it) is written to
+    The panels are the model's ``gallery``: generated samples (the image with its heatmap beside it
+    for paired generators), or, for an autoencoder, validation images beside their reconstructions.
+    The grid is written to
     ``<default_root_dir>/galleries/epoch=NNNN.png`` and logged to W&B when a WandbLogger is active.
     The samples use a fixed seed, so galleries of different epochs are comparable.
 
@@ -47,7 +49,10 @@ class SampleGallery(Callback):
         generator = torch.Generator(device=pl_module.device).manual_seed(self.seed)
         was_training = pl_module.training
         pl_module.eval()
-        pairs = pl_module.generate(self.num_samples, generator, self.sampler, self.steps).float().cpu().numpy()
+        reference = self.reference_images(trainer, pl_module.device)
+        with torch.no_grad():
+            panels = pl_module.gallery(self.num_samples, generator, self.sampler, self.steps, reference)
+        pairs = panels.float().cpu().numpy()
         pl_module.train(was_training)
         path = Path(trainer.default_root_dir) / "galleries" / f"epoch={trainer.current_epoch:04d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -55,4 +60,18 @@ class SampleGallery(Callback):
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 logger.log_image("samples", images=[str(path)], step=trainer.global_step)
-        pl_module.log("gallery/heatmap_max_mean", float(np.mean(pairs[:, 1].max(axis=(1, 2)))), rank_zero_only=True)
+        if "heatmap" in pl_module.sample_channels:
+            heatmap = pairs[:, pl_module.sample_channels.index("heatmap")]
+            pl_module.log("gallery/heatmap_max_mean", float(np.mean(heatmap.max(axis=(1, 2)))), rank_zero_only=True)
+
+    def reference_images(self, trainer: L.Trainer, device: torch.device) -> torch.Tensor | None:
+        """The first ``num_samples`` validation images, unaugmented (B, 1, H, W), or None without any."""
+        dataset = getattr(trainer.datamodule, "dataset", None)
+        if dataset is None:
+            return None
+        images = dataset("val", augment=False)
+        count = min(self.num_samples, len(images))
+        if count == 0:
+            return None
+        # (index, seed) keys: a plain index would draw an augmentation seed from the global random state
+        return torch.stack([images[(k, 0)]["image"] for k in range(count)]).to(device)

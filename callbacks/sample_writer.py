@@ -22,8 +22,11 @@ class SampleWriter(BasePredictionWriter):
         self.staging, self.out, self.manifest, self.expected = Path(staging), Path(out), manifest, expected
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
-        for sample, pair in zip(prediction["ids"], prediction["pairs"], strict=True):
-            write_sample(self.staging, sample, pair[0].numpy(), pair[1].numpy())
+        channels = pl_module.sample_channels
+        for sample, arrays in zip(prediction["ids"], prediction["samples"], strict=True):
+            write_sample(
+                self.staging, sample, **{name: array.numpy() for name, array in zip(channels, arrays, strict=True)}
+            )
 
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         trainer.strategy.barrier("samples-written")

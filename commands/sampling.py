@@ -1,4 +1,5 @@
-"""``xraydiff sample``: generate pairs from a checkpoint into a folder, on one or several devices."""
+"""``xraydiff sample``: generate samples (image/heatmap pairs, or images) from a checkpoint into a folder, on one or
+several devices."""
 
 from __future__ import annotations
 
@@ -60,7 +61,7 @@ def generate_samples(
     precision: str = "32-true",
     overwrite: bool = False,
 ) -> Path:
-    """Sample ``num_samples`` pairs from the model in ``ckpt`` into ``out`` (see ``xraydiff sample``).
+    """Sample ``num_samples`` samples from the model in ``ckpt`` into ``out`` (see ``xraydiff sample``).
 
     All or nothing: samples are written into a staging folder beside ``out`` that replaces it at the
     end; on an error or SIGTERM/SIGINT the staging folder is removed and ``out`` is left as it was.
@@ -69,7 +70,7 @@ def generate_samples(
 
     from callbacks.sample_writer import SampleWriter
     from datamodules.sampling import SampleIndexDataModule
-    from lightning_modules.generative import PairedGenerativeModule, load_model
+    from lightning_modules.generative import GenerativeModule, load_model
     from xraydiff.checkpoints import class_path
 
     if num_samples < 1:
@@ -80,7 +81,7 @@ def generate_samples(
         raise DataError(None, f"--devices must be at least 1, got {devices}")
     out = Path(out)
     check_output_folder(out, overwrite)
-    model = load_model(ckpt, expected=PairedGenerativeModule)
+    model = load_model(ckpt, expected=GenerativeModule)
     sampler_name, sampler_steps = check_sampler_arguments(model, sampler, steps)
     resolved = resolve_precision(precision, accelerator)
     staging = out.with_name(f".{out.name}.partial")
@@ -95,6 +96,7 @@ def generate_samples(
         "count": num_samples,
         "batch_size": batch_size,
         "image_size": list(model.image_size),
+        "channels": list(model.sample_channels),
         "devices": devices,
         "precision": resolved,
     }

@@ -1,9 +1,11 @@
-"""Panoramic dental radiographs with label maps, plus unlabelled images for latent blending."""
+"""Panoramic dental radiographs with label maps, plus the unlabelled pool that trains the latent diffusion model
+and feeds the latent blending."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -18,9 +20,11 @@ from xraydiff.datasets import (
 )
 from xraydiff.errors import DataError
 from xraydiff.phantoms import CANAL_LABEL, panoramic_phantom
-from xraydiff.readers import read_panoramic_dataset
+from xraydiff.readers import SegmentationRecord, read_panoramic_dataset
 
 SPLITS = ("train", "val", "test")
+# Splits of images only: the whole unlabelled pool, its part reserved for synthesis, the generators' training set.
+POOL_SPLITS = ("unlabelled", "synthesis", "generator")
 
 
 class PanoramicDataModule(CachedSplitsDataModule):
@@ -28,12 +32,26 @@ class PanoramicDataModule(CachedSplitsDataModule):
 
     Layout under ``root``: ``<image_dir>/<stem>.<ext>`` with ``<mask_dir>/<stem>.png`` label maps,
     optionally ``<unlabelled_dir>/<stem>.<ext>``. The labelled images are split reproducibly into
-    train / val / test by ``val_fraction`` and ``test_fraction``.
+    test / val / pool / train by ``test_fraction``, ``val_fraction`` and ``unlabelled_fraction`` (the
+    pool's masks are never read: datasets that label every image, like UFBA-425, give their
+    unlabelled pool this way).
+
+    Splits: ``train``, ``val``, ``test`` (image and mask); ``unlabelled`` (the images of
+    ``unlabelled_dir`` and the pool); ``synthesis`` (a ``synthesis_fraction`` of ``unlabelled``, kept
+    for latent blending); ``generator``, what the autoencoder and the LDM train on: ``unlabelled``
+    without ``synthesis`` (Lim et al. train the LDM without the images used for synthesis, against
+    leakage), plus the labelled training images' pixels when ``generator_includes_train``, minus
+    ``exclude``. ``train_split`` chooses the split the training loader serves.
 
     Args:
         classes: label values forming the binary target, e.g. 1 (the phantom canal) or a list of
             FDI tooth numbers such as [36, 37, 38, 46, 47, 48].
         image_size: (H, W) of the model input.
+        unlabelled_fraction: share of the labelled images whose masks are set aside (into ``unlabelled``).
+        synthesis_fraction: share of ``unlabelled`` reserved for synthesis, never in ``generator``.
+        exclude: image ids (file stems), or a text file of ids (one per line), never in ``generator``.
+        generator_includes_train: add the labelled training images' pixels to ``generator``.
+        train_split: 'train' (a segmentation model) or 'generator' (the autoencoder and the LDM).
         phantom_counts: phantoms per split ('train', 'val', 'test', 'unlabelled').
         (see ``LandmarkDataModule`` for the other arguments)
     """
@@ -53,6 +71,11 @@ class PanoramicDataModule(CachedSplitsDataModule):
         augmentation: AugmentationSpec = "default",
         val_fraction: float = 0.1,
         test_fraction: float = 0.2,
+        unlabelled_fraction: float = 0.0,
+        synthesis_fraction: float = 0.0,
+        exclude: list[str] | str | None = None,
+        generator_includes_train: bool = False,
+        train_split: Literal["train", "generator"] = "train",
         seed: int = 0,
         phantom_counts: dict[str, int] | None = None,
         load_workers: int = 2,
@@ -60,11 +83,17 @@ class PanoramicDataModule(CachedSplitsDataModule):
         super().__init__()
         if len(image_size) != 2 or min(image_size) < 8:
             raise DataError(None, f"image_size must be (H, W) with both at least 8, got {image_size}")
-        if val_fraction < 0 or test_fraction < 0 or val_fraction + test_fraction >= 1:
+        fractions = (val_fraction, test_fraction, unlabelled_fraction)
+        if min(fractions) < 0 or sum(fractions) >= 1:
             raise DataError(
                 None,
-                f"need val_fraction, test_fraction >= 0 with a sum below 1, got {val_fraction} and {test_fraction}",
+                "need val_fraction, test_fraction, unlabelled_fraction >= 0 with a sum below 1, got "
+                f"{val_fraction}, {test_fraction} and {unlabelled_fraction}",
             )
+        if not 0 <= synthesis_fraction < 1:
+            raise DataError(None, f"synthesis_fraction must be in [0, 1), got {synthesis_fraction}")
+        if train_split not in ("train", "generator"):
+            raise DataError(None, f"train_split must be 'train' or 'generator', got {train_split!r}")
         self.root = None if root is None else Path(root)
         self.image_dir, self.mask_dir, self.unlabelled_dir = image_dir, mask_dir, unlabelled_dir
         self.classes: Sequence[int] = [classes] if isinstance(classes, int) else list(classes)
@@ -75,6 +104,10 @@ class PanoramicDataModule(CachedSplitsDataModule):
         self.augmentation_spec = augmentation
         self.augmentation = build_augmentation(augmentation, self.anatomy)
         self.val_fraction, self.test_fraction = val_fraction, test_fraction
+        self.unlabelled_fraction, self.synthesis_fraction = unlabelled_fraction, synthesis_fraction
+        self.exclude = exclude
+        self.generator_includes_train = generator_includes_train
+        self.train_split = train_split
         self.seed = seed
         self.phantom_counts = {"train": 48, "val": 8, "test": 8, "unlabelled": 48, **(phantom_counts or {})}
         self.load_workers = load_workers
@@ -83,22 +116,64 @@ class PanoramicDataModule(CachedSplitsDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.items is not None:
             return
-        if self.root is None:
-            self.items = {name: self._phantoms(name) for name in (*SPLITS, "unlabelled")}
-            return
+        items = self._phantom_splits() if self.root is None else self._real_splits()
+        pool = items["unlabelled"]
+        reserved = np.random.default_rng([self.seed, 1]).permutation(len(pool))[
+            : int(round(self.synthesis_fraction * len(pool)))
+        ]
+        items["synthesis"] = [pool[k] for k in sorted(reserved)]
+        excluded = self._excluded_ids(items) | {item.id for item in items["synthesis"]}
+        candidates = list(pool)
+        if self.generator_includes_train:  # pixels only: the generators never see a mask
+            candidates += [SegmentationItem(item.id, item.image, None) for item in items["train"]]
+        items["generator"] = [item for item in candidates if item.id not in excluded]
+        self.items = items
+
+    def _phantom_splits(self) -> dict[str, list[SegmentationItem]]:
+        return {name: self._phantoms(name) for name in (*SPLITS, "unlabelled")}
+
+    def _real_splits(self) -> dict[str, list[SegmentationItem]]:
         labelled, unlabelled = read_panoramic_dataset(self.root, self.image_dir, self.mask_dir, self.unlabelled_dir)
         if not labelled:
             raise DataError(self.root / self.image_dir, "dataset is empty: no labelled image found")
         order = np.random.default_rng(self.seed).permutation(len(labelled))
-        n_test = int(round(self.test_fraction * len(labelled)))
-        n_val = int(round(self.val_fraction * len(labelled)))
-        chosen = {"test": order[:n_test], "val": order[n_test : n_test + n_val], "train": order[n_test + n_val :]}
+        counts = [
+            int(round(f * len(labelled))) for f in (self.test_fraction, self.val_fraction, self.unlabelled_fraction)
+        ]
+        ends = np.cumsum(counts)
+        chosen = {"test": order[: ends[0]], "val": order[ends[0] : ends[1]], "pool": order[ends[1] : ends[2]]}
+        chosen["train"] = order[ends[2] :]
         load = lambda r: load_segmentation_item(r, self.image_size, self.classes)  # noqa: E731
-        self.items = {
-            split: parallel_map(load, [labelled[k] for k in sorted(idx)], self.load_workers)
-            for split, idx in chosen.items()
+        items = {
+            split: parallel_map(load, [labelled[k] for k in sorted(chosen[split])], self.load_workers)
+            for split in SPLITS
         }
-        self.items["unlabelled"] = parallel_map(load, unlabelled, self.load_workers)
+        # The pool's label maps stay unread: these images are unlabelled for every model.
+        pool = [SegmentationRecord(labelled[k].id, labelled[k].image_path) for k in sorted(chosen["pool"])]
+        items["unlabelled"] = parallel_map(load, unlabelled + pool, self.load_workers)
+        return items
+
+    def _excluded_ids(self, items: dict[str, list[SegmentationItem]]) -> set[str]:
+        """The ids of ``exclude``; DataError naming an id that is no image of the dataset (a typo would
+        otherwise leak the image into the generators' training)."""
+        if self.exclude is None:
+            return set()
+        source, line_of = None, {}
+        ids = self.exclude
+        if isinstance(ids, str):
+            source = Path(ids)
+            if not source.is_file():
+                raise DataError(source, "exclude list not found")
+            lines = [line.strip() for line in source.read_text().splitlines()]
+            line_of = {line: k + 1 for k, line in enumerate(lines) if line and not line.startswith("#")}
+            ids = list(line_of)
+        known = {item.id for split in items.values() for item in split}
+        for image_id in ids:
+            if image_id not in known:
+                raise DataError(
+                    source, f"exclude: no image with id {image_id!r} in {self.source}", line_of.get(image_id)
+                )
+        return set(ids)
 
     def _phantoms(self, name: str) -> list[SegmentationItem]:
         offset = {"train": 0, "val": 1_000_000, "test": 2_000_000, "unlabelled": 3_000_000}[name]
@@ -117,8 +192,29 @@ class PanoramicDataModule(CachedSplitsDataModule):
 
     def dataset(self, split: str, augment: bool | None = None) -> SegmentationDataset:
         self.setup()
-        augment = split == "train" if augment is None else augment
+        augment = split == self.train_split if augment is None else augment
         return SegmentationDataset(self.items[split], self.augmentation if augment else None)
+
+    def train_dataloader(self):
+        dataset = self.dataset(self.train_split)
+        if len(dataset) == 0:
+            raise DataError(self.empty_split_source(self.train_split), f"the {self.train_split} split is empty")
+        return self.make_loader(dataset, sampler=self.epoch_sampler(len(dataset)))
+
+    def training_set_description(self) -> dict:
+        """What the training split is, recorded in every checkpoint: a generator's image ids let the
+        blending check that none of its synthesis images was seen in training."""
+        self.setup()
+        items = self.items[self.train_split]
+        return {
+            "anatomy": self.anatomy,
+            "source": self.source,
+            "split": self.train_split,
+            "seed": self.seed,
+            "train_images": len(items),
+            "ids": [item.id for item in items],
+            "image_size": list(self.image_size),
+        }
 
     def summary(self) -> dict:
         self.setup()
@@ -130,6 +226,9 @@ class PanoramicDataModule(CachedSplitsDataModule):
             "splits": {split: len(self.items[split]) for split in SPLITS},
             "labelled": len(labelled),
             "unlabelled": len(self.items["unlabelled"]),
+            "synthesis": len(self.items["synthesis"]),
+            "generator": len(self.items["generator"]),
+            "train_split": self.train_split,
             "classes": list(self.classes),
             "mask_coverage": {
                 "mean": float(np.mean(coverage)),

@@ -1,4 +1,4 @@
-"""Shared base of the generators of (image, heatmap) pairs: the paired DDPM and the VAE baseline."""
+"""Shared base of the generators: the paired DDPM and VAE of (image, heatmap) pairs, and the latent diffusion model."""
 
 from __future__ import annotations
 
@@ -12,19 +12,25 @@ from torch import Tensor
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from xraydiff.checkpoints import CHECKPOINT_KEY, checkpoint_model_class, class_path
+from xraydiff.diffusion import Sampler, check_diffusion_options, make_scheduler
 from xraydiff.errors import DataError
 from xraydiff.heatmaps import gaussian_heatmaps
 from xraydiff.samples import batch_seed, sample_id
 
 
-def load_model(path: str | Path, expected: type | None = None) -> L.LightningModule:
-    """Load the LightningModule saved in ``path`` on the CPU, checking its class against ``expected``."""
+def model_class(path: str | Path, expected: type | None = None) -> type:
+    """The LightningModule class recorded in the checkpoint ``path``, checked against ``expected``."""
     name = checkpoint_model_class(path)
     module_name, _, cls_name = name.rpartition(".")
     cls = getattr(importlib.import_module(module_name), cls_name)
     if expected is not None and not issubclass(cls, expected):
         raise DataError(path, f"checkpoint holds a {cls_name}, expected a {expected.__name__}")
-    return cls.load_from_checkpoint(path, map_location="cpu")
+    return cls
+
+
+def load_model(path: str | Path, expected: type | None = None) -> L.LightningModule:
+    """Load the LightningModule saved in ``path`` on the CPU, checking its class against ``expected``."""
+    return model_class(path, expected).load_from_checkpoint(path, map_location="cpu")
 
 
 class TaggedCheckpointMixin:
@@ -68,13 +74,106 @@ class WeightAverageMixin:
             self.ema.update_parameters(getattr(self, self.ema_source))
 
 
-class PairedGenerativeModule(TaggedCheckpointMixin, L.LightningModule):
+class DiffusionSamplingMixin:
+    """The variance schedule and samplers of a diffusion model from its hyperparameters
+    (``num_train_timesteps``, ``beta_schedule``, ``beta_start``, ``beta_end``, ``prediction_type``, ``sampler``,
+    ``sampling_steps``, ``ddim_eta``). ``clip_sample``: whether the schedulers clip the predicted x0 to
+    [-1, 1] (images: yes; unit-variance latents: no)."""
+
+    clip_sample: bool = True
+
+    def make_scheduler(self, sampler: Sampler):
+        """The model's variance schedule in MONAI's DDPM or DDIM scheduler."""
+        hp = self.hparams
+        return make_scheduler(
+            sampler,
+            hp.num_train_timesteps,
+            hp.beta_schedule,
+            hp.beta_start,
+            hp.beta_end,
+            hp.prediction_type,
+            clip_sample=self.clip_sample,
+        )
+
+    def sampling_description(self, sampler: str | None, steps: int | None) -> tuple[str, int]:
+        sampler = sampler or self.hparams.sampler
+        check_diffusion_options(sampler, self.hparams.prediction_type, self.hparams.ddim_eta)
+        if sampler == "ddpm":
+            return "ddpm", self.hparams.num_train_timesteps
+        steps = steps or self.hparams.sampling_steps
+        if not 1 <= steps <= self.hparams.num_train_timesteps:
+            raise DataError(None, f"DDIM steps must be in [1, {self.hparams.num_train_timesteps}], got {steps}")
+        return "ddim", steps
+
+
+class GenerativeModule(TaggedCheckpointMixin, L.LightningModule):
+    """Base of every model that ``xraydiff sample`` draws from.
+
+    Subclasses set ``image_size`` and ``sample_channels`` (the names of the channels of a sample, written
+    as arrays of these names by ``xraydiff sample``) and implement
+    ``generate(num, generator, sampler, steps, progress) -> (num, len(sample_channels), H, W)`` in [-1, 1].
+    """
+
+    image_size: tuple[int, int]
+    sample_channels: tuple[str, ...] = ("image",)
+
+    def generate(
+        self,
+        num: int,
+        generator: torch.Generator | None = None,
+        sampler: str | None = None,
+        steps: int | None = None,
+        progress: bool = False,
+    ) -> Tensor:
+        raise NotImplementedError
+
+    def _images(self, batch: dict) -> Tensor:
+        """The batch's images (B, 1, H, W) as float32; DataError when their size is not the model's."""
+        images = batch["image"]
+        if tuple(images.shape[-2:]) != self.image_size:
+            raise DataError(
+                None, f"data image size {tuple(images.shape[-2:])} differs from the model's {self.image_size}"
+            )
+        return images.float()
+
+    def gallery(
+        self, num: int, generator: torch.Generator, sampler: str | None, steps: int | None, reference: Tensor | None
+    ) -> Tensor:
+        """Panels (num, C, H, W) for the sample gallery: ``num`` samples (``reference``, real validation
+        images, serves models that reconstruct rather than generate)."""
+        return self.generate(num, generator, sampler, steps)
+
+    def sampling_description(self, sampler: str | None, steps: int | None) -> tuple[str, int | None]:
+        """The (sampler, steps) that ``generate`` uses for these arguments, for manifests."""
+        return "prior", None
+
+    def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:
+        """Generate one batch of a sampling run (see ``datamodules.sampling``)."""
+        if "indices" not in batch:
+            raise DataError(
+                None,
+                f"{type(self).__name__} generates samples with `xraydiff sample --ckpt ...`; "
+                "`xraydiff predict` has no predictions for it",
+            )
+        indices = batch["indices"].tolist()
+        ids = [sample_id(int(batch["seed"]), index) for index in indices]
+        if not indices:
+            return {"ids": [], "samples": torch.empty(0, len(self.sample_channels), *self.image_size)}
+        generator = torch.Generator(device=self.device).manual_seed(batch_seed(int(batch["seed"]), int(batch["batch"])))
+        samples = self.generate(
+            len(indices), generator, batch.get("sampler"), batch.get("steps"), progress=self.global_rank == 0
+        )
+        return {"ids": ids, "samples": samples.float().cpu()}
+
+
+class PairedGenerativeModule(GenerativeModule):
     """Base for models generating 2-channel samples: image and one heatmap of all landmarks.
 
     Batches of a landmark DataModule (``image`` (B, 1, H, W), ``landmarks`` (B, N, 2)) become
-    training samples x0 (B, 2, H, W) in [-1, 1] by ``to_pairs``. Subclasses implement
-    ``generate(num, generator, sampler, steps, progress) -> (num, 2, H, W)``.
+    training samples x0 (B, 2, H, W) in [-1, 1] by ``to_pairs``.
     """
+
+    sample_channels = ("image", "heatmap")
 
     def __init__(self, image_size: tuple[int, int], heatmap_sigma: float):
         super().__init__()
@@ -93,16 +192,6 @@ class PairedGenerativeModule(TaggedCheckpointMixin, L.LightningModule):
         )
         return torch.cat([image.float(), heatmap], dim=1)
 
-    def generate(
-        self,
-        num: int,
-        generator: torch.Generator | None = None,
-        sampler: str | None = None,
-        steps: int | None = None,
-        progress: bool = False,
-    ) -> Tensor:
-        raise NotImplementedError
-
     def _evaluate(self, batch: dict, batch_idx: int, stage: str) -> Tensor:
         """The model's training objective on a validation/test batch, logged as ``<stage>/loss``."""
         raise NotImplementedError
@@ -112,25 +201,3 @@ class PairedGenerativeModule(TaggedCheckpointMixin, L.LightningModule):
 
     def test_step(self, batch: dict, batch_idx: int) -> Tensor:
         return self._evaluate(batch, batch_idx, "test")
-
-    def sampling_description(self, sampler: str | None, steps: int | None) -> tuple[str, int | None]:
-        """The (sampler, steps) that ``generate`` uses for these arguments, for manifests."""
-        return "prior", None
-
-    def predict_step(self, batch: dict, batch_idx: int, dataloader_idx: int = 0) -> dict:
-        """Generate one batch of a sampling run (see ``datamodules.sampling``)."""
-        if "indices" not in batch:
-            raise DataError(
-                None,
-                f"{type(self).__name__} generates samples with `xraydiff sample --ckpt ...`; "
-                "`xraydiff predict` has no landmark predictions for it",
-            )
-        indices = batch["indices"].tolist()
-        ids = [sample_id(int(batch["seed"]), index) for index in indices]
-        if not indices:
-            return {"ids": [], "pairs": torch.empty(0, 2, *self.image_size)}
-        generator = torch.Generator(device=self.device).manual_seed(batch_seed(int(batch["seed"]), int(batch["batch"])))
-        pairs = self.generate(
-            len(indices), generator, batch.get("sampler"), batch.get("steps"), progress=self.global_rank == 0
-        )
-        return {"ids": ids, "pairs": pairs.float().cpu()}

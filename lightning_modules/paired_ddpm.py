@@ -4,22 +4,13 @@ from __future__ import annotations
 
 import torch
 from monai.networks.nets import DiffusionModelUNet
-from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
 from torch import Tensor, nn
 
-from lightning_modules.generative import PairedGenerativeModule, WeightAverageMixin
-from xraydiff.diffusion import (
-    PredictionType,
-    Sampler,
-    check_diffusion_options,
-    diffusion_loss,
-    make_scheduler,
-    reverse_diffusion,
-)
-from xraydiff.errors import DataError
+from lightning_modules.generative import DiffusionSamplingMixin, PairedGenerativeModule, WeightAverageMixin
+from xraydiff.diffusion import PredictionType, Sampler, check_diffusion_options, diffusion_loss, reverse_diffusion
 
 
-class PairedDDPM(WeightAverageMixin, PairedGenerativeModule):
+class PairedDDPM(DiffusionSamplingMixin, WeightAverageMixin, PairedGenerativeModule):
     """DDPM over 2-channel samples x0 = [image, heatmap] (Hadzic et al., sect. 2.1).
 
     Forward process q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I) (eq. 2); the U-Net
@@ -90,13 +81,6 @@ class PairedDDPM(WeightAverageMixin, PairedGenerativeModule):
         self.init_weight_average("unet", ema_decay)
         self.scheduler = self.make_scheduler("ddpm")
 
-    def make_scheduler(self, sampler: Sampler) -> DDPMScheduler | DDIMScheduler:
-        """The model's variance schedule in MONAI's DDPM or DDIM scheduler."""
-        hp = self.hparams
-        return make_scheduler(
-            sampler, hp.num_train_timesteps, hp.beta_schedule, hp.beta_start, hp.beta_end, hp.prediction_type
-        )
-
     # ------------------------------------------------------------------------------ training
 
     def diffusion_loss(
@@ -124,16 +108,6 @@ class PairedDDPM(WeightAverageMixin, PairedGenerativeModule):
         return torch.optim.Adam(self.unet.parameters(), lr=self.hparams.learning_rate)
 
     # ------------------------------------------------------------------------------ sampling
-
-    def sampling_description(self, sampler: str | None, steps: int | None) -> tuple[str, int]:
-        sampler = sampler or self.hparams.sampler
-        check_diffusion_options(sampler, self.hparams.prediction_type, self.hparams.ddim_eta)
-        if sampler == "ddpm":
-            return "ddpm", self.hparams.num_train_timesteps
-        steps = steps or self.hparams.sampling_steps
-        if not 1 <= steps <= self.hparams.num_train_timesteps:
-            raise DataError(None, f"DDIM steps must be in [1, {self.hparams.num_train_timesteps}], got {steps}")
-        return "ddim", steps
 
     @torch.no_grad()
     def generate(

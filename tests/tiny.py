@@ -105,3 +105,60 @@ def run(args: list[str], timeout: float = 600, env: dict | None = None, **kwargs
         env=environment,
         **kwargs,
     )
+
+
+# Panoramic generators at 32 x 64 (latents 4 x 4 x 8): 12 unlabelled phantoms, 4 kept for synthesis, 8 train
+# the generators (batch 4: 2 steps per epoch).
+PANORAMIC_DATA = [
+    "--data.init_args.image_size",
+    "[32, 64]",
+    "--data.init_args.batch_size",
+    "4",
+    "--data.init_args.synthesis_fraction",
+    "0.34",
+    "--data.init_args.phantom_counts",
+    json.dumps({"train": 2, "val": 2, "test": 2, "unlabelled": 12}),
+]
+QUIET = ["--trainer.enable_progress_bar", "false", "--trainer.check_val_every_n_epoch", "1"]
+AUTOENCODER = [
+    "--config",
+    "configs/demo/panoramic_autoencoder.yaml",
+    *CSV,
+    "--model.init_args.image_size",
+    "[32, 64]",
+    "--model.init_args.channels",
+    "[8, 8, 16, 16]",
+    "--model.init_args.norm_num_groups",
+    "8",
+    "--trainer.callbacks",
+    "[]",
+    "--trainer.log_every_n_steps",
+    "1",
+    *QUIET,
+    *PANORAMIC_DATA,
+]
+LDM = [
+    "--config",
+    "configs/demo/panoramic_ldm.yaml",
+    *CSV,
+    "--model.init_args.image_size",
+    "[32, 64]",
+    "--model.init_args.channels",
+    "[16, 16]",
+    "--model.init_args.attention_levels",
+    "[false, true]",
+    "--model.init_args.num_head_channels",
+    "8",
+    "--model.init_args.norm_num_groups",
+    "8",
+    "--model.init_args.num_train_timesteps",
+    "50",
+    "--model.init_args.sampling_steps",
+    "4",
+    "--trainer.callbacks",
+    "[]",
+    "--trainer.log_every_n_steps",
+    "1",
+    *QUIET,
+    *PANORAMIC_DATA,
+]

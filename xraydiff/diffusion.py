@@ -89,12 +89,14 @@ def reverse_diffusion(
     eta: float = 0.0,
     progress: bool = False,
     desc: str = "sampling",
+    clip: bool = True,
 ) -> Tensor:
     """x_0 from x_T by the scheduler's reverse process in ``steps`` steps: the DDPM ancestral sampler
     (Ho et al., Algorithm 2) or DDIM (Song et al., eq. 12; ``eta`` > 0 adds the posterior noise of eq. 16).
 
     Each step predicts with ``denoiser`` (upcast to float32) and draws x_{t-1} with ``generator``, so
-    a run is reproducible from the generator's seed. Returns x_0 clamped to [-1, 1].
+    a run is reproducible from the generator's seed. Returns x_0, clamped to [-1, 1] when ``clip``
+    (images; latents are not bounded).
     """
     scheduler.set_timesteps(steps, device=x_T.device)
     options = {"eta": eta} if isinstance(scheduler, DDIMScheduler) else {}
@@ -102,7 +104,7 @@ def reverse_diffusion(
     for t in tqdm(scheduler.timesteps, desc=desc, disable=not progress, leave=False):
         timesteps = torch.full((x.shape[0],), int(t), device=x.device, dtype=torch.long)
         x, _ = scheduler.step(denoiser(x, timesteps).float(), int(t), x, generator=generator, **options)
-    return x.clamp(-1.0, 1.0)
+    return x.clamp(-1.0, 1.0) if clip else x
 
 
 def gaussian_kl(mu: Tensor, logvar: Tensor) -> Tensor:

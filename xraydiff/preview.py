@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 from collections.abc import Sequence
 from pathlib import Path
@@ -79,8 +80,9 @@ def mask_grid(samples: Sequence[dict], path: Path, columns: int = 3, title: str 
 
 
 def pairs_grid(pairs: np.ndarray, path: Path, columns: int = 4, title: str | None = None) -> None:
-    """Generated pairs (B, 2, H, W) in [-1, 1]: each tile shows the image with its heatmap beside it."""
-    tiles = [side_by_side(pair[0], pair[1]) for pair in pairs]
+    """Panels (B, C, H, W) in [-1, 1], e.g. generated (image, heatmap) pairs or (image, reconstruction):
+    each tile shows a panel's C channels side by side."""
+    tiles = [functools.reduce(side_by_side, panel) for panel in pairs]
     fig, axes = _grid(len(tiles), columns, tiles[0].shape[0] / tiles[0].shape[1], tile=4.0)
     for ax, tile in zip(axes, tiles, strict=False):
         ax.imshow(tile, cmap="gray", vmin=-1, vmax=1)

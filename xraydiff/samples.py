@@ -1,8 +1,9 @@
 """Folders of generated image/heatmap pairs, the exchange format between sampling and acceptance.
 
-A folder holds, per sample, ``<id>.npz`` with float32 arrays ``image`` (H, W) and ``heatmap``
-(H, W), both in [-1, 1] (optionally ``landmarks`` (N, 2) in model pixels), ``<id>.png`` (the image
-with its heatmap beside it) and one ``manifest.json`` describing how the folder was made.
+A folder holds, per sample, ``<id>.npz`` with float32 arrays ``image`` (H, W) and, for paired
+generators, ``heatmap`` (H, W), both in [-1, 1] (optionally ``landmarks`` (N, 2) in model pixels),
+``<id>.png`` (the image, with its heatmap beside it) and one ``manifest.json`` describing how the
+folder was made.
 """
 
 from __future__ import annotations
@@ -37,15 +38,19 @@ def side_by_side(image: np.ndarray, heatmap: np.ndarray, gap: int = 2) -> np.nda
     return np.concatenate([image, separator, heatmap], axis=1)
 
 
-def write_sample(directory: Path, sample: str, image: np.ndarray, heatmap: np.ndarray, **extra: np.ndarray) -> None:
+def write_sample(
+    directory: Path, sample: str, image: np.ndarray, heatmap: np.ndarray | None = None, **extra: np.ndarray
+) -> None:
     """Write ``<sample>.npz`` and ``<sample>.png`` into ``directory`` (each file atomically)."""
-    arrays = {"image": np.asarray(image, np.float32), "heatmap": np.asarray(heatmap, np.float32)}
+    arrays = {"image": np.asarray(image, np.float32)}
+    if heatmap is not None:
+        arrays["heatmap"] = np.asarray(heatmap, np.float32)
     arrays.update({k: np.asarray(v, np.float32) for k, v in extra.items()})
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     atomic_write_bytes(directory / f"{sample}.npz", buffer.getvalue())
     staging = directory / f".{sample}.png.partial.png"
-    write_png(staging, side_by_side(arrays["image"], arrays["heatmap"]))
+    write_png(staging, arrays["image"] if heatmap is None else side_by_side(arrays["image"], arrays["heatmap"]))
     staging.replace(directory / f"{sample}.png")
 
 

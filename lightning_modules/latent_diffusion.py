@@ -1,0 +1,287 @@
+"""Latent diffusion model (Rombach et al. 2022; Medfusion): a DDPM in the latent space of a frozen autoencoder."""
+
+from __future__ import annotations
+
+import inspect
+import math
+
+import torch
+from monai.networks.nets import DiffusionModelUNet
+from torch import Tensor
+
+from lightning_modules.autoencoder import LatentAutoencoder
+from lightning_modules.generative import DiffusionSamplingMixin, GenerativeModule, WeightAverageMixin, model_class
+from xraydiff.checkpoints import read_checkpoint
+from xraydiff.diffusion import PredictionType, Sampler, check_diffusion_options, diffusion_loss, reverse_diffusion
+from xraydiff.errors import DataError
+from xraydiff.latent import (
+    Float32Autoencoder,
+    autoencoder_kl,
+    compression_factor,
+    latent_moments,
+    latent_shape,
+    scale_factor_from_moments,
+)
+
+# The autoencoder hyperparameters that fix its architecture (copied into the LDM's own hyperparameters).
+ARCHITECTURE = ("image_size", "channels", "num_res_blocks", "latent_channels", "attention_levels", "mid_attention",
+                "norm_num_groups")  # fmt: skip
+
+
+class LatentDiffusion(DiffusionSamplingMixin, WeightAverageMixin, GenerativeModule):
+    """Unconditional DDPM on the scaled latents z = s E(x) of a frozen ``LatentAutoencoder`` (Rombach et al.,
+    sect. 3.2; Lim et al. build on Medfusion, which is this model).
+
+    Training: z ~ q(z | x) from the autoencoder (in float32), the epsilon objective
+    ||eps - eps_theta(sqrt(abar_t) z + sqrt(1 - abar_t) eps, t)||^2 (Ho et al., eq. 14) with MONAI's
+    ``DiffusionModelUNet``, AdamW, EMA weights for sampling. The autoencoder is loaded from
+    ``autoencoder_ckpt`` when the model is built, frozen, never optimised, and saved inside this model's
+    checkpoints (so an LDM checkpoint samples on its own). The latent scale s = 1 / std of the training
+    latents (Rombach et al., appendix G) is estimated once, at the start of the first training, from the
+    posterior moments (E z = z_mu, E z^2 = z_mu^2 + z_sigma^2) of the first ``scale_images`` training
+    images, summed over DDP ranks so that every rank uses the same value, and stored in the checkpoint.
+
+    Sampling: z_T ~ N(0, I), the DDPM chain of T steps or DDIM in k steps with the EMA weights, then
+    x = D(z_0 / s) in float32, clamped to [-1, 1]. MONAI's ``LatentDiffusionInferer`` does the same encode /
+    noise / predict and decode, but draws from the global random state (no per-batch seed, so a sample would
+    depend on the device count) and runs the autoencoder under the caller's autocast; ``xraydiff.diffusion``
+    does both the pixel-space and this model's sampling instead.
+
+    Shapes: images (B, 1, H, W) in [-1, 1]; latents (B, latent_channels, H / f, W / f).
+
+    Args:
+        autoencoder_ckpt: checkpoint of a trained ``LatentAutoencoder`` (required for a new model).
+        image_size: (H, W) of the images; the latent shape follows from the autoencoder.
+        latent_channels: the autoencoder's latent channels (checked against the checkpoint).
+        channels, num_res_blocks, attention_levels, num_head_channels, norm_num_groups,
+            use_flash_attention: the denoising U-Net (MONAI ``DiffusionModelUNet``).
+        num_train_timesteps: T (1000 in Lim et al.).
+        beta_start, beta_end, beta_schedule: the variance schedule (linear in Lim et al.).
+        prediction_type: what the U-Net predicts ('epsilon' in Lim et al. / Medfusion).
+        learning_rate, weight_decay: AdamW.
+        ema_decay: decay of the EMA of the U-Net's weights used for sampling.
+        sampler, sampling_steps, ddim_eta: default sampler, DDIM steps k and DDIM's eta.
+        scale_images: training images whose latents estimate the scale factor.
+        autoencoder: the autoencoder's architecture, recorded from ``autoencoder_ckpt`` (set automatically;
+            a saved LDM rebuilds its autoencoder from it without the autoencoder's file).
+    """
+
+    sample_channels = ("image",)
+    clip_sample = False  # unit-variance latents are not bounded by [-1, 1]
+
+    def __init__(
+        self,
+        autoencoder_ckpt: str | None = None,
+        image_size: tuple[int, int] = (256, 512),
+        latent_channels: int = 4,
+        channels: tuple[int, ...] = (128, 256, 256, 512),
+        num_res_blocks: int = 2,
+        attention_levels: tuple[bool, ...] | None = (False, False, True, True),
+        num_head_channels: int = 32,
+        norm_num_groups: int = 32,
+        use_flash_attention: bool = True,
+        num_train_timesteps: int = 1000,
+        beta_start: float = 1e-4,
+        beta_end: float = 0.02,
+        beta_schedule: str = "linear_beta",
+        prediction_type: PredictionType = "epsilon",
+        learning_rate: float = 1e-4,
+        weight_decay: float = 1e-2,
+        ema_decay: float = 0.999,
+        sampler: Sampler = "ddim",
+        sampling_steps: int = 50,
+        ddim_eta: float = 0.0,
+        scale_images: int = 64,
+        autoencoder: dict | None = None,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        check_diffusion_options(sampler, prediction_type, ddim_eta)
+        if scale_images < 1:
+            raise DataError(None, f"scale_images must be at least 1, got {scale_images}")
+        self.image_size = (int(image_size[0]), int(image_size[1]))
+        weights = None
+        if autoencoder is None:
+            autoencoder, weights = self._read_autoencoder(autoencoder_ckpt)
+            self.hparams["autoencoder"] = autoencoder
+        factor = compression_factor(len(autoencoder["channels"]))
+        source = autoencoder_ckpt or "the autoencoder"
+        if latent_channels != autoencoder["latent_channels"]:
+            raise DataError(
+                source,
+                f"the autoencoder's latents have {autoencoder['latent_channels']} channels, "
+                f"the LDM's latent_channels is {latent_channels}",
+            )
+        trained = latent_shape(tuple(autoencoder["image_size"]), latent_channels, factor)
+        try:
+            self.latent_shape = latent_shape(self.image_size, latent_channels, factor)
+        except DataError as err:
+            raise DataError(source, f"{err.reason} of the autoencoder") from None
+        if self.latent_shape != trained:
+            raise DataError(
+                source,
+                f"the autoencoder was trained on {tuple(autoencoder['image_size'])} images (latent {trained}); "
+                f"the LDM's image_size {self.image_size} gives latents {self.latent_shape}",
+            )
+        self.first_stage = Float32Autoencoder(
+            autoencoder_kl(
+                autoencoder["latent_channels"],
+                autoencoder["channels"],
+                autoencoder["num_res_blocks"],
+                autoencoder["attention_levels"],
+                autoencoder["mid_attention"],
+                autoencoder["norm_num_groups"],
+            )
+        )
+        if weights is not None:
+            self.first_stage.load_state_dict(weights)
+        self.first_stage.requires_grad_(False).eval()
+        self.register_buffer("scale_factor", torch.zeros((), dtype=torch.float32))  # 0: not estimated yet
+        self.unet = DiffusionModelUNet(
+            spatial_dims=2,
+            in_channels=latent_channels,
+            out_channels=latent_channels,
+            channels=tuple(channels),
+            attention_levels=tuple(attention_levels or (False,) * len(channels)),
+            num_res_blocks=num_res_blocks,
+            num_head_channels=num_head_channels,
+            norm_num_groups=norm_num_groups,
+            use_flash_attention=use_flash_attention,
+        )
+        self.init_weight_average("unet", ema_decay)
+        self.scheduler = self.make_scheduler("ddpm")
+
+    @staticmethod
+    def _read_autoencoder(path: str | None) -> tuple[dict, dict]:
+        """(architecture, weights) of the ``LatentAutoencoder`` in ``path``; DataError naming the file.
+
+        Read from the checkpoint's dictionaries, not by instantiating the autoencoder: no discriminator or
+        perceptual network is built, and Lightning's hyperparameter capture stays with this model."""
+        if path is None:
+            raise DataError(None, "a new LatentDiffusion needs --model.init_args.autoencoder_ckpt PATH")
+        model_class(path, expected=LatentAutoencoder)
+        checkpoint = read_checkpoint(path)
+        saved = checkpoint.get("hyper_parameters", {})
+        defaults = inspect.signature(LatentAutoencoder.__init__).parameters
+        architecture = {k: saved.get(k, defaults[k].default) for k in ARCHITECTURE}
+        prefix = "autoencoder."
+        weights = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+        return architecture, weights
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.first_stage.eval()  # frozen: never in training mode
+        return self
+
+    # ------------------------------------------------------------------------------ latents
+
+    def encode(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Scaled latents s z, z ~ q(z | x) (B, C, h, w)."""
+        return self.first_stage.encode(images, generator) * self.scale_factor
+
+    def decode(self, latents: Tensor) -> Tensor:
+        """Images D(z / s) (B, 1, H, W), clamped to [-1, 1]."""
+        if not float(self.scale_factor) > 0:
+            raise DataError(None, "the LDM has no latent scale factor yet: it was never trained")
+        return self.first_stage.decode(latents / self.scale_factor).clamp(-1.0, 1.0)
+
+    @torch.no_grad()
+    def estimate_scale_factor(self) -> float:
+        """s = 1 / std of the latents of the first ``scale_images`` training images (this rank's share),
+        from the moments summed over all ranks."""
+        trainer = self.trainer
+        quota = math.ceil(self.hparams.scale_images / trainer.world_size)
+        moments = torch.zeros(3, dtype=torch.float64, device=self.device)
+        seen = 0
+        for batch in trainer.datamodule.train_dataloader():
+            images = self._images(batch)[: quota - seen].to(self.device)
+            z_mu, z_sigma = self.first_stage.posterior(images)
+            moments += latent_moments(z_mu, z_sigma)
+            seen += images.shape[0]
+            if seen >= quota:
+                break
+        moments = trainer.strategy.reduce(moments, reduce_op="sum")
+        return scale_factor_from_moments(moments)
+
+    def _ensure_scale_factor(self) -> None:
+        if float(self.scale_factor) == 0.0:
+            self.scale_factor.fill_(self.estimate_scale_factor())
+
+    def on_fit_start(self) -> None:
+        # After a resumed run's weights are restored (the stored value stays) and before the sanity check.
+        self._ensure_scale_factor()
+        self.print(f"xraydiff: latent scale factor {float(self.scale_factor):.6g}")
+
+    def on_validation_start(self) -> None:
+        self._ensure_scale_factor()
+
+    def on_test_start(self) -> None:
+        self._ensure_scale_factor()
+
+    # ------------------------------------------------------------------------------ training
+
+    def diffusion_loss(self, latents: Tensor, model=None, generator: torch.Generator | None = None) -> Tensor:
+        network = model or self.unet
+        return diffusion_loss(lambda x, t: network(x, timesteps=t), latents, self.scheduler, generator)
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        loss = self.diffusion_loss(self.encode(self._images(batch)))
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"])
+        return loss
+
+    def _evaluate(self, batch: dict, batch_idx: int, stage: str) -> Tensor:
+        # A fixed generator per batch: comparable across epochs, global random state untouched.
+        generator = torch.Generator(device=self.device).manual_seed(batch_idx)
+        latents = self.encode(self._images(batch), generator)
+        loss = self.diffusion_loss(latents, self.ema.module, generator)
+        self.log(f"{stage}/loss", loss, prog_bar=True, sync_dist=True, batch_size=latents.shape[0])
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> Tensor:
+        return self._evaluate(batch, batch_idx, "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> Tensor:
+        return self._evaluate(batch, batch_idx, "test")
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        return torch.optim.AdamW(self.unet.parameters(), lr=hp.learning_rate, weight_decay=hp.weight_decay)
+
+    # ------------------------------------------------------------------------------ sampling
+
+    @torch.no_grad()
+    def denoise(
+        self,
+        latents: Tensor,
+        sampler: str | None = None,
+        steps: int | None = None,
+        generator: torch.Generator | None = None,
+        progress: bool = False,
+    ) -> Tensor:
+        """Scaled latents z_0 from z_T (B, C, h, w) by the reverse process with the EMA weights."""
+        sampler, steps = self.sampling_description(sampler, steps)
+        return reverse_diffusion(
+            lambda x, t: self.ema(x, timesteps=t),
+            latents,
+            self.make_scheduler(sampler),
+            steps,
+            generator,
+            eta=self.hparams.ddim_eta if sampler == "ddim" else 0.0,
+            progress=progress,
+            desc=f"{sampler} x{latents.shape[0]}",
+            clip=False,
+        )
+
+    @torch.no_grad()
+    def generate(
+        self,
+        num: int,
+        generator: torch.Generator | None = None,
+        sampler: str | None = None,
+        steps: int | None = None,
+        progress: bool = False,
+    ) -> Tensor:
+        """Images (num, 1, H, W) in [-1, 1]: z_T ~ N(0, I), reverse diffusion, decode."""
+        z_T = torch.randn((num, *self.latent_shape), generator=generator, device=self.device)
+        return self.decode(self.denoise(z_T, sampler, steps, generator, progress))

@@ -12,7 +12,7 @@ from torch import Tensor
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from xraydiff.checkpoints import CHECKPOINT_KEY, checkpoint_model_class, class_path
-from xraydiff.diffusion import Sampler, check_diffusion_options, make_scheduler
+from xraydiff.diffusion import Sampler, check_diffusion_options, make_scheduler, reverse_diffusion
 from xraydiff.errors import DataError
 from xraydiff.heatmaps import gaussian_heatmaps
 from xraydiff.samples import batch_seed, sample_id
@@ -104,6 +104,30 @@ class DiffusionSamplingMixin:
         if not 1 <= steps <= self.hparams.num_train_timesteps:
             raise DataError(None, f"DDIM steps must be in [1, {self.hparams.num_train_timesteps}], got {steps}")
         return "ddim", steps
+
+    @torch.no_grad()
+    def denoise(
+        self,
+        x_T: Tensor,
+        sampler: str | None = None,
+        steps: int | None = None,
+        generator: torch.Generator | None = None,
+        progress: bool = False,
+    ) -> Tensor:
+        """x_0 from x_T by the reverse process with the EMA weights (``self.ema``), see ``reverse_diffusion``;
+        clamped to [-1, 1] when ``clip_sample``."""
+        sampler, steps = self.sampling_description(sampler, steps)
+        return reverse_diffusion(
+            lambda x, t: self.ema(x, timesteps=t),
+            x_T,
+            self.make_scheduler(sampler),
+            steps,
+            generator,
+            eta=self.hparams.ddim_eta if sampler == "ddim" else 0.0,
+            progress=progress,
+            desc=f"{sampler} x{x_T.shape[0]}",
+            clip=self.clip_sample,
+        )
 
 
 class GenerativeModule(TaggedCheckpointMixin, L.LightningModule):

@@ -12,7 +12,7 @@ from torch import Tensor
 from lightning_modules.autoencoder import LatentAutoencoder
 from lightning_modules.generative import DiffusionSamplingMixin, GenerativeModule, WeightAverageMixin, model_class
 from xraydiff.checkpoints import read_checkpoint
-from xraydiff.diffusion import PredictionType, Sampler, check_diffusion_options, diffusion_loss, reverse_diffusion
+from xraydiff.diffusion import PredictionType, Sampler, check_diffusion_options, diffusion_loss
 from xraydiff.errors import DataError
 from xraydiff.latent import (
     Float32Autoencoder,
@@ -249,29 +249,6 @@ class LatentDiffusion(DiffusionSamplingMixin, WeightAverageMixin, GenerativeModu
         return torch.optim.AdamW(self.unet.parameters(), lr=hp.learning_rate, weight_decay=hp.weight_decay)
 
     # ------------------------------------------------------------------------------ sampling
-
-    @torch.no_grad()
-    def denoise(
-        self,
-        latents: Tensor,
-        sampler: str | None = None,
-        steps: int | None = None,
-        generator: torch.Generator | None = None,
-        progress: bool = False,
-    ) -> Tensor:
-        """Scaled latents z_0 from z_T (B, C, h, w) by the reverse process with the EMA weights."""
-        sampler, steps = self.sampling_description(sampler, steps)
-        return reverse_diffusion(
-            lambda x, t: self.ema(x, timesteps=t),
-            latents,
-            self.make_scheduler(sampler),
-            steps,
-            generator,
-            eta=self.hparams.ddim_eta if sampler == "ddim" else 0.0,
-            progress=progress,
-            desc=f"{sampler} x{latents.shape[0]}",
-            clip=False,
-        )
 
     @torch.no_grad()
     def generate(

@@ -7,7 +7,7 @@ from monai.networks.nets import DiffusionModelUNet
 from torch import Tensor, nn
 
 from lightning_modules.generative import DiffusionSamplingMixin, PairedGenerativeModule, WeightAverageMixin
-from xraydiff.diffusion import PredictionType, Sampler, check_diffusion_options, diffusion_loss, reverse_diffusion
+from xraydiff.diffusion import PredictionType, Sampler, check_diffusion_options, diffusion_loss
 
 
 class PairedDDPM(DiffusionSamplingMixin, WeightAverageMixin, PairedGenerativeModule):
@@ -119,15 +119,5 @@ class PairedDDPM(DiffusionSamplingMixin, WeightAverageMixin, PairedGenerativeMod
         progress: bool = False,
     ) -> Tensor:
         """Reverse diffusion from x_T ~ N(0, I) with the EMA weights: (num, 2, H, W) in [-1, 1]."""
-        sampler, steps = self.sampling_description(sampler, steps)
         x_T = torch.randn((num, 2, *self.image_size), generator=generator, device=self.device)
-        return reverse_diffusion(
-            lambda x, t: self.ema(x, timesteps=t),
-            x_T,
-            self.make_scheduler(sampler),
-            steps,
-            generator,
-            eta=self.hparams.ddim_eta if sampler == "ddim" else 0.0,
-            progress=progress,
-            desc=f"{sampler} x{num}",
-        )
+        return self.denoise(x_T, sampler, steps, generator, progress)

@@ -5,6 +5,7 @@
   preview of augmented training samples.
 * ``xraydiff sample --ckpt CKPT --num-samples N --out DIR``: generate image/heatmap pairs (or LDM images).
 * ``xraydiff acceptance fit|render|run|rate``: the MRF-SSM quality control of generated pairs.
+* ``xraydiff blend --ldm CKPT --config DATA --top-k K --out DIR``: synthetic pairs by latent blending.
 * ``xraydiff experiment augment --config ... --out DIR``: the synthetic-augmentation study.
 * ``xraydiff experiment landmarks --config ... --out DIR``: landmark diffusion vs. its no-diffusion baseline.
 """
@@ -37,6 +38,7 @@ commands:
   data summary                      load a dataset, write summary.json, landmarks.csv, preview.png
   sample                            generate image/heatmap pairs (or LDM images) from a checkpoint
   acceptance fit|render|run|rate    MRF-SSM quality control of generated pairs
+  blend                             synthetic image/mask pairs by anatomy-guided latent blending
   experiment augment                the synthetic-augmentation study, end to end
   experiment landmarks              landmark diffusion vs. the same network without diffusion
 
@@ -120,6 +122,69 @@ def _sampling_arguments(parser: argparse.ArgumentParser) -> None:
         default=AUTO,
         help="auto: bf16 autocast where the hardware has native bf16, else 32-bit (default: %(default)s)",
     )
+
+
+# -------------------------------------------------------------------------------------- blend
+
+
+def blend(argv: list[str]) -> None:
+    parser = data_parser(
+        "xraydiff blend",
+        "Anatomy-guided latent blending (Lim et al.): for every labelled guide image, its top-k most similar "
+        "unlabelled images (latent SSIM) are blended with its structure and denoised by the LDM. Writes DIR/images, "
+        "DIR/masks (the panoramic layout, for --data.init_args.extra_train_dirs), DIR/manifest.json, DIR/gallery.png.",
+    )
+    parser.add_argument("--ldm", type=Path, required=True, help="LatentDiffusion checkpoint (holds its autoencoder)")
+    parser.add_argument(
+        "--autoencoder", type=Path, default=None, help="LatentAutoencoder checkpoint, checked to be the LDM's own"
+    )
+    parser.add_argument("--top-k", type=int, required=True, help="partners per labelled image (5, 10, 20, 50)")
+    parser.add_argument("--out", type=Path, required=True, help="output folder (new or an earlier blend output)")
+    parser.add_argument("--steps", type=int, default=25, help="DDIM steps of the LDM (default: %(default)s)")
+    parser.add_argument(
+        "--strength", type=float, default=0.5, help="noise level of z_init as a fraction of T (default: %(default)s)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the noise (default: %(default)s)")
+    parser.add_argument(
+        "--dilation", type=int, default=1, help="latent mask dilation radius in latent cells (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--mask-mode", choices=("max", "area"), default="max", help="mask downsampling (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--reimpose", action="store_true", help="re-impose the structure at every step (Blended Latent Diffusion)"
+    )
+    parser.add_argument("--guides", default="train", help="labelled split that guides (default: %(default)s)")
+    parser.add_argument("--partners", default="synthesis", help="unlabelled split of partners (default: %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=16, help="latents per LDM call (default: %(default)s)")
+    parser.add_argument("--accelerator", default="auto", help="cpu, gpu or auto (default: %(default)s)")
+    parser.add_argument("--precision", choices=PRECISIONS, default=AUTO, help="(default: %(default)s)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier blend output in --out")
+    cfg = parser.parse_args(argv)
+    check_output_folder(cfg.out, cfg.overwrite)
+    datamodule = parser.instantiate_classes(cfg).data
+    from commands.blend import run_blend
+
+    manifest = run_blend(
+        cfg.ldm,
+        datamodule,
+        cfg.out,
+        cfg.top_k,
+        cfg.steps,
+        cfg.strength,
+        cfg.seed,
+        cfg.autoencoder,
+        cfg.dilation,
+        cfg.mask_mode,
+        cfg.reimpose,
+        cfg.guides,
+        cfg.partners,
+        cfg.batch_size,
+        cfg.accelerator,
+        cfg.precision,
+        cfg.overwrite,
+    )
+    print(f"wrote {manifest['count']} synthetic pairs to {cfg.out}/")
 
 
 # --------------------------------------------------------------------------------- acceptance
@@ -297,6 +362,8 @@ def main(argv: list[str] | None = None) -> None:
             data_summary(argv[2:])
         elif argv[:1] == ["sample"]:
             sample(argv[1:])
+        elif argv[:1] == ["blend"]:
+            blend(argv[1:])
         elif argv[:1] == ["experiment"] and len(argv) > 1 and argv[1] in EXPERIMENTS:
             EXPERIMENTS[argv[1]](argv[2:])
         elif argv[:1] == ["acceptance"] and len(argv) > 1 and argv[1] in ACCEPTANCE_COMMANDS:

@@ -3,6 +3,7 @@ and feeds the latent blending."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
@@ -41,7 +42,9 @@ class PanoramicDataModule(CachedSplitsDataModule):
     for latent blending); ``generator``, what the autoencoder and the LDM train on: ``unlabelled``
     without ``synthesis`` (Lim et al. train the LDM without the images used for synthesis, against
     leakage), plus the labelled training images' pixels when ``generator_includes_train``, minus
-    ``exclude``. ``train_split`` chooses the split the training loader serves.
+    ``exclude``. ``synthetic``: the image/mask pairs of ``extra_train_dirs`` (``xraydiff blend``
+    outputs); they join the training loader only, never val, test or the generators. ``train_split``
+    chooses what the training loader serves.
 
     Args:
         classes: label values forming the binary target, e.g. 1 (the phantom canal) or a list of
@@ -51,7 +54,12 @@ class PanoramicDataModule(CachedSplitsDataModule):
         synthesis_fraction: share of ``unlabelled`` reserved for synthesis, never in ``generator``.
         exclude: image ids (file stems), or a text file of ids (one per line), never in ``generator``.
         generator_includes_train: add the labelled training images' pixels to ``generator``.
-        train_split: 'train' (a segmentation model) or 'generator' (the autoencoder and the LDM).
+        extra_train_dirs: folders of synthetic pairs written by ``xraydiff blend`` (images/, masks/,
+            manifest.json).
+        synthetic_share: share of synthetic pairs in each training epoch (None: all of them once, in
+            their natural proportion to the real training images).
+        train_split: 'train' (a segmentation model: real training pairs plus the synthetic ones),
+            'synthetic' (synthetic pairs only) or 'generator' (the autoencoder and the LDM).
         phantom_counts: phantoms per split ('train', 'val', 'test', 'unlabelled').
         (see ``LandmarkDataModule`` for the other arguments)
     """
@@ -75,7 +83,9 @@ class PanoramicDataModule(CachedSplitsDataModule):
         synthesis_fraction: float = 0.0,
         exclude: list[str] | str | None = None,
         generator_includes_train: bool = False,
-        train_split: Literal["train", "generator"] = "train",
+        extra_train_dirs: list[str] | None = None,
+        synthetic_share: float | None = None,
+        train_split: Literal["train", "synthetic", "generator"] = "train",
         seed: int = 0,
         phantom_counts: dict[str, int] | None = None,
         load_workers: int = 2,
@@ -92,8 +102,14 @@ class PanoramicDataModule(CachedSplitsDataModule):
             )
         if not 0 <= synthesis_fraction < 1:
             raise DataError(None, f"synthesis_fraction must be in [0, 1), got {synthesis_fraction}")
-        if train_split not in ("train", "generator"):
-            raise DataError(None, f"train_split must be 'train' or 'generator', got {train_split!r}")
+        if train_split not in ("train", "synthetic", "generator"):
+            raise DataError(None, f"train_split must be 'train', 'synthetic' or 'generator', got {train_split!r}")
+        if synthetic_share is not None and not 0.0 <= synthetic_share < 1.0:
+            raise DataError(None, f"synthetic_share must be in [0, 1), got {synthetic_share}")
+        self.extra_train_dirs = [Path(d) for d in extra_train_dirs or []]
+        self.synthetic_share = synthetic_share
+        if train_split == "synthetic" and not self.extra_train_dirs:
+            raise DataError(None, "train_split 'synthetic' needs extra_train_dirs")
         self.root = None if root is None else Path(root)
         self.image_dir, self.mask_dir, self.unlabelled_dir = image_dir, mask_dir, unlabelled_dir
         self.classes: Sequence[int] = [classes] if isinstance(classes, int) else list(classes)
@@ -127,7 +143,27 @@ class PanoramicDataModule(CachedSplitsDataModule):
         if self.generator_includes_train:  # pixels only: the generators never see a mask
             candidates += [SegmentationItem(item.id, item.image, None) for item in items["train"]]
         items["generator"] = [item for item in candidates if item.id not in excluded]
+        items["synthetic"] = [item for folder in self.extra_train_dirs for item in self._synthetic_items(folder)]
         self.items = items
+
+    def _synthetic_items(self, folder: Path) -> list[SegmentationItem]:
+        """The pairs of one ``xraydiff blend`` output, masks binarised by its manifest's ``mask_value``."""
+        manifest_path = folder / "manifest.json"
+        if not manifest_path.is_file():
+            raise DataError(folder, "not a synthetic dataset: manifest.json missing (write one with xraydiff blend)")
+        try:
+            manifest = json.loads(manifest_path.read_text())
+            mask_value = int(manifest["mask_value"])
+        except (ValueError, KeyError, TypeError) as err:
+            raise DataError(manifest_path, f"unreadable manifest: {err}") from None
+        labelled, _ = read_panoramic_dataset(folder, "images", "masks")
+        if not labelled:
+            raise DataError(folder / "images", "synthetic dataset is empty")
+        load = lambda r: load_segmentation_item(r, self.image_size, [mask_value])  # noqa: E731
+        return [
+            SegmentationItem(f"synthetic-{folder.name}-{item.id}", item.image, item.mask)
+            for item in parallel_map(load, labelled, self.load_workers)
+        ]
 
     def _phantom_splits(self) -> dict[str, list[SegmentationItem]]:
         return {name: self._phantoms(name) for name in (*SPLITS, "unlabelled")}
@@ -196,6 +232,13 @@ class PanoramicDataModule(CachedSplitsDataModule):
         return SegmentationDataset(self.items[split], self.augmentation if augment else None)
 
     def train_dataloader(self):
+        self.setup()
+        if self.train_split == "train" and self.items["synthetic"]:
+            real, synthetic = self.items["train"], self.items["synthetic"]
+            dataset = SegmentationDataset(real + synthetic, self.augmentation)
+            return self.make_loader(
+                dataset, sampler=self.epoch_sampler(len(real), len(synthetic), self.synthetic_share)
+            )
         dataset = self.dataset(self.train_split)
         if len(dataset) == 0:
             raise DataError(self.empty_split_source(self.train_split), f"the {self.train_split} split is empty")
@@ -214,6 +257,9 @@ class PanoramicDataModule(CachedSplitsDataModule):
             "train_images": len(items),
             "ids": [item.id for item in items],
             "image_size": list(self.image_size),
+            "synthetic_images": len(self.items["synthetic"]) if self.train_split != "generator" else 0,
+            "extra_train_dirs": [str(d) for d in self.extra_train_dirs],
+            "synthetic_share": self.synthetic_share,
         }
 
     def summary(self) -> dict:
@@ -227,6 +273,7 @@ class PanoramicDataModule(CachedSplitsDataModule):
             "labelled": len(labelled),
             "unlabelled": len(self.items["unlabelled"]),
             "synthesis": len(self.items["synthesis"]),
+            "synthetic": len(self.items["synthetic"]),
             "generator": len(self.items["generator"]),
             "train_split": self.train_split,
             "classes": list(self.classes),

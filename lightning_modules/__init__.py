@@ -6,6 +6,7 @@ from lightning_modules.landmark_diffusion import LandmarkDiffusion
 from lightning_modules.latent_diffusion import LatentDiffusion
 from lightning_modules.localizer import LandmarkLocalizer
 from lightning_modules.paired_ddpm import PairedDDPM
+from lightning_modules.segmenter import Segmenter
 from lightning_modules.vae import PairedVAE
 
 __all__ = [
@@ -17,5 +18,6 @@ __all__ = [
     "PairedDDPM",
     "PairedGenerativeModule",
     "PairedVAE",
+    "Segmenter",
     "load_model",
 ]

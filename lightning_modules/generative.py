@@ -48,6 +48,18 @@ class TaggedCheckpointMixin:
         checkpoint[CHECKPOINT_KEY] = meta
 
 
+def warmup_ema(decay: float):
+    """``AveragedModel``'s multi_avg_fn for an EMA whose decay warms up: after n averaged updates the
+    next one is ema <- d ema + (1 - d) theta with d = min(decay, (1 + n) / (10 + n))."""
+
+    def update(ema_params: list[Tensor], current_params: list[Tensor], num_averaged: Tensor) -> None:
+        n = int(num_averaged)
+        d = min(decay, (1 + n) / (10 + n))
+        torch._foreach_lerp_(ema_params, current_params, 1.0 - d)
+
+    return update
+
+
 class WeightAverageMixin:
     """An exponential moving average of a network's weights, ``self.ema`` (None when disabled),
     updated after every optimizer step.
@@ -57,15 +69,20 @@ class WeightAverageMixin:
     optimizer step, not per micro-batch.
     """
 
-    def init_weight_average(self, network: str, decay: float | None) -> None:
-        """Average the weights of the submodule named ``network`` with ``decay`` (None: no average)."""
+    def init_weight_average(self, network: str, decay: float | None, warmup: bool = False) -> None:
+        """Average the weights of the submodule named ``network`` with ``decay`` (None: no average).
+
+        ``warmup``: the n-th update uses min(decay, (1 + n) / (10 + n)) (the warm-up of diffusers'
+        ``EMAModel``), so a short run's average is not dominated by its first, untrained weights: with a
+        fixed 0.999, 500 steps leave 61 % of the weight on the initial copy."""
         self.ema_source = network
         self.ema = None
         if decay is None:
             return
         if not 0.0 <= decay < 1.0:
             raise DataError(None, f"ema_decay must be in [0, 1), got {decay}")
-        self.ema = AveragedModel(getattr(self, network), multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+        average = warmup_ema(decay) if warmup else get_ema_multi_avg_fn(decay)
+        self.ema = AveragedModel(getattr(self, network), multi_avg_fn=average, use_buffers=True)
         self.ema.requires_grad_(False)
 
     def optimizer_step(self, *args, **kwargs) -> None:

@@ -11,6 +11,7 @@ from torch import Tensor
 
 from lightning_modules.autoencoder import LatentAutoencoder
 from lightning_modules.generative import DiffusionSamplingMixin, GenerativeModule, WeightAverageMixin, model_class
+from xraydiff.blending import blend_denoise
 from xraydiff.checkpoints import read_checkpoint
 from xraydiff.diffusion import PredictionType, Sampler, check_diffusion_options, diffusion_loss
 from xraydiff.errors import DataError
@@ -60,6 +61,7 @@ class LatentDiffusion(DiffusionSamplingMixin, WeightAverageMixin, GenerativeModu
         prediction_type: what the U-Net predicts ('epsilon' in Lim et al. / Medfusion).
         learning_rate, weight_decay: AdamW.
         ema_decay: decay of the EMA of the U-Net's weights used for sampling.
+        ema_warmup: warm the EMA's decay up over the first updates (see ``init_weight_average``).
         sampler, sampling_steps, ddim_eta: default sampler, DDIM steps k and DDIM's eta.
         scale_images: training images whose latents estimate the scale factor.
         autoencoder: the autoencoder's architecture, recorded from ``autoencoder_ckpt`` (set automatically;
@@ -88,6 +90,7 @@ class LatentDiffusion(DiffusionSamplingMixin, WeightAverageMixin, GenerativeModu
         learning_rate: float = 1e-4,
         weight_decay: float = 1e-2,
         ema_decay: float = 0.999,
+        ema_warmup: bool = True,
         sampler: Sampler = "ddim",
         sampling_steps: int = 50,
         ddim_eta: float = 0.0,
@@ -148,7 +151,7 @@ class LatentDiffusion(DiffusionSamplingMixin, WeightAverageMixin, GenerativeModu
             norm_num_groups=norm_num_groups,
             use_flash_attention=use_flash_attention,
         )
-        self.init_weight_average("unet", ema_decay)
+        self.init_weight_average("unet", ema_decay, ema_warmup)
         self.scheduler = self.make_scheduler("ddpm")
 
     @staticmethod
@@ -184,6 +187,33 @@ class LatentDiffusion(DiffusionSamplingMixin, WeightAverageMixin, GenerativeModu
         if not float(self.scale_factor) > 0:
             raise DataError(None, "the LDM has no latent scale factor yet: it was never trained")
         return self.first_stage.decode(latents / self.scale_factor).clamp(-1.0, 1.0)
+
+    def latents(self, images: Tensor) -> Tensor:
+        """Scaled posterior means s mu(x) (B, C, h, w): the deterministic latents the blending ranks and mixes."""
+        return self.first_stage.posterior(images)[0] * self.scale_factor
+
+    @torch.no_grad()
+    def blend(
+        self,
+        z_init: Tensor,
+        steps: int,
+        strength: float,
+        generator: torch.Generator | None = None,
+        reimpose: tuple[Tensor, Tensor] | None = None,
+    ) -> Tensor:
+        """Images (N, 1, H, W) in [-1, 1] from blended latents z_init (N, C, h, w): noised to strength * T,
+        ``steps`` DDIM steps with the EMA weights, decoded; see ``xraydiff.blending.blend_denoise``."""
+        z_0 = blend_denoise(
+            lambda x, t: self.ema(x, timesteps=t),
+            z_init,
+            self.make_scheduler("ddim"),
+            steps,
+            strength,
+            generator,
+            eta=self.hparams.ddim_eta,
+            reimpose=reimpose,
+        )
+        return self.decode(z_0)
 
     @torch.no_grad()
     def estimate_scale_factor(self) -> float:

@@ -42,3 +42,35 @@ def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
 @pytest.fixture
 def cli(capsys):
     return lambda *args: run_cli(list(args), capsys)
+
+
+class _NoCapture:
+    """``run_cli``'s capsys for module-scoped fixtures (which cannot use the function-scoped one)."""
+
+    def readouterr(self):
+        return type("Captured", (), {"out": "", "err": ""})()
+
+
+@pytest.fixture(scope="module")
+def autoencoder_checkpoint(tmp_path_factory):
+    """A tiny LatentAutoencoder trained on phantom jaws (``tiny.AUTOENCODER``), once per test module."""
+    from tiny import AUTOENCODER
+
+    root = tmp_path_factory.mktemp("autoencoder")
+    code, _, err = run_cli(
+        ["fit", *AUTOENCODER, "--trainer.default_root_dir", root, "--trainer.max_epochs", "8"], _NoCapture()
+    )
+    assert code == 0, err
+    return root / "checkpoints" / "last.ckpt"
+
+
+@pytest.fixture(scope="module")
+def ldm_checkpoint(tmp_path_factory, autoencoder_checkpoint):
+    """A tiny LatentDiffusion on that autoencoder (``tiny.LDM``), once per test module."""
+    from tiny import LDM
+
+    root = tmp_path_factory.mktemp("ldm")
+    args = ["fit", *LDM, "--model.init_args.autoencoder_ckpt", autoencoder_checkpoint, "--trainer.max_epochs", "3"]
+    code, _, err = run_cli([*args, "--trainer.default_root_dir", root], _NoCapture())
+    assert code == 0, err
+    return root / "checkpoints" / "last.ckpt"

@@ -40,37 +40,6 @@ def generator_images() -> torch.Tensor:
     return torch.stack([dataset[(k, 0)]["image"] for k in range(len(dataset))])
 
 
-@pytest.fixture(scope="module")
-def autoencoder_checkpoint(tmp_path_factory):
-    from conftest import run_cli
-
-    class Capture:
-        def readouterr(self):
-            return type("C", (), {"out": "", "err": ""})()
-
-    root = tmp_path_factory.mktemp("autoencoder")
-    code, _, err = run_cli(
-        ["fit", *AUTOENCODER, "--trainer.default_root_dir", root, "--trainer.max_epochs", "8"], Capture()
-    )
-    assert code == 0, err
-    return root / "checkpoints" / "last.ckpt"
-
-
-@pytest.fixture(scope="module")
-def ldm_checkpoint(tmp_path_factory, autoencoder_checkpoint):
-    from conftest import run_cli
-
-    class Capture:
-        def readouterr(self):
-            return type("C", (), {"out": "", "err": ""})()
-
-    root = tmp_path_factory.mktemp("ldm")
-    args = ["fit", *LDM, "--model.init_args.autoencoder_ckpt", autoencoder_checkpoint, "--trainer.max_epochs", "3"]
-    code, _, err = run_cli([*args, "--trainer.default_root_dir", root], Capture())
-    assert code == 0, err
-    return root / "checkpoints" / "last.ckpt"
-
-
 def test_the_generators_train_on_the_pool_without_the_synthesis_images():
     dm = PanoramicDataModule(
         image_size=(32, 64),

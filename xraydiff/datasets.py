@@ -277,7 +277,7 @@ class SegmentationDataset(Dataset):
         image, mask = item.image, item.mask
         if self.augmentation is not None:
             image, _, mask = apply_augmentation(self.augmentation, image, seed, mask=mask)
-        sample = {"image": torch.from_numpy(np.ascontiguousarray(image))[None], "id": item.id}
+        sample = {"image": torch.from_numpy(np.ascontiguousarray(image))[None], "id": item.id, "index": index}
         if mask is not None:
             sample["mask"] = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None]
         return sample

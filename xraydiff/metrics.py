@@ -34,33 +34,51 @@ def radial_errors_mm(predicted: Tensor, target: Tensor, mm_per_px: Tensor) -> Te
     return torch.linalg.vector_norm(predicted.float() - target.float(), dim=-1) * mm_per_px.float()[:, None]
 
 
-class LandmarkErrors(Metric):
+class IndexedRows(Metric):
+    """Collects per-image rows (B, ...) with each image's dataset index; ``distinct_rows()`` returns the
+    rows (M, ...) of the distinct images seen on all processes, by index (a distributed sampler's padding
+    repeats images; each counts once)."""
+
+    full_state_update = False
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.add_state("rows", default=[], dist_reduce_fx="cat")
+        self.add_state("indices", default=[], dist_reduce_fx="cat")
+
+    def update(self, rows: Tensor, indices: Tensor) -> None:
+        self.rows.append(rows.float())
+        self.indices.append(indices.long())
+
+    def distinct(self) -> tuple[Tensor, Tensor]:
+        """(indices (M,), rows (M, ...)) sorted by index, each index once."""
+        if isinstance(self.rows, list) and not self.rows:
+            return torch.zeros(0, dtype=torch.long), torch.zeros(0, 0)
+        rows, indices = dim_zero_cat(self.rows), dim_zero_cat(self.indices)
+        order = torch.argsort(indices, stable=True)
+        indices, rows = indices[order], rows[order]
+        keep = torch.ones_like(indices, dtype=torch.bool)
+        keep[1:] = indices[1:] != indices[:-1]
+        return indices[keep], rows[keep]
+
+    def distinct_rows(self) -> Tensor:
+        return self.distinct()[1]
+
+    def compute(self) -> tuple[Tensor, Tensor]:
+        """(indices, rows) of ``distinct``, after the states were gathered from all processes."""
+        return self.distinct()
+
+
+class LandmarkErrors(IndexedRows):
     """Collects (B, N) radial errors in mm with each image's dataset index.
 
     ``compute()`` returns the errors (M, N) of the distinct images seen (on all processes).
     """
 
-    full_state_update = False
     higher_is_better = False
 
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self.add_state("errors", default=[], dist_reduce_fx="cat")
-        self.add_state("indices", default=[], dist_reduce_fx="cat")
-
-    def update(self, errors: Tensor, indices: Tensor) -> None:
-        self.errors.append(errors.float())
-        self.indices.append(indices.long())
-
     def distinct_errors(self) -> Tensor:
-        if isinstance(self.errors, list) and not self.errors:
-            return torch.zeros(0, 0)
-        errors, indices = dim_zero_cat(self.errors), dim_zero_cat(self.indices)
-        order = torch.argsort(indices, stable=True)
-        indices, errors = indices[order], errors[order]
-        keep = torch.ones_like(indices, dtype=torch.bool)
-        keep[1:] = indices[1:] != indices[:-1]
-        return errors[keep]
+        return self.distinct_rows()
 
     def compute(self) -> Tensor:
         return self.distinct_errors()
@@ -158,3 +176,40 @@ def observer_agreement(errors: Tensor, inter_observer: Tensor, names: Sequence[s
 
 def _key(radius: float) -> str:
     return f"{radius:g}"
+
+
+# ------------------------------------------------------------------------------- segmentation
+
+SEGMENTATION_SCORES = ("precision", "recall", "dsc")
+
+
+def segmentation_scores(predicted: Tensor, target: Tensor) -> Tensor:
+    """Per-image (B, 3) precision TP / (TP + FP), recall TP / (TP + FN) and Dice similarity coefficient
+    DSC = 2 TP / (2 TP + FP + FN) of binary masks (B, 1, H, W) (Lim et al., Table 1).
+
+    A score whose denominator is zero (no predicted or no true structure) is 1 when prediction and
+    target are both empty and 0 otherwise.
+    """
+    if predicted.shape != target.shape:
+        raise DataError(None, f"prediction {tuple(predicted.shape)} and mask {tuple(target.shape)} differ in shape")
+    p, g = predicted.flatten(1).bool(), target.flatten(1).bool()
+    tp = (p & g).sum(1).double()
+    fp = (p & ~g).sum(1).double()
+    fn = (~p & g).sum(1).double()
+    both_empty = (tp + fp + fn) == 0
+
+    def ratio(numerator: Tensor, denominator: Tensor) -> Tensor:
+        value = numerator / denominator.clamp(min=1)
+        return torch.where(denominator == 0, both_empty.double(), value)
+
+    return torch.stack([ratio(tp, tp + fp), ratio(tp, tp + fn), ratio(2 * tp, 2 * tp + fp + fn)], dim=1).float()
+
+
+def summarize_segmentation(scores: Tensor) -> dict:
+    """Mean and SD (population) over images of each score of ``segmentation_scores`` (M, 3)."""
+    summary = {"n_images": int(scores.shape[0])}
+    for k, name in enumerate(SEGMENTATION_SCORES):
+        column = scores[:, k].double()
+        summary[name] = float(column.mean()) if len(column) else float("nan")
+        summary[f"{name}_sd"] = float(column.std(unbiased=False)) if len(column) else float("nan")
+    return summary

@@ -164,3 +164,18 @@ def worst_cases_figure(path: Path, cases: Sequence[dict], columns: int = 3) -> N
         ax.scatter(predicted[:, 0], predicted[:, 1], s=6, c="red", label="prediction")
         ax.set_title(f"{case['id']}: {case['error_mm']:.2f} mm", fontsize=7)
     save_figure(fig, path)
+
+
+def segmentation_cases_figure(path: Path, cases: Sequence[dict], columns: int = 3) -> None:
+    """Images with the outlines of the true mask (green) and the predicted mask (red), titled with DSC."""
+    if not cases:
+        return
+    fig, axes = _grid(len(cases), columns, cases[0]["image"].shape[0] / cases[0]["image"].shape[1], tile=4.0)
+    for ax, case in zip(axes, cases, strict=False):
+        ax.imshow(case["image"], cmap="gray", vmin=-1, vmax=1)
+        for key, colour in (("mask", "lime"), ("predicted", "red")):
+            outline = np.asarray(case[key], dtype=np.float32)
+            if outline.any():
+                ax.contour(outline, levels=[0.5], colors=colour, linewidths=0.7)
+        ax.set_title(f"{case['id']}: DSC {case['dsc']:.3f}", fontsize=7)
+    save_figure(fig, path)

@@ -1,0 +1,219 @@
+"""Latent blending end to end on tiny phantom jaws: ``xraydiff blend`` writes a dataset the panoramic DataModule
+trains on, refuses leakage and a foreign autoencoder before writing anything; the segmentation metrics match
+hand-computed cases, in one process and in two (DDP)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from tiny import CSV, DDP_TWO_CPU_PROCESSES, PANORAMIC_DATA, run
+from torchmetrics.functional.image import structural_similarity_index_measure
+
+from datamodules import PanoramicDataModule
+from lightning_modules import LatentDiffusion
+from xraydiff.imageio import read_image
+from xraydiff.metrics import segmentation_scores
+
+DATA = ["--config", "configs/demo/panoramic_ldm.yaml", *PANORAMIC_DATA]
+BLEND = ["--top-k", "3", "--steps", "4", "--strength", "0.6", "--batch-size", "2"]
+
+
+def tiny_data(**kwargs) -> PanoramicDataModule:
+    """The DataModule of ``DATA`` (the phantom counts of ``tiny.PANORAMIC_DATA``)."""
+    return PanoramicDataModule(
+        image_size=(32, 64),
+        batch_size=4,
+        synthesis_fraction=0.34,
+        phantom_counts={"train": 2, "val": 2, "test": 2, "unlabelled": 12},
+        **kwargs,
+    )
+
+
+@pytest.fixture(scope="module")
+def blended(tmp_path_factory, ldm_checkpoint):
+    from conftest import _NoCapture, run_cli
+
+    out = tmp_path_factory.mktemp("blend") / "k3"
+    code, _, err = run_cli(["blend", *DATA, "--ldm", ldm_checkpoint, *BLEND, "--out", out], _NoCapture())
+    assert code == 0, err
+    return out
+
+
+def test_blend_pairs_each_guide_with_its_top_k_partners_by_latent_ssim(blended, ldm_checkpoint):
+    manifest = json.loads((blended / "manifest.json").read_text())
+    data = tiny_data()
+    data.setup()
+    guides, partners = data.items["train"], data.items["synthesis"]
+    assert manifest["count"] == len(guides) * 3 == len(manifest["samples"])
+    model = LatentDiffusion.load_from_checkpoint(ldm_checkpoint, map_location="cpu").eval()
+    with torch.no_grad():
+        pool = model.latents(torch.from_numpy(np.stack([p.image for p in partners]))[:, None])
+        by_id = dict(zip([p.id for p in partners], pool, strict=True))
+        data_range = float(pool.max() - pool.min())
+        for guide in guides:
+            z_a = model.latents(torch.from_numpy(guide.image)[None, None])
+            # the library's SSIM of the guide's latent with every partner, per channel then averaged; on
+            # 4 x 8 latents the 11 x 11 window shrinks to 3 x 3 with sigma 1.5 * 3 / 11 (latent_ssim's rule)
+            ssim = {
+                pid: float(
+                    structural_similarity_index_measure(
+                        z[None], z_a, data_range=data_range, kernel_size=3, sigma=1.5 * 3 / 11
+                    )
+                )
+                for pid, z in by_id.items()
+            }
+            mine = [s for s in manifest["samples"] if s["guide"] == guide.id]
+            expected = sorted(ssim, key=lambda pid: -ssim[pid])[:3]
+            assert [s["partner"] for s in mine] == expected
+            assert [s["rank"] for s in mine] == [1, 2, 3]
+            for sample in mine:
+                assert sample["ssim"] == pytest.approx(ssim[sample["partner"]], abs=1e-5)
+                mask = read_image(blended / "masks" / f"{sample['id']}.png")
+                assert np.array_equal(mask > 127, guide.mask.astype(bool))  # the label is the guide's
+                image = read_image(blended / "images" / f"{sample['id']}.png")
+                assert image.shape == (32, 64)
+    assert (blended / "gallery.png").is_file()
+
+
+def test_the_blended_pairs_train_a_segmenter_and_never_reach_val_or_test(blended):
+    data = tiny_data(extra_train_dirs=[str(blended)], synthetic_share=0.6)
+    data.setup()
+    synthetic = data.items["synthetic"]
+    assert len(synthetic) == 6
+    assert all(item.mask is not None and item.mask.any() for item in synthetic)
+    loader = data.train_dataloader()
+    ids = [i for batch in loader for i in batch["id"]]
+    # share 0.6 of an epoch with 2 real images: round(2 * 0.6 / 0.4) = 3 synthetic draws
+    assert sum(i.startswith("synthetic-") for i in ids) == 3 and len(ids) == 5
+    for split in ("val", "test", "generator"):
+        assert not any(item.id.startswith("synthetic-") for item in data.items[split])
+    only = tiny_data(extra_train_dirs=[str(blended)], train_split="synthetic")
+    assert {i for batch in only.train_dataloader() for i in batch["id"]} == {item.id for item in synthetic}
+
+
+def test_blending_images_the_ldm_was_trained_on_is_refused_before_writing(cli, tmp_path, ldm_checkpoint):
+    out = tmp_path / "leak"
+    code, _, err = cli("blend", *DATA, "--ldm", ldm_checkpoint, *BLEND, "--partners", "generator", "--out", out)
+    assert code == 1
+    assert str(ldm_checkpoint) in err and "training set" in err
+    assert not out.exists() and not list(tmp_path.glob(".leak*"))
+
+
+def test_a_foreign_autoencoder_or_image_size_is_refused(cli, tmp_path, ldm_checkpoint, autoencoder_checkpoint):
+    checkpoint = torch.load(autoencoder_checkpoint, map_location="cpu", weights_only=False)
+    key = next(k for k in checkpoint["state_dict"] if k.startswith("autoencoder.") and k.endswith("weight"))
+    checkpoint["state_dict"][key] = checkpoint["state_dict"][key] + 1.0
+    foreign = tmp_path / "foreign.ckpt"
+    torch.save(checkpoint, foreign)
+    out = tmp_path / "out"
+    code, _, err = cli("blend", *DATA, "--ldm", ldm_checkpoint, "--autoencoder", foreign, *BLEND, "--out", out)
+    assert code == 1 and str(foreign) in err and "weights differ" in err
+    code, _, err = cli(
+        "blend", *DATA, "--ldm", ldm_checkpoint, "--autoencoder", autoencoder_checkpoint, *BLEND, "--out", out
+    )
+    assert code == 0, err
+    code, _, err = cli(
+        "blend", *DATA, "--data.init_args.image_size", "[64, 64]", "--ldm", ldm_checkpoint, *BLEND, "--out",
+        tmp_path / "size",
+    )  # fmt: skip
+    assert code == 1 and "image_size" in err and not (tmp_path / "size").exists()
+
+
+# ------------------------------------------------------------------------------ segmentation
+
+
+def test_segmentation_scores_match_hand_counted_cases():
+    target = torch.zeros(4, 1, 4, 5, dtype=torch.bool)
+    predicted = torch.zeros_like(target)
+    target[0, 0, 1:3, 1:4] = True  # 6 pixels
+    predicted[0, 0, 1:3, 1:3] = True  # 4 of them: TP 4, FP 0, FN 2
+    target[1, 0, 0, 0] = True
+    predicted[1, 0, 3, 4] = True  # TP 0, FP 1, FN 1
+    predicted[2, 0, 0, :] = True  # nothing to find, 5 false positives
+    # image 3: both empty
+    scores = segmentation_scores(predicted, target)
+    expected = torch.tensor(
+        [[1.0, 4 / 6, 8 / 10], [0.0, 0.0, 0.0], [0.0, 1.0 * 0, 0.0], [1.0, 1.0, 1.0]], dtype=torch.float32
+    )
+    torch.testing.assert_close(scores, expected)
+
+
+SEGMENTER = [
+    "--config",
+    "configs/demo/panoramic_segmenter.yaml",
+    *CSV,
+    "--data.init_args.image_size",
+    "[32, 64]",
+    "--model.init_args.image_size",
+    "[32, 64]",
+    "--data.init_args.batch_size",
+    "2",
+    "--data.init_args.phantom_counts",
+    json.dumps({"train": 8, "val": 2, "test": 3, "unlabelled": 0}),
+    "--trainer.enable_progress_bar",
+    "false",
+]
+
+
+def dice_by_hand(predicted: np.ndarray, target: np.ndarray) -> float:
+    both = np.logical_and(predicted, target).sum()
+    total = predicted.sum() + target.sum()
+    return 1.0 if total == 0 else 2.0 * both / total
+
+
+@pytest.fixture(scope="module")
+def segmenter_checkpoint(tmp_path_factory):
+    from conftest import _NoCapture, run_cli
+
+    root = tmp_path_factory.mktemp("segmenter")
+    args = ["fit", *SEGMENTER, "--trainer.max_epochs", "6", "--trainer.default_root_dir", root]
+    code, _, err = run_cli(args, _NoCapture())
+    assert code == 0, err
+    return root / "checkpoints" / "last.ckpt"
+
+
+def test_segmenter_metrics_json_holds_each_test_image_once_with_hand_checked_dice(cli, tmp_path, segmenter_checkpoint):
+    from lightning_modules import Segmenter
+
+    root = tmp_path / "test"
+    code, _, err = cli("test", *SEGMENTER, "--ckpt_path", segmenter_checkpoint, "--trainer.default_root_dir", root)
+    assert code == 0, err
+    metrics = json.loads((root / "test_metrics.json").read_text())
+    data = PanoramicDataModule(image_size=(32, 64), phantom_counts={"train": 8, "val": 2, "test": 3, "unlabelled": 0})
+    data.setup()
+    model = Segmenter.load_from_checkpoint(segmenter_checkpoint, map_location="cpu").eval()
+    assert set(metrics["per_image"]) == {item.id for item in data.items["test"]}
+    dice = []
+    with torch.no_grad():
+        for item in data.items["test"]:
+            probability = torch.sigmoid(model(torch.from_numpy(item.image)[None, None]))[0, 0].numpy()
+            dice.append(dice_by_hand(probability > 0.5, item.mask.astype(bool)))
+            assert metrics["per_image"][item.id]["dsc"] == pytest.approx(dice[-1], abs=1e-6)
+    assert metrics["n_images"] == 3
+    assert metrics["dsc"] == pytest.approx(np.mean(dice), abs=1e-6)
+    assert metrics["dsc_sd"] == pytest.approx(np.std(dice), abs=1e-6)
+    assert (root / "test_worst_cases.png").is_file()
+    # the two processes of DDP split 3 images into 2 + 2 (one repeated): each still counted once
+    ddp_root = tmp_path / "ddp"
+    result = run(
+        ["test", *SEGMENTER, *DDP_TWO_CPU_PROCESSES, "--ckpt_path", segmenter_checkpoint,
+         "--trainer.default_root_dir", ddp_root],
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    ddp = json.loads((ddp_root / "test_metrics.json").read_text())
+    assert ddp["n_images"] == 3
+    for image_id, scores in metrics["per_image"].items():
+        assert ddp["per_image"][image_id]["dsc"] == pytest.approx(scores["dsc"], abs=1e-6)
+
+
+def test_segmenter_learns_the_phantom_canal(segmenter_checkpoint):
+    """After 6 epochs the training loss has fallen (a model that does not learn fails here)."""
+    rows = (segmenter_checkpoint.parents[1] / "version_0" / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    losses = [
+        float(r.split(",")[header.index("train/loss")]) for r in rows[1:] if r.split(",")[header.index("train/loss")]
+    ]
+    assert losses[-1] < 0.8 * losses[0]

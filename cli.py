@@ -8,6 +8,7 @@
 * ``xraydiff blend --ldm CKPT --config DATA --top-k K --out DIR``: synthetic pairs by latent blending.
 * ``xraydiff experiment augment --config ... --out DIR``: the synthetic-augmentation study.
 * ``xraydiff experiment landmarks --config ... --out DIR``: landmark diffusion vs. its no-diffusion baseline.
+* ``xraydiff experiment blend --config ... --out DIR``: latent blending for segmentation (Lim et al.).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ commands:
   blend                             synthetic image/mask pairs by anatomy-guided latent blending
   experiment augment                the synthetic-augmentation study, end to end
   experiment landmarks              landmark diffusion vs. the same network without diffusion
+  experiment blend                  latent-blending augmentation of a segmenter (Lim et al., Table 1)
 
 Each command has its own --help.
 """
@@ -337,7 +339,23 @@ def experiment_landmarks(argv: list[str]) -> None:
     print(f"\nreport: {args.out / 'results.md'}")
 
 
-EXPERIMENTS = {"augment": experiment_augment, "landmarks": experiment_landmarks}
+def experiment_blend(argv: list[str]) -> None:
+    from experiments.blend import BlendStudy, load_blend_study_config, table
+
+    parser = argparse.ArgumentParser(
+        prog="xraydiff experiment blend",
+        description="Lim et al.'s Table 1: generators, latent blending for each k, the segmenter on real, "
+        "synthetic and real + synthetic pairs, tested on the hold-out set. Resumable: finished steps are kept.",
+    )
+    parser.add_argument("--config", type=Path, required=True, help="YAML with an 'experiment' section")
+    parser.add_argument("--out", type=Path, required=True, help="study folder (new, or an earlier run to resume)")
+    args = parser.parse_args(argv)
+    results = BlendStudy(load_blend_study_config(args.config), args.out).run()
+    print(table(results))
+    print(f"wrote {args.out}/results.md and results.json")
+
+
+EXPERIMENTS = {"augment": experiment_augment, "landmarks": experiment_landmarks, "blend": experiment_blend}
 
 ACCEPTANCE_COMMANDS = {
     "fit": acceptance_fit,

@@ -9,6 +9,7 @@ import json
 import numpy as np
 import pytest
 import torch
+import yaml
 from tiny import CSV, DDP_TWO_CPU_PROCESSES, PANORAMIC_DATA, run
 from torchmetrics.functional.image import structural_similarity_index_measure
 
@@ -217,3 +218,69 @@ def test_segmenter_learns_the_phantom_canal(segmenter_checkpoint):
         float(r.split(",")[header.index("train/loss")]) for r in rows[1:] if r.split(",")[header.index("train/loss")]
     ]
     assert losses[-1] < 0.8 * losses[0]
+
+
+# ---------------------------------------------------------------------------------------- study
+
+
+def test_the_study_writes_table_1_and_resumes_step_by_step(cli, tmp_path, autoencoder_checkpoint, ldm_checkpoint):
+    segmenter_args = [
+        "--config", "configs/trainer/csv.yaml", "--model.init_args.image_size", "[32, 64]",
+        "--trainer.enable_progress_bar", "false",
+    ]  # fmt: skip
+    config = {
+        "experiment": {
+            "autoencoder": {"config": "configs/demo/panoramic_autoencoder.yaml", "ckpt": str(autoencoder_checkpoint)},
+            "ldm": {"config": "configs/demo/panoramic_ldm.yaml", "ckpt": str(ldm_checkpoint)},
+            "segmenter": {"config": "configs/demo/panoramic_segmenter.yaml", "args": segmenter_args},
+            "top_k": [1, 2],
+            "segmenter_steps": 3,
+            "blend": {"steps": 3, "strength": 0.5, "batch_size": 4},
+            "reimpose_k": [1],
+            "data": {
+                "image_size": [32, 64],
+                "batch_size": 4,
+                "synthesis_fraction": 0.34,
+                "phantom_counts": {"train": 2, "val": 2, "test": 2, "unlabelled": 12},
+            },
+        }
+    }
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(config))
+    out = tmp_path / "study"
+    code, stdout, err = cli("experiment", "blend", "--config", path, "--out", out)
+    assert code == 0, err
+    results = json.loads((out / "results.json").read_text())
+    assert list(results["rows"]) == [
+        "real", "synthetic_k1", "real+synthetic_k1", "real+synthetic_k1_reimposed", "synthetic_k2", "real+synthetic_k2"
+    ]  # fmt: skip
+    assert {name: b["count"] for name, b in results["blends"].items()} == {"k1": 2, "k1_reimposed": 2, "k2": 4}
+    for name, row in results["rows"].items():
+        assert row["global_step"] == 3
+        metrics = json.loads((out / "segmenter" / name / "test_metrics.json").read_text())
+        assert row["metrics"]["dsc"] == metrics["dsc"] and metrics["n_images"] == 2
+        # real rows see the 2 real images; synthetic-only rows none (their train split is the blend)
+        assert row["synthetic_images"] == (
+            0 if row["synthetic"] is None else results["blends"][row["synthetic"]]["count"]
+        )
+    assert "SSIM top 2" in (out / "results.md").read_text()
+    # resume: a step whose marker is gone runs again, every other step is kept
+    (out / "segmenter" / "synthetic_k2" / "done.json").unlink()
+    code, stdout, err = cli("experiment", "blend", "--config", path, "--out", out)
+    assert code == 0, err
+    assert stdout.count("[run ]") == 1 and "[run ] segmenter synthetic_k2" in stdout
+
+
+def test_a_bad_study_config_names_the_file_and_line(tmp_path):
+    from experiments.blend import load_blend_study_config
+
+    path = tmp_path / "study.yaml"
+    path.write_text(
+        "experiment:\n"
+        "  autoencoder: {config: configs/demo/panoramic_autoencoder.yaml}\n"
+        "  ldm: {config: configs/demo/panoramic_ldm.yaml}\n"
+        "  segmenter: {config: configs/demo/panoramic_segmenter.yaml}\n"
+        "  top_k: [5, 10]\n  segmenter_steps: 10\n  reimpose_k: [20]\n"
+    )
+    with pytest.raises(ValueError, match=r"study.yaml:7: experiment.reimpose_k: 20 is not one of top_k"):
+        load_blend_study_config(path)

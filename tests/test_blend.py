@@ -284,3 +284,11 @@ def test_a_bad_study_config_names_the_file_and_line(tmp_path):
     )
     with pytest.raises(ValueError, match=r"study.yaml:7: experiment.reimpose_k: 20 is not one of top_k"):
         load_blend_study_config(path)
+
+
+@pytest.mark.parametrize("name", ["demo/panoramic_blend", "panoramic/blend", "panoramic/blend_cpu"])
+def test_the_shipped_study_configs_are_valid(name):
+    from experiments.blend import load_blend_study_config
+
+    config = load_blend_study_config(f"configs/{name}.yaml")
+    assert config.segmenter_steps > 0 and config.top_k

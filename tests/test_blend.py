@@ -292,3 +292,14 @@ def test_the_shipped_study_configs_are_valid(name):
 
     config = load_blend_study_config(f"configs/{name}.yaml")
     assert config.segmenter_steps > 0 and config.top_k
+
+
+def test_a_folder_that_is_no_blend_output_is_refused_as_extra_training_data(tmp_path):
+    (tmp_path / "images").mkdir()
+    with pytest.raises(ValueError, match=r"manifest.json missing"):
+        tiny_data(extra_train_dirs=[str(tmp_path)]).setup()
+    (tmp_path / "manifest.json").write_text("{}")
+    with pytest.raises(ValueError, match=r"manifest.json: unreadable manifest"):
+        tiny_data(extra_train_dirs=[str(tmp_path)]).setup()
+    with pytest.raises(ValueError, match="needs extra_train_dirs"):
+        tiny_data(train_split="synthetic")

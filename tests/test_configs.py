@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from experiments.augment import load_study_config
+from experiments.blend import BlendStudy, load_blend_study_config
 from experiments.landmarks import LandmarkStudy, load_landmark_study_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -18,6 +19,8 @@ CONFIGS = sorted(p.relative_to(REPO).as_posix() for p in (REPO / "configs").rglo
 def kind(path: str) -> str:
     document = yaml.safe_load((REPO / path).read_text())
     if "experiment" in document:
+        if "segmenter" in document["experiment"]:
+            return "blend study"
         return "landmark study" if "modes" in document["experiment"] else "study"
     if "model" in document:
         return "lightning"
@@ -32,6 +35,13 @@ def test_config_parses(cli, path, monkeypatch):
         subconfigs = [study.localizer, *study.generators.values()]
         for spec in subconfigs:
             code, _, err = cli("fit", *(a for c in spec.config for a in ("--config", c)), *spec.args, "--print_config")
+            assert code == 0, err[-2000:]
+        return
+    if kind(path) == "blend study":
+        study = load_blend_study_config(REPO / path)
+        for spec in (study.autoencoder, study.ldm, study.segmenter):
+            args = [a for c in spec.config for a in ("--config", c)] + spec.args + BlendStudy.data_args(study.data)
+            code, _, err = cli("fit", *args, "--print_config")
             assert code == 0, err[-2000:]
         return
     if kind(path) == "landmark study":

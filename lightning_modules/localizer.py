@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import lightning as L
-import torch
 from torch import Tensor
 
 from lightning_modules.generative import TaggedCheckpointMixin, WeightAverageMixin
+from lightning_modules.optim import adamw_with_schedule, check_lr_schedule
 from xraydiff.errors import DataError
 from xraydiff.geometry import to_original_pixels
 from xraydiff.localization import decode_landmarks, heatmap_mse, spatial_softmax_nll, target_distributions
@@ -53,8 +53,7 @@ class LandmarkLocalizer(WeightAverageMixin, TaggedCheckpointMixin, L.LightningMo
     ):
         super().__init__()
         self.save_hyperparameters()
-        if lr_schedule not in ("cosine", "constant"):
-            raise DataError(None, f"lr_schedule must be 'cosine' or 'constant', got {lr_schedule!r}")
+        check_lr_schedule(lr_schedule)
         self.image_size = (int(image_size[0]), int(image_size[1]))
         self.net = heatmap_unet(1, num_landmarks, channels, strides, num_res_units, dropout=dropout)
         self.init_weight_average("net", ema_decay)
@@ -123,11 +122,7 @@ class LandmarkLocalizer(WeightAverageMixin, TaggedCheckpointMixin, L.LightningMo
         }
 
     def configure_optimizers(self):
-        optimizer = torch.optim.AdamW(
-            self.net.parameters(), lr=self.hparams.learning_rate, weight_decay=self.hparams.weight_decay
+        hp = self.hparams
+        return adamw_with_schedule(
+            self.net.parameters(), hp.learning_rate, hp.weight_decay, hp.lr_schedule, self.trainer.max_epochs
         )
-        epochs = self.trainer.max_epochs
-        if self.hparams.lr_schedule == "constant" or epochs is None or epochs < 1:
-            return optimizer
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}

@@ -11,6 +11,7 @@ from monai.losses import DiceLoss
 from torch import Tensor, nn
 
 from lightning_modules.generative import TaggedCheckpointMixin
+from lightning_modules.optim import adamw_with_schedule, check_lr_schedule
 from xraydiff.errors import DataError
 from xraydiff.metrics import segmentation_scores
 from xraydiff.networks import heatmap_unet
@@ -98,14 +99,13 @@ class Segmenter(TaggedCheckpointMixin, L.LightningModule):
         dice_weight: float = 1.0,
         bce_weight: float = 1.0,
         threshold: float = 0.5,
-        learning_rate: float = 6e-5 * 10,
+        learning_rate: float = 6e-4,
         weight_decay: float = 1e-2,
         lr_schedule: str = "cosine",
     ):
         super().__init__()
         self.save_hyperparameters()
-        if lr_schedule not in ("cosine", "constant"):
-            raise DataError(None, f"lr_schedule must be 'cosine' or 'constant', got {lr_schedule!r}")
+        check_lr_schedule(lr_schedule)
         if not 0.0 < threshold < 1.0:
             raise DataError(None, f"threshold must be in (0, 1), got {threshold}")
         if min(dice_weight, bce_weight) < 0 or dice_weight + bce_weight == 0:
@@ -163,11 +163,7 @@ class Segmenter(TaggedCheckpointMixin, L.LightningModule):
         return {"ids": list(batch["id"]), "masks": predicted.cpu()}
 
     def configure_optimizers(self):
-        optimizer = torch.optim.AdamW(
-            self.net.parameters(), lr=self.hparams.learning_rate, weight_decay=self.hparams.weight_decay
+        hp = self.hparams
+        return adamw_with_schedule(
+            self.net.parameters(), hp.learning_rate, hp.weight_decay, hp.lr_schedule, self.trainer.max_epochs
         )
-        epochs = self.trainer.max_epochs
-        if self.hparams.lr_schedule == "constant" or epochs is None or epochs < 1:
-            return optimizer
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}

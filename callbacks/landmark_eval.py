@@ -8,8 +8,8 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback
 
+from callbacks.evaluation import StageEvaluation
 from callbacks.plausibility import fit_prediction_checker
 from xraydiff.acceptance import AcceptanceChecker
 from xraydiff.imageio import atomic_write_bytes
@@ -27,7 +27,7 @@ from xraydiff.metrics import (
 from xraydiff.preview import error_bar_chart, error_spread_figure, worst_cases_figure
 
 
-class LandmarkEvaluation(Callback):
+class LandmarkEvaluation(StageEvaluation):
     """Collects the radial errors of the localizer's validation / test steps (torchmetrics, synced
     under DDP, each image counted once), logs MRE, SD, SDR, outliers and per-landmark errors, and
     writes ``<output_dir>/<stage>_metrics.json`` with ``<stage>_per_landmark.png`` (error bars)
@@ -199,21 +199,3 @@ class LandmarkEvaluation(Callback):
 
     def _metrics(self) -> tuple[LandmarkErrors, ...]:
         return (self.metric, self.spread, self.observer_errors, self.inter_observer, self.plausible)
-
-    def on_validation_epoch_start(self, trainer, pl_module):
-        self._start(pl_module)
-
-    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
-        self._batch(outputs, batch)
-
-    def on_validation_epoch_end(self, trainer, pl_module):
-        self._finish(trainer, pl_module, "val")
-
-    def on_test_epoch_start(self, trainer, pl_module):
-        self._start(pl_module)
-
-    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
-        self._batch(outputs, batch)
-
-    def on_test_epoch_end(self, trainer, pl_module):
-        self._finish(trainer, pl_module, "test")

@@ -6,14 +6,14 @@ import json
 from pathlib import Path
 
 import lightning as L
-from lightning.pytorch.callbacks import Callback
 
+from callbacks.evaluation import StageEvaluation
 from xraydiff.imageio import atomic_write_bytes
 from xraydiff.metrics import SEGMENTATION_SCORES, IndexedRows, summarize_segmentation
 from xraydiff.preview import segmentation_cases_figure
 
 
-class SegmentationEvaluation(Callback):
+class SegmentationEvaluation(StageEvaluation):
     """Collects the per-image precision, recall and DSC of ``Segmenter``'s validation / test steps
     (torchmetrics state, synced under DDP, each image counted once by its dataset index), logs their
     means and writes ``<output_dir>/<stage>_metrics.json`` (mean +- SD over images, the per-image scores
@@ -71,21 +71,3 @@ class SegmentationEvaluation(Callback):
             atomic_write_bytes(out / f"{prefix}_metrics.json", json.dumps(summary, indent=1).encode())
             segmentation_cases_figure(out / f"{prefix}_worst_cases.png", [case for _, case in self.worst])
         self.scores.reset()
-
-    def on_validation_epoch_start(self, trainer, pl_module):
-        self._start(pl_module)
-
-    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
-        self._batch(outputs, batch)
-
-    def on_validation_epoch_end(self, trainer, pl_module):
-        self._finish(trainer, pl_module, "val")
-
-    def on_test_epoch_start(self, trainer, pl_module):
-        self._start(pl_module)
-
-    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
-        self._batch(outputs, batch)
-
-    def on_test_epoch_end(self, trainer, pl_module):
-        self._finish(trainer, pl_module, "test")

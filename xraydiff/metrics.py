@@ -35,7 +35,7 @@ def radial_errors_mm(predicted: Tensor, target: Tensor, mm_per_px: Tensor) -> Te
 
 
 class IndexedRows(Metric):
-    """Collects per-image rows (B, ...) with each image's dataset index; ``distinct_rows()`` returns the
+    """Collects per-image rows (B, ...) with each image's dataset index; ``distinct()`` returns the indices and
     rows (M, ...) of the distinct images seen on all processes, by index (a distributed sampler's padding
     repeats images; each counts once)."""
 
@@ -61,9 +61,6 @@ class IndexedRows(Metric):
         keep[1:] = indices[1:] != indices[:-1]
         return indices[keep], rows[keep]
 
-    def distinct_rows(self) -> Tensor:
-        return self.distinct()[1]
-
     def compute(self) -> tuple[Tensor, Tensor]:
         """(indices, rows) of ``distinct``, after the states were gathered from all processes."""
         return self.distinct()
@@ -78,7 +75,7 @@ class LandmarkErrors(IndexedRows):
     higher_is_better = False
 
     def distinct_errors(self) -> Tensor:
-        return self.distinct_rows()
+        return self.distinct()[1]
 
     def compute(self) -> Tensor:
         return self.distinct_errors()

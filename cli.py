@@ -163,8 +163,7 @@ def blend(argv: list[str]) -> None:
     parser.add_argument("--precision", choices=PRECISIONS, default=AUTO, help="(default: %(default)s)")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier blend output in --out")
     cfg = parser.parse_args(argv)
-    check_output_folder(cfg.out, cfg.overwrite)
-    datamodule = parser.instantiate_classes(cfg).data
+    datamodule = parser.instantiate_classes(cfg).data  # loads nothing yet: run_blend checks --out first
     from commands.blend import run_blend
 
     manifest = run_blend(

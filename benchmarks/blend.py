@@ -12,15 +12,13 @@ memory belongs to it alone. Run from the project root:
 from __future__ import annotations
 
 import argparse
-import json
 import platform
-import subprocess
-import sys
 import time
 
 import torch
 
 from benchmarks.ldm import _init_args, _ldm, _peak_mb, _timed
+from benchmarks.ldm import in_subprocess as ldm_in_subprocess
 
 
 def ranking_worker(height: int, width: int, pool: int, repeats: int) -> dict:
@@ -67,11 +65,7 @@ def segmenter_worker(height: int, width: int, batch: int, repeats: int, mode: st
 
 
 def in_subprocess(kind: str, **kwargs) -> dict:
-    code = f"import json, benchmarks.blend as b; print(json.dumps(b.{kind}_worker(**{kwargs!r})))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    if out.returncode:
-        sys.exit(out.stderr)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return ldm_in_subprocess(kind, module="benchmarks.blend", **kwargs)
 
 
 def main() -> None:

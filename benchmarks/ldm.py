@@ -107,8 +107,9 @@ def sample_worker(height: int, width: int, batch: int, steps: int) -> dict:
     return {"seconds_per_image": (time.perf_counter() - start) / batch, "peak_rss_mb": _peak_mb()}
 
 
-def in_subprocess(kind: str, **kwargs) -> dict:
-    code = f"import json, benchmarks.ldm as b; print(json.dumps(b.{kind}_worker(**{kwargs!r})))"
+def in_subprocess(kind: str, module: str = "benchmarks.ldm", **kwargs) -> dict:
+    """``<module>.<kind>_worker(**kwargs)`` in a fresh Python process (its own peak memory); its JSON result."""
+    code = f"import json, {module} as b; print(json.dumps(b.{kind}_worker(**{kwargs!r})))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     if out.returncode:
         sys.exit(out.stderr)

@@ -86,9 +86,17 @@ def train_worker(height: int, width: int, batch: int, repeats: int, model: str) 
     else:
         module = _ldm(height, width)
         optimizer = torch.optim.AdamW(module.unet.parameters(), lr=1e-4)
+        if model == "denoiser (cached latents)":  # cache_latents: true, the posteriors encoded once
+            with torch.no_grad():
+                module._posterior_cache = module.first_stage.posterior(images)
+            batch = {"index": torch.arange(batch)}
 
-        def loss():
-            return module.diffusion_loss(module.encode(images))
+            def loss():
+                return module.diffusion_loss(module._training_latents(batch))
+        else:
+
+            def loss():
+                return module.diffusion_loss(module.encode(images))
 
     def step():
         optimizer.zero_grad()
@@ -133,10 +141,10 @@ def main() -> None:
             print(
                 f"  autoencoder {mode:<8} {r['images_per_second']:8.1f} images/s   peak RSS {r['peak_rss_mb']:.0f} MB"
             )
-        for model in ("autoencoder", "denoiser"):
+        for model in ("autoencoder", "denoiser", "denoiser (cached latents)"):
             r = in_subprocess("train", **common, repeats=args.repeats, model=model)
             print(
-                f"  {model + ' training':<20} {1 / r['seconds_per_step']:8.3f} steps/s "
+                f"  {model + ' training':<36} {1 / r['seconds_per_step']:8.3f} steps/s "
                 f"({r['seconds_per_step']:.2f} s/step)   peak RSS {r['peak_rss_mb']:.0f} MB"
             )
         r = in_subprocess("sample", **common, steps=args.ddim)

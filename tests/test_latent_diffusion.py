@@ -184,6 +184,43 @@ def test_ldm_resumes_exactly_from_an_epoch_end(cli, tmp_path, autoencoder_checkp
         assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
 
 
+def test_cached_latents_are_the_encoders_draws_and_resume_exactly(
+    cli, tmp_path, autoencoder_checkpoint, ldm_checkpoint
+):
+    # The cached path draws z ~ q(z | x) from the same random stream as the encoder's path.
+    model = load_model(ldm_checkpoint, expected=LatentDiffusion)
+    dm = PanoramicDataModule(
+        image_size=(32, 64),
+        synthesis_fraction=0.34,
+        train_split="generator",
+        augmentation="none",
+        phantom_counts={"train": 2, "val": 2, "test": 2, "unlabelled": 12},
+    )
+    dataset = dm.dataset("generator", augment=False)
+    model._posterior_cache = model.cache_posteriors(dataset, batch_size=3)
+    batch = {"index": torch.tensor([5, 0, 2]), "image": torch.stack([dataset[k]["image"] for k in (5, 0, 2)])}
+    torch.manual_seed(7)
+    cached = model._training_latents(batch)
+    torch.manual_seed(7)
+    with torch.no_grad():
+        encoded = model.encode(batch["image"])
+    torch.testing.assert_close(cached, encoded, rtol=1e-5, atol=1e-5)
+    # Training with the cache, interrupted and resumed, ends where the straight run ends.
+    cached_args = [*LDM, "--model.init_args.autoencoder_ckpt", str(autoencoder_checkpoint),
+                   "--model.init_args.cache_latents", "true"]  # fmt: skip
+    straight = fit(cli, tmp_path / "a", cached_args, "--trainer.max_epochs", "2")
+    first = fit(cli, tmp_path / "b", cached_args, "--trainer.max_epochs", "1")
+    resumed = fit(cli, tmp_path / "b", cached_args, "--trainer.max_epochs", "2", "--ckpt_path", first)
+    a, b = (torch.load(path, weights_only=False)["state_dict"] for path in (straight, resumed))
+    for key, value in a.items():
+        assert torch.equal(value, b[key]), key
+    code, _, err = cli(
+        "fit", *cached_args, "--data.init_args.augmentation", "default", "--trainer.default_root_dir", tmp_path / "c"
+    )
+    assert code != 0 and "cache_latents: true needs training data without augmentation" in err
+    assert not (tmp_path / "c" / "checkpoints").exists()
+
+
 def test_a_wrong_autoencoder_is_refused_before_training(cli, tmp_path, autoencoder_checkpoint, ldm_checkpoint):
     other_size = ["--model.init_args.image_size", "[64, 64]", "--data.init_args.image_size", "[64, 64]"]
     cases = [

@@ -10,8 +10,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
-from tiny import DDP_TWO_CPU_PROCESSES, DDPM, DDPM_WANDB, XRAYDIFF, run
+from tiny import AUTOENCODER, DDP_TWO_CPU_PROCESSES, DDPM, DDPM_WANDB, LDM, XRAYDIFF, run
 
 from xraydiff.samples import read_sample
 
@@ -89,11 +90,35 @@ def test_ddp_fit_and_sample_with_two_cpu_processes(tmp_path):
         )
 
 
-def _start_fit(root: Path, env: dict | None = None, extra: tuple = ()) -> subprocess.Popen:
+# Every kind of training loop: the paired DDPM, the autoencoder with its GAN (manual optimization, two
+# optimizers), the LDM on a frozen autoencoder. (model class, fit arguments, steps per epoch on the tiny data)
+ADVERSARIAL = ("--model.init_args.adversarial_weight", "0.1", "--model.init_args.adversarial_warmup", "1")
+MODELS = {
+    "paired_ddpm": ("PairedDDPM", DDPM, 4),
+    "adversarial_autoencoder": ("LatentAutoencoder", [*AUTOENCODER, *ADVERSARIAL], 2),
+    "ldm": ("LatentDiffusion", LDM, 2),
+}
+
+
+@pytest.fixture(params=list(MODELS))
+def model(request) -> tuple[str, list, int]:
+    name, base, steps = MODELS[request.param]
+    if name == "LatentDiffusion":
+        base = [*base, "--model.init_args.autoencoder_ckpt", str(request.getfixturevalue("autoencoder_checkpoint"))]
+    return name, base, steps
+
+
+def _completed_steps(checkpoint: dict) -> int:
+    """Training batches done: the autoencoder's own counter (Lightning counts both GAN optimizers)."""
+    state = checkpoint["state_dict"]
+    return int(state["autoencoder_steps"]) if "autoencoder_steps" in state else checkpoint["global_step"]
+
+
+def _start_fit(root: Path, base=DDPM, env: dict | None = None, extra: tuple = ()) -> subprocess.Popen:
     environment = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), **(env or {})}
     args = [
         "fit",
-        *DDPM,
+        *base,
         "--trainer.default_root_dir",
         str(root),
         "--trainer.max_epochs",
@@ -121,9 +146,10 @@ def _wait_for(path: Path, process: subprocess.Popen, timeout: float = 120) -> No
     time.sleep(0.5)
 
 
-def test_sigterm_saves_a_checkpoint_exits_cleanly_and_resumes(tmp_path):
+def test_sigterm_saves_a_checkpoint_exits_cleanly_and_resumes(tmp_path, model):
+    name, base, steps_per_epoch = model
     root = tmp_path / "run"
-    process = _start_fit(root)
+    process = _start_fit(root, base)
     _wait_for(root / "checkpoints/last.ckpt", process)
     time.sleep(1.0)
     process.send_signal(signal.SIGTERM)
@@ -131,11 +157,12 @@ def test_sigterm_saves_a_checkpoint_exits_cleanly_and_resumes(tmp_path):
     assert process.returncode == 0, stderr[-3000:]
     assert "Stopped by SIGTERM" in stderr
     stopped = torch.load(root / "checkpoints/last.ckpt", weights_only=False)
-    assert stopped["global_step"] > 4
+    assert stopped["xraydiff"]["model_class"].endswith(name)
+    assert _completed_steps(stopped) > steps_per_epoch
     result = run(
         [
             "fit",
-            *DDPM,
+            *base,
             "--trainer.default_root_dir",
             root,
             "--ckpt_path",
@@ -146,11 +173,11 @@ def test_sigterm_saves_a_checkpoint_exits_cleanly_and_resumes(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     resumed = torch.load(root / "checkpoints/last.ckpt", weights_only=False)
-    # 4 steps per epoch: the interrupted epoch is completed, then one more.
-    assert resumed["global_step"] == 4 * (stopped["epoch"] + 2) > stopped["global_step"]
+    # The interrupted epoch is completed, then one more.
+    assert _completed_steps(resumed) == steps_per_epoch * (stopped["epoch"] + 2) > _completed_steps(stopped)
 
 
-def test_slurm_signal_saves_hpc_checkpoint_and_requeues(tmp_path):
+def test_slurm_signal_saves_hpc_checkpoint_and_requeues(tmp_path, model):
     """SIGUSR1 before the time limit: Lightning's SLURM environment saves and requeues the job."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -169,7 +196,8 @@ def test_slurm_signal_saves_hpc_checkpoint_and_requeues(tmp_path):
         "PATH": f"{bin_dir}:{os.environ['PATH']}",
     }
     root = tmp_path / "run"
-    process = _start_fit(root, env=slurm)
+    name, base, _ = model
+    process = _start_fit(root, base, env=slurm)
     _wait_for(root / "checkpoints/last.ckpt", process)
     process.send_signal(signal.SIGUSR1)
     _wait_for(root / "hpc_ckpt_1.ckpt", process, timeout=60)
@@ -181,7 +209,7 @@ def test_slurm_signal_saves_hpc_checkpoint_and_requeues(tmp_path):
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 0, stderr[-3000:]
     hpc = torch.load(root / "hpc_ckpt_1.ckpt", weights_only=False)
-    assert hpc["global_step"] > 0 and hpc["xraydiff"]["model_class"].endswith("PairedDDPM")
+    assert _completed_steps(hpc) > 0 and hpc["xraydiff"]["model_class"].endswith(name)
 
 
 def test_wandb_is_the_default_logger_offline_and_keeps_its_run_id_on_resume(tmp_path):

@@ -44,7 +44,7 @@ class ModelSpec:
 
 @dataclass
 class BlendStudyConfig:
-    autoencoder: ModelSpec
+    autoencoder: ModelSpec | None  # None: the autoencoder inside the given LDM checkpoint
     ldm: ModelSpec
     segmenter: ModelSpec
     top_k: list[int]
@@ -63,7 +63,7 @@ def load_blend_study_config(path: Path) -> BlendStudyConfig:
     section, lines = read_experiment(
         path,
         set(BlendStudyConfig.__dataclass_fields__),
-        ("autoencoder", "ldm", "segmenter", "top_k", "segmenter_steps"),
+        ("ldm", "segmenter", "top_k", "segmenter_steps"),
     )
 
     def spec(name: str) -> ModelSpec:
@@ -75,8 +75,8 @@ def load_blend_study_config(path: Path) -> BlendStudyConfig:
             raise DataError(path, f"unknown key(s) {sorted(unknown)} in experiment.{name}", lines.get(where))
         configs = value.get("config") or []
         configs = [configs] if isinstance(configs, str) else list(configs)
-        if not configs:
-            raise DataError(path, f"experiment.{name} needs a config", lines.get(where))
+        if not configs and (name == "segmenter" or not value.get("ckpt")):
+            raise DataError(path, f"experiment.{name} needs a config or a ckpt", lines.get(where))
         for config in configs:
             if not Path(config).is_file():
                 raise DataError(path, f"experiment.{name}: config {config} not found", lines.get((*where, "config")))
@@ -119,12 +119,19 @@ def load_blend_study_config(path: Path) -> BlendStudyConfig:
             f"experiment.synthetic_share must be in [0, 1), got {share}",
             lines.get(("experiment", "synthetic_share")),
         )
+    ldm = spec("ldm")
+    if section.get("autoencoder") is None and ldm.ckpt is None:
+        raise DataError(
+            path,
+            "experiment.autoencoder is needed unless experiment.ldm gives a ckpt (whose autoencoder is used)",
+            lines.get(("experiment", "ldm")),
+        )
     values = {k: v for k, v in section.items() if k not in ("autoencoder", "ldm", "segmenter", "top_k", "reimpose_k")}
     return BlendStudyConfig(
         **{
             **values,
-            "autoencoder": spec("autoencoder"),
-            "ldm": spec("ldm"),
+            "autoencoder": None if section.get("autoencoder") is None else spec("autoencoder"),
+            "ldm": ldm,
             "segmenter": spec("segmenter"),
             "top_k": top_k,
             "reimpose_k": reimpose_k,
@@ -163,7 +170,7 @@ class BlendStudy(StepRunner):
         self.cli(["fit", *self._common(spec), *extra, "--ckpt_path", "last", *self.run_folder_args(folder)])
         return self._record(folder / "checkpoints" / "last.ckpt")
 
-    def blend(self, folder: Path, ldm: str, autoencoder: str, k: int, reimpose: bool) -> dict:
+    def blend(self, folder: Path, ldm: str, autoencoder: str | None, k: int, reimpose: bool) -> dict:
         from commands.blend import run_blend
 
         parser = data_parser("experiment blend", "")
@@ -171,7 +178,8 @@ class BlendStudy(StepRunner):
         datamodule = parser.instantiate_classes(parser.parse_args(args)).data
         options = {key: self.config.blend[key] for key in BLEND_KEYS if key in self.config.blend}
         manifest = run_blend(
-            Path(ldm), datamodule, folder / "data", k, autoencoder=Path(autoencoder), reimpose=reimpose,
+            Path(ldm), datamodule, folder / "data", k, reimpose=reimpose,
+            autoencoder=None if autoencoder is None else Path(autoencoder),
             precision=self.config.precision, log=self.log, **options,
         )  # fmt: skip
         return {"dataset": str((folder / "data").resolve()), "count": manifest["count"], "top_k": k}
@@ -197,7 +205,9 @@ class BlendStudy(StepRunner):
     def run(self) -> dict:
         c = self.config
         self.prepare_folder()
-        if c.autoencoder.ckpt:
+        if c.autoencoder is None:  # the LDM checkpoint's own first stage
+            autoencoder = {"checkpoint": None, "inside": str(Path(c.ldm.ckpt).resolve()), "given": True}
+        elif c.autoencoder.ckpt:
             autoencoder = {**self._record(Path(c.autoencoder.ckpt)), "given": True}
         else:
             autoencoder = self.step(
@@ -277,6 +287,12 @@ def table(results: dict) -> str:
 
 def write_report(out: Path, results: dict) -> None:
     first = next(iter(results["rows"].values()))
+    autoencoder = results["autoencoder"]
+    first_stage = (
+        "the autoencoder inside the LDM checkpoint"
+        if autoencoder["checkpoint"] is None
+        else f"autoencoder {autoencoder['global_step']} steps"
+    )
     galleries = [f"- top {b['top_k']}: blend/{name}/data/gallery.png" for name, b in results["blends"].items()]
     text = [
         "# Anatomy-guided latent blending: segmentation with synthetic pairs (Lim et al., Table 1 layout)",
@@ -284,8 +300,8 @@ def write_report(out: Path, results: dict) -> None:
         table(results),
         "",
         f"Every segmenter: {results['segmenter_steps']} optimizer steps, last checkpoint, tested on "
-        f"{first['metrics']['n_images']} hold-out images (mean +- SD over images). Generators: autoencoder "
-        f"{results['autoencoder']['global_step']} steps, LDM {results['ldm']['global_step']} steps on "
+        f"{first['metrics']['n_images']} hold-out images (mean +- SD over images). Generators: {first_stage}, "
+        f"LDM {results['ldm']['global_step']} steps on "
         f"{results['ldm']['train_images']} images that exclude every synthesis partner.",
         "",
         "Galleries (labelled | unlabelled partner | synthetic):",

@@ -1,4 +1,4 @@
-"""Export a trained paired DDPM as the small checkpoint shipped for the demo.
+"""Export a trained diffusion model (paired DDPM, LDM) as a small checkpoint shipped for the demo.
 
 Keeps the hyperparameters, the class tag and the EMA weights (the only ones used for sampling),
 stored in float16; the raw weights are set to the EMA weights; optimizer, loop and callback
@@ -42,14 +42,13 @@ def export(source: Path, target: Path, train_data: dict | None = None) -> dict:
     if train_data is None and "train_data" not in checkpoint["xraydiff"]:
         raise SystemExit(f"{source}: records no training set; pass --train-config (and its data overrides)")
     state = checkpoint["state_dict"]
-    ema = {k[len("ema.module.") :]: v for k, v in state.items() if k.startswith("ema.module.")}
+    slim_state = {key: value.half() if value.is_floating_point() else value for key, value in state.items()}
+    ema = {k[len("ema.module.") :]: v for k, v in slim_state.items() if k.startswith("ema.module.")}
     if not ema:
-        raise SystemExit(f"{source}: no EMA weights (not a PairedDDPM checkpoint?)")
-    slim_state = {}
-    for key, value in state.items():
+        raise SystemExit(f"{source}: no EMA weights (not a diffusion model checkpoint?)")
+    for key in slim_state:
         if key.startswith("unet."):
-            value = ema[key[len("unet.") :]]
-        slim_state[key] = value.half() if value.is_floating_point() else value
+            slim_state[key] = ema[key[len("unet.") :]]  # the same tensor: torch.save stores it once
     slim = {
         "state_dict": slim_state,
         "hyper_parameters": checkpoint["hyper_parameters"],

@@ -223,15 +223,15 @@ def test_segmenter_learns_the_phantom_canal(segmenter_checkpoint):
 # ---------------------------------------------------------------------------------------- study
 
 
-def test_the_study_writes_table_1_and_resumes_step_by_step(cli, tmp_path, autoencoder_checkpoint, ldm_checkpoint):
+def test_the_study_writes_table_1_and_resumes_step_by_step(cli, tmp_path, ldm_checkpoint):
     segmenter_args = [
         "--config", "configs/trainer/csv.yaml", "--model.init_args.image_size", "[32, 64]",
         "--trainer.enable_progress_bar", "false",
     ]  # fmt: skip
     config = {
         "experiment": {
-            "autoencoder": {"config": "configs/demo/panoramic_autoencoder.yaml", "ckpt": str(autoencoder_checkpoint)},
-            "ldm": {"config": "configs/demo/panoramic_ldm.yaml", "ckpt": str(ldm_checkpoint)},
+            # no autoencoder entry: the one inside the LDM checkpoint blends (as for a shipped LDM)
+            "ldm": {"ckpt": str(ldm_checkpoint)},
             "segmenter": {"config": "configs/demo/panoramic_segmenter.yaml", "args": segmenter_args},
             "top_k": [1, 2],
             "segmenter_steps": 3,
@@ -264,6 +264,8 @@ def test_the_study_writes_table_1_and_resumes_step_by_step(cli, tmp_path, autoen
             0 if row["synthetic"] is None else results["blends"][row["synthetic"]]["count"]
         )
     assert "SSIM top 2" in (out / "results.md").read_text()
+    assert results["autoencoder"]["checkpoint"] is None
+    assert "the autoencoder inside the LDM checkpoint" in (out / "results.md").read_text()
     # resume: a step whose marker is gone runs again, every other step is kept
     (out / "segmenter" / "synthetic_k2" / "done.json").unlink()
     code, stdout, err = cli("experiment", "blend", "--config", path, "--out", out)
@@ -283,6 +285,14 @@ def test_a_bad_study_config_names_the_file_and_line(tmp_path):
         "  top_k: [5, 10]\n  segmenter_steps: 10\n  reimpose_k: [20]\n"
     )
     with pytest.raises(ValueError, match=r"study.yaml:7: experiment.reimpose_k: 20 is not one of top_k"):
+        load_blend_study_config(path)
+    path.write_text(
+        "experiment:\n"
+        "  ldm: {config: configs/demo/panoramic_ldm.yaml}\n"
+        "  segmenter: {config: configs/demo/panoramic_segmenter.yaml}\n"
+        "  top_k: [5]\n  segmenter_steps: 10\n"
+    )
+    with pytest.raises(ValueError, match=r"study.yaml:2: experiment.autoencoder is needed unless experiment.ldm"):
         load_blend_study_config(path)
 
 

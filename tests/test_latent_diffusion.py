@@ -275,3 +275,29 @@ def read_sample_image(path) -> np.ndarray:
     arrays = np.load(path)
     assert set(arrays.files) == {"image"}
     return arrays["image"]
+
+
+def test_the_demo_export_keeps_the_ema_weights_once_and_samples(cli, tmp_path, ldm_checkpoint):
+    """scripts/export_demo_checkpoint.py on an LDM: float16 EMA weights as the U-Net, the frozen autoencoder
+    inside, no optimizer state; the export samples like the EMA weights of the source."""
+    spec = importlib.util.spec_from_file_location("export_demo_checkpoint", "scripts/export_demo_checkpoint.py")
+    exporter = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(exporter)
+    target = tmp_path / "demo_ldm.ckpt"
+    exporter.export(ldm_checkpoint, target)
+    source = torch.load(ldm_checkpoint, weights_only=False)
+    slim = torch.load(target, weights_only=False)
+    assert "optimizer_states" not in slim and slim["xraydiff"]["train_data"] == source["xraydiff"]["train_data"]
+    ema = {k: v for k, v in source["state_dict"].items() if k.startswith("ema.module.")}
+    for key, value in ema.items():
+        unet = slim["state_dict"]["unet." + key[len("ema.module.") :]]
+        assert unet.dtype == torch.float16 and torch.equal(unet, value.half()), key
+        assert unet.untyped_storage().data_ptr() == slim["state_dict"][key].untyped_storage().data_ptr()
+    assert target.stat().st_size < 0.5 * sum(v.numel() * 4 for v in source["state_dict"].values())
+    outs = []
+    for name, checkpoint in (("source", ldm_checkpoint), ("export", target)):
+        code, _, err = cli("sample", "--ckpt", checkpoint, "--num-samples", 2, "--seed", 1, "--sampler", "ddim",
+                           "--steps", 3, "--out", tmp_path / name)  # fmt: skip
+        assert code == 0, err
+        outs.append(np.load(tmp_path / name / "s1-000000.npz")["image"])
+    np.testing.assert_allclose(outs[0], outs[1], atol=0.05)  # float16 weights: close, not equal

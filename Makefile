@@ -29,8 +29,8 @@ demo: setup
 	$(BIN)/xraydiff experiment augment --config configs/demo/hand_augment.yaml --out $(DEMO_OUT)/study
 	@echo "Report: $(DEMO_OUT)/study/results.md (data preview: $(DEMO_OUT)/data/preview.png)"
 
-# The latent-blending study of Lim et al. on phantom jaws (about 6 minutes on 2 cores; not yet part of
-# `make demo`, whose 15-minute budget the hand study already fills).
+# The latent-blending study of Lim et al. on phantom jaws with the shipped phantom LDM (12 minutes on 2
+# cores beside another job; not yet part of `make demo`, whose 15-minute budget the hand study fills).
 demo-blend: setup
 	$(BIN)/xraydiff experiment blend --config configs/demo/panoramic_blend.yaml --out $(DEMO_OUT)/blend
 	@echo "Report: $(DEMO_OUT)/blend/results.md"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Trains the phantom-jaw autoencoder and LDM shipped as xraydiff/assets/demo_panoramic_ldm.ckpt (the generator
 # of the demo's blend study, configs/demo/panoramic_blend.yaml), and exports it (float16 EMA weights, the frozen
-# autoencoder inside). About 35 minutes on 2 CPU cores. Run from the project root.
+# autoencoder inside). About 35 minutes on 2 otherwise idle CPU cores. Run from the project root.
 set -euo pipefail
 XRAYDIFF=${XRAYDIFF:-xraydiff}
 PYTHON=${PYTHON:-python}
@@ -12,7 +12,7 @@ $XRAYDIFF fit --config configs/demo/panoramic_autoencoder.yaml --trainer.max_epo
     "${QUIET[@]}" --trainer.logger.save_dir "$OUT/autoencoder" --ckpt_path last
 $XRAYDIFF test --config configs/demo/panoramic_autoencoder.yaml --trainer.default_root_dir "$OUT/autoencoder" \
     "${QUIET[@]}" --trainer.logger.save_dir "$OUT/autoencoder" --ckpt_path "$OUT/autoencoder/checkpoints/last.ckpt"
-$XRAYDIFF fit --config configs/demo/panoramic_ldm.yaml --trainer.max_epochs 600 \
+$XRAYDIFF fit --config configs/demo/panoramic_ldm.yaml --trainer.max_epochs 200 \
     --trainer.check_val_every_n_epoch 100 --trainer.default_root_dir "$OUT/ldm" \
     --model.init_args.autoencoder_ckpt "$OUT/autoencoder/checkpoints/last.ckpt" \
     "${QUIET[@]}" --trainer.logger.save_dir "$OUT/ldm" --ckpt_path last

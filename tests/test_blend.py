@@ -313,3 +313,22 @@ def test_a_folder_that_is_no_blend_output_is_refused_as_extra_training_data(tmp_
         tiny_data(extra_train_dirs=[str(tmp_path)]).setup()
     with pytest.raises(ValueError, match="needs extra_train_dirs"):
         tiny_data(train_split="synthetic")
+
+
+def test_the_shipped_phantom_ldm_never_saw_the_demo_partners_and_blends_them(cli, tmp_path):
+    """xraydiff/assets/demo_panoramic_ldm.ckpt (scripts/demo_panoramic_ldm.sh) against the demo's split."""
+    checkpoint = "xraydiff/assets/demo_panoramic_ldm.ckpt"
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    study = yaml.safe_load(open("configs/demo/panoramic_blend.yaml"))["experiment"]
+    dm = PanoramicDataModule(**study["data"], classes=1)
+    dm.setup()
+    trained = set(saved["xraydiff"]["train_data"]["ids"])
+    assert trained == {item.id for item in dm.items["generator"]}
+    assert not trained & {item.id for item in dm.items["synthesis"]}
+    out = tmp_path / "blend"
+    code, _, err = cli("blend", "--config", "configs/demo/panoramic_segmenter.yaml", "--ldm", checkpoint,
+                       "--top-k", 1, "--steps", 3, "--out", out)  # fmt: skip
+    assert code == 0, err
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["count"] == len(dm.items["train"]) == 16
+    assert {s["partner"] for s in manifest["samples"]} <= {item.id for item in dm.items["synthesis"]}

@@ -4,7 +4,7 @@
 #   reduced -> demo_hand_ddpm_reduced.ckpt  (plus configs/demo/hand_ddpm_pretrain_reduced.yaml, their 10 %)
 # Stage 1: epsilon objective to step 5595; stage 2: v-prediction to step 11 250 (see PairedDDPM). Every
 # stage resumes from the last checkpoint (one every 250 steps), so a killed run continues where it stopped.
-# About 2.7 h on 2 CPU cores with native bf16, about 8 h at 32-bit. Run from the project root:
+# About 2.7 h on 2 CPU cores with native bf16, about 7 h at 32-bit (2.1 s per step on an AVX2 EPYC). Run from the project root:
 #   bash scripts/demo_hand_ddpm.sh reduced
 set -euo pipefail
 SET=${1:-full}

@@ -79,6 +79,8 @@ class LandmarkDiffusion(WeightAverageMixin, TaggedCheckpointMixin, L.LightningMo
         seed: seed of the per-image noise of inference (a prediction depends on it and the image only).
         learning_rate, weight_decay: AdamW (1e-4 and 1e-4 in the paper).
         ema_decay: moving average of the weights used for inference; None disables.
+        ema_warmup: warm the average's decay up over the first updates (see ``init_weight_average``): a
+            fixed 0.998 leaves 37 % of the weight on the untrained network after 500 steps.
         refine_window: window of the centre-of-mass refinement of each arg-max, in pixels.
     """
 
@@ -111,6 +113,7 @@ class LandmarkDiffusion(WeightAverageMixin, TaggedCheckpointMixin, L.LightningMo
         learning_rate: float = 1e-4,
         weight_decay: float = 1e-4,
         ema_decay: float | None = None,
+        ema_warmup: bool = True,
         refine_window: int = 5,
     ):
         super().__init__()
@@ -146,7 +149,7 @@ class LandmarkDiffusion(WeightAverageMixin, TaggedCheckpointMixin, L.LightningMo
             num_head_channels=num_head_channels,
             use_flash_attention=use_flash_attention,
         )
-        self.init_weight_average("net", ema_decay)
+        self.init_weight_average("net", ema_decay, ema_warmup)
         self.scheduler = make_scheduler(
             "ddpm", num_train_timesteps, beta_start=beta_start, beta_end=beta_end, prediction_type="sample"
         )

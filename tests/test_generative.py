@@ -328,3 +328,28 @@ def test_sigterm_stops_sampling_and_leaves_nothing(tmp_path, ddpm_checkpoint):
     assert process.returncode == 128 + signal.SIGTERM, err[-2000:]
     assert "stopped by signal" in err
     assert not out.exists() and not staging.exists()
+
+
+def test_warmed_up_weight_average_follows_its_recursion_and_forgets_the_initial_weights():
+    """``warmup_ema``: the n-th update (n = 0, 1, ...) uses d_n = min(decay, (1 + n) / (10 + n)); recomputed
+    here by hand on a scalar weight that takes the values 1, 2, 3, ... after each optimizer step."""
+    from torch.optim.swa_utils import AveragedModel
+
+    from lightning_modules.generative import warmup_ema
+
+    decay, steps = 0.998, 500
+    weight = torch.nn.Parameter(torch.zeros(1))
+    module = torch.nn.ParameterList([weight])
+    average = AveragedModel(module, multi_avg_fn=warmup_ema(decay), use_buffers=True)
+    expected = 0.0
+    for n in range(steps):
+        with torch.no_grad():
+            weight.fill_(n + 1.0)
+        average.update_parameters(module)
+        if n == 0:  # AveragedModel copies the weights on its first update
+            expected = 1.0
+            continue
+        d = min(decay, (1 + n) / (10 + n))
+        expected = d * expected + (1 - d) * (n + 1.0)
+    assert average.module[0].item() == pytest.approx(expected, rel=1e-5)
+    assert expected > 400  # a fixed 0.998 would sit at 185, far behind the weights

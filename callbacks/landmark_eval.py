@@ -133,6 +133,12 @@ class LandmarkEvaluation(StageEvaluation):
         if errors.numel() == 0:
             return
         summary = summarize_errors(errors.cpu(), self.sdr_radii, self.outlier_radii)
+        with self.metric.sync_context():
+            indices, rows = self.metric.distinct()
+        split = (getattr(getattr(trainer, "datamodule", None), "items", None) or {}).get(stage) or []
+        # per image (by id, in dataset order): what a paired comparison of two runs needs
+        ids = [split[i].id if i < len(split) else str(i) for i in indices.tolist()]
+        summary["per_image_mre_mm"] = dict(zip(ids, rows.mean(1).tolist(), strict=True))
         settings = getattr(pl_module, "inference_settings", None)
         if settings is not None and self.timing[1]:
             seconds, images, calls = self.timing

@@ -35,7 +35,10 @@ from xraydiff.landmark_diffusion import check_blur, check_inference
 
 # What a mode may set: the inference options of LandmarkDiffusion, and how many evaluation images
 # an expensive mode (the T-step chain on a CPU) runs on.
-MODE_KEYS = ("inference", "ddim_steps", "ddim_eta", "ensemble", "sigma_max", "sigma_min", "seed", "max_images")
+MODE_KEYS = (
+    "inference", "ddim_steps", "ddim_eta", "ensemble", "sigma_max", "sigma_min", "seed", "chain_decoding",
+    "x0_estimate", "max_images",
+)  # fmt: skip
 MODELS = {"baseline": False, "diffusion": True}  # model name -> LandmarkDiffusion's ``diffusion``
 
 

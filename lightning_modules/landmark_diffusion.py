@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Literal, get_args
 
 import lightning as L
 import numpy as np
@@ -11,30 +12,40 @@ from monai.networks.nets import DiffusionModelUNet
 from torch import Tensor, nn
 
 from lightning_modules.generative import TaggedCheckpointMixin, WeightAverageMixin
+from lightning_modules.optim import adamw_with_schedule, check_lr_schedule
 from xraydiff.diffusion import check_diffusion_options, make_scheduler
 from xraydiff.errors import DataError
 from xraydiff.geometry import to_original_pixels
 from xraydiff.heatmaps import gaussian_heatmaps
 from xraydiff.landmark_diffusion import (
     InferenceMode,
+    X0Estimate,
     check_blur,
     check_inference,
     decode_heatmaps,
+    decode_topk,
     ensemble_statistics,
+    estimate_x0,
     item_generators,
     landmark_diffusion_loss,
     sample_heatmaps,
 )
+from xraydiff.localization import decode_landmarks
 from xraydiff.metrics import radial_errors_mm
 
-INFERENCE_OPTIONS = ("inference", "ddim_steps", "ddim_eta", "ensemble", "seed", "sigma_max", "sigma_min")
+INFERENCE_OPTIONS = (
+    "inference", "ddim_steps", "ddim_eta", "ensemble", "seed", "sigma_max", "sigma_min", "chain_decoding", "x0_estimate"
+)  # fmt: skip
+ChainDecoding = Literal["argmax", "topk"]
 
 
 class HeatmapDenoiser(nn.Module):
-    """x0_hat = tanh(U-Net([image, x_t], t)): MONAI's time-conditioned ``DiffusionModelUNet`` with the
-    image concatenated to the noisy heatmaps and a tanh output layer (the paper's sect. 3.1).
+    """Logits of x0 from U-Net([image, x_t], t): MONAI's time-conditioned ``DiffusionModelUNet`` with the
+    image concatenated to the noisy heatmaps and, as in the paper's sect. 3.1, a tanh in place of the
+    final SiLU, which in MONAI's (and guided diffusion's) U-Net sits before the output convolution:
+    GroupNorm -> tanh -> conv. The output is therefore unbounded; x0_hat = clamp(logits, -1, 1).
 
-    Shapes: image (B, C, H, W), x_t (B, N, H, W), t (B,) -> (B, N, H, W) in [-1, 1].
+    Shapes: image (B, C, H, W), x_t (B, N, H, W), t (B,) -> (B, N, H, W) logits.
     """
 
     def __init__(self, image_channels: int, num_landmarks: int, **unet):
@@ -42,9 +53,12 @@ class HeatmapDenoiser(nn.Module):
         self.unet = DiffusionModelUNet(
             spatial_dims=2, in_channels=image_channels + num_landmarks, out_channels=num_landmarks, **unet
         )
+        if not isinstance(self.unet.out[1], nn.SiLU):
+            raise TypeError(f"MONAI's output block changed: expected SiLU at out[1], found {self.unet.out[1]}")
+        self.unet.out[1] = nn.Tanh()
 
     def forward(self, image: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
-        return torch.tanh(self.unet(torch.cat([image, x_t.to(image.dtype)], dim=1), timesteps=t))
+        return self.unet(torch.cat([image, x_t.to(image.dtype)], dim=1), timesteps=t)
 
 
 class LandmarkDiffusion(WeightAverageMixin, TaggedCheckpointMixin, L.LightningModule):
@@ -57,7 +71,10 @@ class LandmarkDiffusion(WeightAverageMixin, TaggedCheckpointMixin, L.LightningMo
 
     Inference (validate / test / predict, all from one checkpoint, set by ``inference``):
     'single' (x0_hat from x_T in one call), 'multi' (the T-step chain with the shrinking blur of
-    eq. 12), 'ddim' (``ddim_steps`` steps, ``ddim_eta``); ``ensemble`` M > 1 runs M stochastic
+    eq. 12), 'ddim' (``ddim_steps`` steps, ``ddim_eta``). The baseline and 'single' are decoded from
+    the logits as the localizer decodes (arg-max, soft-argmax refinement); a chain from its final x0
+    (``chain_decoding`` 'argmax': the same refinement on log x0; 'topk': the weighted mean of the 9
+    highest pixels, the authors' framework). ``ensemble`` M > 1 runs M stochastic
     members in one batch and averages their decoded coordinates, the spread of the M predictions
     giving each landmark an uncertainty in mm. Validation inside ``fit`` uses ``fit_validation``
     (default 'single', cheap), so that choosing a checkpoint does not cost T calls per image.
@@ -74,10 +91,15 @@ class LandmarkDiffusion(WeightAverageMixin, TaggedCheckpointMixin, L.LightningMo
         heatmap_sigma: target Gaussian sigma in pixels (1 = the paper's few-hot map).
         lambda_nll, lambda_s: weights of eq. 11 (1 and 0.01).
         sigma_max, sigma_min: the blur of eq. 12 at t = T - 1 and t = 0 (14 and ``sigma_min``).
-        inference, ddim_steps, ddim_eta, ensemble: the inference mode (see above).
+        inference, ddim_steps, ddim_eta, ensemble, chain_decoding: the inference mode (see above).
+        x0_estimate: what each reverse step takes as x0 from the logits: 'softmax' (the trained
+            distribution as a heatmap, ``xraydiff.landmark_diffusion.softmax_heatmap``) or 'clamp'
+            (clamp(logits, -1, 1), the paper's text read literally; README deviation table).
         fit_validation: inference mode of the validation inside ``fit``.
         seed: seed of the per-image noise of inference (a prediction depends on it and the image only).
         learning_rate, weight_decay: AdamW (1e-4 and 1e-4 in the paper).
+        lr_schedule, warmup_fraction: 'cosine' (linear warm-up over the first ``warmup_fraction`` of the
+            run's optimizer steps, then cosine decay, per step; ``lightning_modules.optim``) or 'constant'.
         ema_decay: moving average of the weights used for inference; None disables.
         ema_warmup: warm the average's decay up over the first updates (see ``init_weight_average``): a
             fixed 0.998 leaves 37 % of the weight on the untrained network after 500 steps.
@@ -108,10 +130,14 @@ class LandmarkDiffusion(WeightAverageMixin, TaggedCheckpointMixin, L.LightningMo
         ddim_steps: int | None = None,
         ddim_eta: float = 0.0,
         ensemble: int = 1,
+        chain_decoding: ChainDecoding = "argmax",
+        x0_estimate: X0Estimate = "softmax",
         fit_validation: InferenceMode = "single",
         seed: int = 0,
         learning_rate: float = 1e-4,
         weight_decay: float = 1e-4,
+        lr_schedule: str = "cosine",
+        warmup_fraction: float = 0.05,
         ema_decay: float | None = None,
         ema_warmup: bool = True,
         refine_window: int = 5,
@@ -128,7 +154,13 @@ class LandmarkDiffusion(WeightAverageMixin, TaggedCheckpointMixin, L.LightningMo
             "ensemble": ensemble,
             "sigma_max": sigma_max,
             "sigma_min": sigma_min,
+            "chain_decoding": chain_decoding,
+            "x0_estimate": x0_estimate,
         }
+        estimate_x0(torch.zeros(1, 1, 1, 1), x0_estimate)  # refuses an unknown estimate
+        if chain_decoding not in get_args(ChainDecoding):
+            raise DataError(None, f"chain_decoding must be one of {get_args(ChainDecoding)}, got {chain_decoding!r}")
+        check_lr_schedule(lr_schedule, warmup_fraction)
         self.inference_seed = seed
         check_blur(sigma_max, sigma_min)
         check_inference(inference, ddim_steps, ensemble, num_train_timesteps)
@@ -179,9 +211,8 @@ class LandmarkDiffusion(WeightAverageMixin, TaggedCheckpointMixin, L.LightningMo
             x_t = self.scheduler.add_noise(x0, noise, t)
         else:
             x_t, t = torch.zeros_like(x0), torch.zeros(batch_size, dtype=torch.long, device=x0.device)
-        x0_hat = network(image, x_t, t)
         hp = self.hparams
-        return landmark_diffusion_loss(x0_hat, x0, hp.lambda_nll, hp.lambda_s, batch.get("visible"))
+        return landmark_diffusion_loss(network(image, x_t, t), x0, hp.lambda_nll, hp.lambda_s, batch.get("visible"))
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         self._check(batch)
@@ -193,8 +224,9 @@ class LandmarkDiffusion(WeightAverageMixin, TaggedCheckpointMixin, L.LightningMo
         return loss
 
     def configure_optimizers(self):
-        return torch.optim.AdamW(
-            self.net.parameters(), lr=self.hparams.learning_rate, weight_decay=self.hparams.weight_decay
+        hp = self.hparams
+        return adamw_with_schedule(
+            self.net.parameters(), hp.learning_rate, hp.weight_decay, hp.lr_schedule, self.trainer, hp.warmup_fraction
         )
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
@@ -236,12 +268,13 @@ class LandmarkDiffusion(WeightAverageMixin, TaggedCheckpointMixin, L.LightningMo
         shape = (hp.num_landmarks, *self.image_size)
         if settings["mode"] == "baseline":
             zeros = torch.zeros((image.shape[0], *shape), device=image.device)
-            heatmaps, calls, members = network(image, zeros, torch.zeros_like(indices)).float(), 1, 1
+            logits, calls, members = network(image, zeros, torch.zeros_like(indices)).float(), 1, 1
+            heatmaps, positions = logits.clamp(-1, 1), decode_landmarks(logits, hp.refine_window)
         else:
             members = settings["ensemble"]
             images = image.repeat_interleave(members, dim=0)
             generators = item_generators(self.inference_seed, indices.tolist(), members)
-            heatmaps, calls = sample_heatmaps(
+            heatmaps, logits, calls = sample_heatmaps(
                 lambda x, t: network(images, x, t),
                 shape,
                 self.scheduler.alphas_cumprod.to(image.device),
@@ -252,8 +285,14 @@ class LandmarkDiffusion(WeightAverageMixin, TaggedCheckpointMixin, L.LightningMo
                 eta=self.inference["ddim_eta"],
                 sigma_max=self.inference["sigma_max"],
                 sigma_min=self.inference["sigma_min"],
+                x0_estimate=self.inference["x0_estimate"],
             )
-        positions = decode_heatmaps(heatmaps, hp.refine_window)
+            if settings["mode"] == "single":
+                positions = decode_landmarks(logits, hp.refine_window)
+            elif self.inference["chain_decoding"] == "topk":
+                positions = decode_topk(heatmaps)
+            else:
+                positions = decode_heatmaps(heatmaps, hp.refine_window)
         batch = image.shape[0]
         return {
             "heatmaps": heatmaps.view(batch, members, *shape)[:, 0],

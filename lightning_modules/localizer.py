@@ -30,7 +30,8 @@ class LandmarkLocalizer(WeightAverageMixin, TaggedCheckpointMixin, L.LightningMo
         heatmap_sigma: target sigma in pixels.
         mse_weight: weight of the optional MSE term.
         learning_rate, weight_decay: AdamW.
-        lr_schedule: 'cosine' (annealed over ``trainer.max_epochs``) or 'constant'.
+        lr_schedule, warmup_fraction: 'cosine' (a linear warm-up over the first ``warmup_fraction`` of
+            the run's optimizer steps, then a cosine decay, stepped per step) or 'constant'.
         ema_decay: exponential moving average of the weights used for evaluation; None disables.
         refine_window: soft-argmax window in pixels.
     """
@@ -48,12 +49,13 @@ class LandmarkLocalizer(WeightAverageMixin, TaggedCheckpointMixin, L.LightningMo
         learning_rate: float = 1e-3,
         weight_decay: float = 1e-4,
         lr_schedule: str = "cosine",
+        warmup_fraction: float = 0.0,
         ema_decay: float | None = None,
         refine_window: int = 5,
     ):
         super().__init__()
         self.save_hyperparameters()
-        check_lr_schedule(lr_schedule)
+        check_lr_schedule(lr_schedule, warmup_fraction)
         self.image_size = (int(image_size[0]), int(image_size[1]))
         self.net = heatmap_unet(1, num_landmarks, channels, strides, num_res_units, dropout=dropout)
         self.init_weight_average("net", ema_decay)
@@ -124,5 +126,5 @@ class LandmarkLocalizer(WeightAverageMixin, TaggedCheckpointMixin, L.LightningMo
     def configure_optimizers(self):
         hp = self.hparams
         return adamw_with_schedule(
-            self.net.parameters(), hp.learning_rate, hp.weight_decay, hp.lr_schedule, self.trainer.max_epochs
+            self.net.parameters(), hp.learning_rate, hp.weight_decay, hp.lr_schedule, self.trainer, hp.warmup_fraction
         )

@@ -84,7 +84,8 @@ class Segmenter(TaggedCheckpointMixin, L.LightningModule):
         dice_weight, bce_weight: loss weights.
         threshold: probability above which a pixel is structure.
         learning_rate, weight_decay: AdamW.
-        lr_schedule: 'cosine' (annealed over ``trainer.max_epochs``) or 'constant'.
+        lr_schedule, warmup_fraction: 'cosine' (a linear warm-up over the first ``warmup_fraction`` of
+            the run's optimizer steps, then a cosine decay, stepped per step) or 'constant'.
     """
 
     def __init__(
@@ -102,10 +103,11 @@ class Segmenter(TaggedCheckpointMixin, L.LightningModule):
         learning_rate: float = 6e-4,
         weight_decay: float = 1e-2,
         lr_schedule: str = "cosine",
+        warmup_fraction: float = 0.0,
     ):
         super().__init__()
         self.save_hyperparameters()
-        check_lr_schedule(lr_schedule)
+        check_lr_schedule(lr_schedule, warmup_fraction)
         if not 0.0 < threshold < 1.0:
             raise DataError(None, f"threshold must be in (0, 1), got {threshold}")
         if min(dice_weight, bce_weight) < 0 or dice_weight + bce_weight == 0:
@@ -165,5 +167,5 @@ class Segmenter(TaggedCheckpointMixin, L.LightningModule):
     def configure_optimizers(self):
         hp = self.hparams
         return adamw_with_schedule(
-            self.net.parameters(), hp.learning_rate, hp.weight_decay, hp.lr_schedule, self.trainer.max_epochs
+            self.net.parameters(), hp.learning_rate, hp.weight_decay, hp.lr_schedule, self.trainer, hp.warmup_fraction
         )

@@ -30,6 +30,10 @@ def test_loss_equals_a_hand_computed_case():
     two = torch.cat([x0, -x0], dim=1), torch.cat([x0_hat, x0_hat], dim=1)
     masked = ld.landmark_diffusion_loss(two[1], two[0], mask=torch.tensor([[True, False]]))
     assert float(masked[1]) == pytest.approx(float(nll)) and float(masked[2]) == pytest.approx(float(mse))
+    # Unbounded logits [4, -3]: L_nll on the raw values (log(1 + e^-7)), L_s on x0_hat = clamp = [1, -1].
+    logits = torch.tensor([4.0, -3.0]).view(1, 1, 1, 2)
+    _, nll, mse = ld.landmark_diffusion_loss(logits, x0)
+    assert float(nll) == pytest.approx(math.log1p(math.exp(-7.0)), rel=1e-4) and float(mse) == 0.0
 
 
 def test_blur_schedule_is_eq_12_and_the_kernel_is_13_by_13_gaussian():

@@ -22,16 +22,24 @@ from xraydiff.geometry import inside_image
 
 AugmentationSpec = str | Sequence[dict[str, Any]] | None
 
-# The published cephalometric recipe (landmark-diffusion paper, after Thaler et al.): rotation
-# +-3 deg, translation +-10 px, scale 0.95-1.05, shear +-10 deg, intensity multiplication, elastic
-# deformation (alpha 500, sigma 30), one cut-out of up to 0.3 of the image, gamma 0.5-2.
+# The published cephalometric recipe (landmark-diffusion paper, after Thaler et al.), whose pixel
+# quantities hold for its 800 x 640 images: rotation +-3 deg, translation +-10 px (as fractions of the
+# image: 10 / 640 across, 10 / 800 down), scale 0.95-1.05, shear +-10 deg, intensity multiplication,
+# elastic deformation (alpha 500, sigma 30 at 800 px high, scaled to the image by ``ScaledElasticTransform``),
+# one cut-out of up to 0.3 of the image, gamma 0.5-2. The same anatomy moves at every image size.
 CEPH_RECIPE: list[dict[str, Any]] = [
     {
         "name": "Affine",
-        "params": {"rotate": [-3, 3], "translate_px": [-10, 10], "scale": [0.95, 1.05], "shear": [-10, 10], "p": 1.0},
+        "params": {
+            "rotate": [-3, 3],
+            "translate_percent": {"x": [-10 / 640, 10 / 640], "y": [-10 / 800, 10 / 800]},
+            "scale": [0.95, 1.05],
+            "shear": [-10, 10],
+            "p": 1.0,
+        },
     },
     {"name": "MultiplicativeNoise", "params": {"multiplier": [0.75, 1.25], "p": 0.5}},
-    {"name": "ElasticTransform", "params": {"alpha": 500, "sigma": 30, "p": 0.5}},
+    {"name": "ScaledElasticTransform", "params": {"alpha": 500, "sigma": 30, "reference_height": 800, "p": 0.5}},
     {
         "name": "CoarseDropout",
         "params": {
@@ -113,6 +121,29 @@ EXACT_KEYPOINT_TRANSFORMS = {
 }
 
 
+class ScaledElasticTransform(EXACT_KEYPOINT_TRANSFORMS["ElasticTransform"]):
+    """albumentations' ``ElasticTransform`` whose ``alpha`` and ``sigma`` are pixels of an image
+    ``reference_height`` high, scaled to the image it is applied to (height H, s = H / reference_height):
+    sigma s, alpha s^2. The displacement field is alpha x (Gaussian of sigma) * U(-1, 1), whose amplitude
+    goes as alpha / sigma, so it moves points by s times the reference's pixels: the same fraction of
+    the image (and the same millimetres of anatomy) at every size. Keypoints move exactly.
+    """
+
+    def __init__(self, alpha: float = 1.0, sigma: float = 50.0, reference_height: float = 800.0, **kwargs):
+        super().__init__(alpha=alpha, sigma=sigma, **kwargs)
+        if reference_height <= 0:
+            raise ValueError(f"reference_height must be positive, got {reference_height}")
+        self.reference_alpha, self.reference_sigma, self.reference_height = alpha, sigma, reference_height
+
+    def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+        scale = params["shape"][0] / self.reference_height
+        self.alpha, self.sigma = self.reference_alpha * scale**2, self.reference_sigma * scale
+        return super().get_params_dependent_on_data(params, data)
+
+
+PROJECT_TRANSFORMS = {"ScaledElasticTransform": ScaledElasticTransform}
+
+
 def resolve_spec(spec: AugmentationSpec, default: str) -> list[dict[str, Any]]:
     """The transform list of a spec: a preset name ('default' = the anatomy's preset), a list, or None."""
     if spec is None:
@@ -125,18 +156,28 @@ def resolve_spec(spec: AugmentationSpec, default: str) -> list[dict[str, Any]]:
     return list(spec)
 
 
+def _tuples(value: Any) -> Any:
+    """Lists of a config as the tuples albumentations expects, inside mappings too."""
+    if isinstance(value, list):
+        return tuple(value)
+    if isinstance(value, dict):
+        return {k: _tuples(v) for k, v in value.items()}
+    return value
+
+
 def build_augmentation(spec: AugmentationSpec, default: str) -> A.Compose | None:
     """An albumentations pipeline for images, keypoints ('xy') and masks, or None for no augmentation."""
     transforms = []
     for position, entry in enumerate(resolve_spec(spec, default)):
         if not isinstance(entry, dict) or "name" not in entry:
             raise DataError(None, f"augmentation entry {position} must be a mapping with 'name' and 'params'")
-        cls = EXACT_KEYPOINT_TRANSFORMS.get(str(entry["name"])) or getattr(A, str(entry["name"]), None)
+        name = str(entry["name"])
+        cls = PROJECT_TRANSFORMS.get(name) or EXACT_KEYPOINT_TRANSFORMS.get(name) or getattr(A, name, None)
         if cls is None or not isinstance(cls, type) or not issubclass(cls, A.BasicTransform):
             raise DataError(
                 None, f"augmentation entry {position}: {entry['name']!r} is not an albumentations transform"
             )
-        params = {k: tuple(v) if isinstance(v, list) else v for k, v in dict(entry.get("params") or {}).items()}
+        params = {k: _tuples(v) for k, v in dict(entry.get("params") or {}).items()}
         accepted = inspect.signature(cls.__init__).parameters
         unknown = sorted(set(params) - set(accepted))
         if unknown and not any(p.kind is p.VAR_KEYWORD for p in accepted.values()):

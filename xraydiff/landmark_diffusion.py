@@ -2,13 +2,14 @@
 
 A DDPM over N heatmap channels x (one per landmark, a "few-hot" Gaussian of sigma ~1 px scaled to
 [-1, 1] by ``xraydiff.heatmaps.gaussian_heatmaps(..., normalize=True)``) conditioned on the image y
-by channel concatenation: the network sees [y, x_t] and t and predicts x0 directly (eq. 8-9),
-through a tanh output. Training minimises (eq. 10-11)
+by channel concatenation: the network sees [y, x_t] and t and predicts x0 directly (eq. 8-9).
+Its output l are unbounded logits (the paper's tanh replaces the SiLU *before* the output
+convolution, sect. 3.1); x0_hat = clamp(l, -1, 1). Training minimises (eq. 10-11)
 
-    L = lambda_nll * E[-q . log softmax(x0_hat)] + lambda_s * E ||x0 - x0_hat||^2,
+    L = lambda_nll * E[-q . log softmax(l)] + lambda_s * E ||x0 - x0_hat||^2,
 
 with q the target renormalised to [0, 1] and then to a distribution over pixels. The reverse process
-blurs every predicted x0 with a fixed 13 x 13 Gaussian whose sigma falls linearly with t (eq. 12)
+blurs every x0_hat with a fixed 13 x 13 Gaussian whose sigma falls linearly with t (eq. 12)
 before x_{t-1} is drawn from the posterior q(x_{t-1} | x_t, x0_blurred).
 
 Every random draw of sampling is per image (and per ensemble member) from its own generator, so a
@@ -29,8 +30,9 @@ from xraydiff.errors import DataError
 from xraydiff.localization import decode_landmarks, spatial_softmax_nll
 
 InferenceMode = Literal["single", "multi", "ddim"]
+X0Estimate = Literal["softmax", "clamp"]
 BLUR_KERNEL_SIZE = 13
-# Predicts x0 in [-1, 1] from (x_t, t); the condition (image) is closed over.
+# Predicts the logits l of x0 from (x_t, t); the condition (image) is closed over.
 X0Predictor = Callable[[Tensor, Tensor], Tensor]
 
 
@@ -49,24 +51,54 @@ def check_blur(sigma_max: float, sigma_min: float) -> None:
         raise DataError(None, f"blur sigmas need 0 <= sigma_min <= sigma_max, got {sigma_min} and {sigma_max}")
 
 
+def as_x0(logits: Tensor) -> Tensor:
+    """x0_hat = clamp(l, -1, 1): the network's logits as a heatmap in the data's range (float32)."""
+    return logits.float().clamp(-1.0, 1.0)
+
+
+def softmax_heatmap(logits: Tensor) -> Tensor:
+    """The distribution softmax(l) the loss trains (eq. 10) as a heatmap: softmax / max = exp(l - max l)
+    per channel, mapped to [-1, 1] (peak exactly 1). Shapes: (B, N, H, W) -> (B, N, H, W), float32."""
+    logits = logits.float()
+    return 2.0 * torch.exp(logits - logits.amax(dim=(-1, -2), keepdim=True)) - 1.0
+
+
+def estimate_x0(logits: Tensor, kind: X0Estimate = "softmax") -> Tensor:
+    """The x0 the reverse process steps with: ``softmax_heatmap`` or the clamped logits ``as_x0``.
+
+    Why not the clamp by default: L_nll fixes only the logits' differences and lambda_s = 0.01 barely
+    pulls the background to -1, so the clamped logits are salt and pepper (tiny phantom model: 12 % of
+    the pixels above 0.5 against 0.2 % of the target's). Fed back into x_{t-1} that background is far
+    from every x_t of training and each step made the prediction worse (README, "The comparison study").
+    """
+    if kind == "softmax":
+        return softmax_heatmap(logits)
+    if kind == "clamp":
+        return as_x0(logits)
+    raise DataError(None, f"x0 estimate must be one of {get_args(X0Estimate)}, got {kind!r}")
+
+
 def landmark_diffusion_loss(
-    x0_hat: Tensor, x0: Tensor, lambda_nll: float = 1.0, lambda_s: float = 0.01, mask: Tensor | None = None
+    logits: Tensor, x0: Tensor, lambda_nll: float = 1.0, lambda_s: float = 0.01, mask: Tensor | None = None
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(L, L_nll, L_s) of eq. 10-11, in float32 whatever the autocast dtype.
 
-    L_nll is the spatial-softmax cross-entropy of x0_hat against q = x0 renormalised to [0, 1] and
-    to sum 1 over the pixels (``xraydiff.localization.spatial_softmax_nll``); L_s the MSE of eq. 9.
+    L_nll is the spatial-softmax cross-entropy of the raw logits against q = x0 renormalised to
+    [0, 1] and to sum 1 over the pixels (``xraydiff.localization.spatial_softmax_nll``); L_s the MSE
+    of eq. 9 on x0_hat = ``as_x0(logits)``. Logits bounded to [-1, 1] would cap any pixel's
+    probability at e^2 / (e^2 + HW - 1) (3.6e-4 on 160 x 128): L_nll could then not tell a 1 px peak
+    from a plateau of radius 10 px.
 
     Args:
-        x0_hat: (B, N, H, W) predicted heatmaps in [-1, 1].
+        logits: (B, N, H, W) network outputs (unbounded).
         x0: (B, N, H, W) target heatmaps in [-1, 1].
         mask: (B, N) landmarks inside the image; others contribute to neither term.
     """
-    x0_hat, x0 = x0_hat.float(), x0.float()
+    x0 = x0.float()
     unit = (x0 + 1.0) / 2.0
     target = unit / unit.sum(dim=(-1, -2), keepdim=True).clamp_min(1e-12)
-    nll = spatial_softmax_nll(x0_hat, target, mask)
-    squared = (x0_hat - x0).pow(2).mean(dim=(-1, -2))
+    nll = spatial_softmax_nll(logits, target, mask)
+    squared = (as_x0(logits) - x0).pow(2).mean(dim=(-1, -2))
     if mask is None:
         mse = squared.mean()
     else:
@@ -159,8 +191,11 @@ def sample_heatmaps(
     eta: float = 0.0,
     sigma_max: float = 14.0,
     sigma_min: float = 1.0,
-) -> tuple[Tensor, int]:
-    """(x0 (B, N, H, W) in [-1, 1], network calls per image) from x_T ~ N(0, I).
+    x0_estimate: X0Estimate = "softmax",
+) -> tuple[Tensor, Tensor, int]:
+    """(x0 (B, N, H, W) in [-1, 1], the logits of the last call, network calls per image) from x_T ~ N(0, I).
+
+    Each call's logits enter as ``estimate_x0(logits, x0_estimate)``.
 
     * ``single``: x0_hat(x_T, T - 1) in one network call, unblurred.
     * ``multi``: the T-step DDPM chain, eta = 1 (every step: predict x0, blur by eq. 12, draw from the posterior).
@@ -172,23 +207,36 @@ def sample_heatmaps(
     x = per_item_noise(generators, shape, device)
     if mode == "single":
         t = torch.full((x.shape[0],), num_train_timesteps - 1, device=device, dtype=torch.long)
-        return predict_x0(x, t).float().clamp(-1, 1), 1
+        logits = predict_x0(x, t).float()
+        return estimate_x0(logits, x0_estimate), logits, 1
     if mode == "multi":
         steps, eta = num_train_timesteps, 1.0
     timesteps = reverse_timesteps(num_train_timesteps, steps)
     for t, t_prev in zip(timesteps, [*timesteps[1:], -1], strict=True):
-        x0 = predict_x0(x, torch.full((x.shape[0],), t, device=device, dtype=torch.long)).float()
-        x0 = blur_heatmaps(x0.clamp(-1, 1), blur_sigma(t, num_train_timesteps, sigma_max, sigma_min))
+        logits = predict_x0(x, torch.full((x.shape[0],), t, device=device, dtype=torch.long)).float()
+        x0 = blur_heatmaps(estimate_x0(logits, x0_estimate), blur_sigma(t, num_train_timesteps, sigma_max, sigma_min))
         noise = per_item_noise(generators, shape, device) if eta > 0 and t_prev >= 0 else torch.zeros_like(x)
         x = posterior_step(x, x0, t, t_prev, alphas_cumprod, eta, noise)
-    return x.clamp(-1, 1), len(timesteps)
+    return x.clamp(-1, 1), logits, len(timesteps)
 
 
 def decode_heatmaps(x0: Tensor, window: int = 5) -> Tensor:
-    """(B, N, 2) positions (x, y) in pixels: each channel's arg-max refined by its centre of mass in a
-    ``window`` window (``decode_landmarks`` on log of the [0, 1] heatmap)."""
+    """(B, N, 2) positions (x, y) in pixels of heatmaps in [-1, 1]: each channel's arg-max refined by
+    its centre of mass in a ``window`` window (``decode_landmarks`` on log of the [0, 1] heatmap)."""
     unit = ((x0.float() + 1.0) / 2.0).clamp_min(1e-6)
     return decode_landmarks(unit.log(), window)
+
+
+def decode_topk(x0: Tensor, k: int = 9) -> Tensor:
+    """(B, N, 2) positions (x, y): the mean of each channel's ``k`` highest pixels weighted by their
+    [0, 1] values (the decoding of the authors' framework, there with their own k)."""
+    unit = ((x0.float() + 1.0) / 2.0).flatten(2)
+    values, index = unit.topk(k, dim=-1)
+    weights = values.clamp_min(1e-12) / values.clamp_min(1e-12).sum(-1, keepdim=True)
+    width = x0.shape[-1]
+    x = (weights * (index % width).float()).sum(-1)
+    y = (weights * (index // width).float()).sum(-1)
+    return torch.stack([x, y], dim=-1)
 
 
 def ensemble_statistics(positions: Tensor) -> tuple[Tensor, Tensor]:
@@ -205,16 +253,21 @@ def ensemble_statistics(positions: Tensor) -> tuple[Tensor, Tensor]:
 __all__ = [
     "BLUR_KERNEL_SIZE",
     "InferenceMode",
+    "X0Estimate",
+    "as_x0",
     "blur_heatmaps",
     "blur_sigma",
     "check_blur",
     "check_inference",
     "decode_heatmaps",
+    "decode_topk",
     "ensemble_statistics",
+    "estimate_x0",
     "item_generators",
     "landmark_diffusion_loss",
     "per_item_noise",
     "posterior_step",
     "reverse_timesteps",
     "sample_heatmaps",
+    "softmax_heatmap",
 ]

@@ -322,7 +322,7 @@ def experiment_augment(argv: list[str]) -> None:
 
 
 def experiment_landmarks(argv: list[str]) -> None:
-    from experiments.landmarks import LandmarkStudy, load_landmark_study_config, table
+    from experiments.landmarks import LandmarkStudy, load_landmark_study_config
 
     parser = argparse.ArgumentParser(
         prog="xraydiff experiment landmarks",
@@ -333,9 +333,9 @@ def experiment_landmarks(argv: list[str]) -> None:
     parser.add_argument("--out", type=Path, required=True, help="study folder (rerun to resume)")
     args = parser.parse_args(argv)
     config = load_landmark_study_config(args.config)
-    results = LandmarkStudy(config, args.out).run()
-    print("\n" + table(results, config))
-    print(f"\nreport: {args.out / 'results.md'}")
+    LandmarkStudy(config, args.out).run()
+    print("\n" + (args.out / "results.md").read_text())
+    print(f"report: {args.out / 'results.md'}")
 
 
 def experiment_blend(argv: list[str]) -> None:

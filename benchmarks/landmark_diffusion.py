@@ -1,7 +1,7 @@
 """Landmark diffusion on the CPU: training speed, inference seconds per image by mode, peak memory.
 
 The network is the CPU recipe's (``configs/ceph/landmark_diffusion_cpu.yaml``: DiffusionModelUNet
-16-32-64-128-128, T = 200) at 320 x 256 and at the paper's 800 x 640. Training: AdamW steps on batches
+32-32-64-128-128, T = 200) at 320 x 256 and at the paper's 800 x 640. Training: AdamW steps on batches
 of random images and landmarks (4 at 320 x 256, 1 at 800 x 640, as in the recipes). Inference: one
 image through ``LandmarkDiffusion.infer`` in each mode (single, DDIM k, the full T-step chain) and an
 ensemble of M members in one batch. Each measurement runs in a fresh process, so peak resident memory
@@ -9,6 +9,7 @@ belongs to it alone. Precision: 32-bit, or bf16 autocast with ``--precision bf16
 
     python benchmarks/landmark_diffusion.py                       # both sizes, all modes
     python benchmarks/landmark_diffusion.py --sizes 320x256 --multi-at 320x256
+    python benchmarks/landmark_diffusion.py --sizes 160x128 --train-only --steps 10 --attention paper
 """
 
 from __future__ import annotations
@@ -23,22 +24,29 @@ import time
 
 import torch
 
-CHANNELS = [16, 32, 64, 128, 128]
+CHANNELS = [32, 32, 64, 128, 128]
+# 'low': attention at the two lowest levels (the project's default); 'paper': at downsample factors 4 and 8
+ATTENTION = {"low": [False, False, False, True, True], "paper": [False, False, True, True, False]}
 
 
-def _model(height: int, width: int):
+def _model(height: int, width: int, channels: list[int], attention: str):
     from lightning_modules.landmark_diffusion import LandmarkDiffusion
 
     torch.manual_seed(0)
-    return LandmarkDiffusion(image_size=(height, width), channels=CHANNELS, norm_num_groups=8, num_head_channels=32)
+    levels = ATTENTION[attention][-len(channels) :] if attention == "low" else ATTENTION[attention]
+    return LandmarkDiffusion(
+        image_size=(height, width), channels=channels, attention_levels=levels, norm_num_groups=8, num_head_channels=32
+    )
 
 
 def _autocast(precision: str):
     return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
 
 
-def train_worker(height: int, width: int, batch: int, steps: int, precision: str) -> dict:
-    model = _model(height, width)
+def train_worker(
+    height: int, width: int, batch: int, steps: int, precision: str, channels: list[int], attention: str
+) -> dict:
+    model = _model(height, width, channels, attention)
     optimizer = torch.optim.AdamW(model.net.parameters(), lr=1e-3, weight_decay=1e-4)
     generator = torch.Generator().manual_seed(0)
     data = {
@@ -62,8 +70,11 @@ def train_worker(height: int, width: int, batch: int, steps: int, precision: str
     return {"seconds_per_step": elapsed / steps, "peak_rss_mb": peak}
 
 
-def infer_worker(height: int, width: int, mode: str, steps: int | None, ensemble: int, precision: str) -> dict:
-    model = _model(height, width).eval()
+def infer_worker(
+    height: int, width: int, mode: str, steps: int | None, ensemble: int, precision: str, channels: list[int],
+    attention: str,
+) -> dict:  # fmt: skip
+    model = _model(height, width, channels, attention).eval()
     image = torch.rand(1, 1, height, width, generator=torch.Generator().manual_seed(0)) * 2 - 1
     settings = {"mode": mode, "steps": steps, "ensemble": ensemble}
     with torch.no_grad(), _autocast(precision):
@@ -92,24 +103,33 @@ def main() -> None:
     parser.add_argument("--ensemble", type=int, default=5, help="M of the ensemble row (DDIM, first k)")
     parser.add_argument("--multi-at", nargs="*", default=["320x256"], help="sizes that also run the T-step chain")
     parser.add_argument("--precision", choices=["32-true", "bf16-mixed"], default="32-true")
+    parser.add_argument("--channels", type=int, nargs="+", default=CHANNELS, help="U-Net widths per level")
+    parser.add_argument("--attention", choices=sorted(ATTENTION), default="low", help="attention levels")
+    parser.add_argument("--train-only", action="store_true", help="time training steps only")
     args = parser.parse_args()
-    print(f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, {args.precision}")
+    net = {"channels": args.channels, "attention": args.attention}
+    print(
+        f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, {args.precision}, "
+        f"U-Net {args.channels}, attention {args.attention}"
+    )
     for size in args.sizes:
         height, width = (int(v) for v in size.split("x"))
         batch = 4 if height * width <= 320 * 256 else 1
         p = args.precision
-        train = in_subprocess("train", height=height, width=width, batch=batch, steps=args.steps, precision=p)
+        train = in_subprocess("train", height=height, width=width, batch=batch, steps=args.steps, precision=p, **net)
         print(
             f"{height} x {width}: training {1 / train['seconds_per_step']:.3f} steps/s "
             f"({train['seconds_per_step']:.2f} s/step, batch {batch}), peak RSS {train['peak_rss_mb']:.0f} MB"
         )
+        if args.train_only:
+            continue
         modes = [("single", None, 1)] + [("ddim", k, 1) for k in args.ddim]
         modes.append(("ddim", args.ddim[0], args.ensemble))
         if size in args.multi_at:
             modes.append(("multi", None, 1))
         for mode, steps, members in modes:
             r = in_subprocess(
-                "infer", height=height, width=width, mode=mode, steps=steps, ensemble=members, precision=p
+                "infer", height=height, width=width, mode=mode, steps=steps, ensemble=members, precision=p, **net
             )
             name = f"{mode}{steps or ''}" + (f" x M={members}" if members > 1 else "")
             print(

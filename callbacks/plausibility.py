@@ -8,12 +8,12 @@ from xraydiff.acceptance import AcceptanceChecker, AcceptanceConfig, ShapeStatis
 from xraydiff.errors import DataError
 
 
-def fit_prediction_checker(datamodule) -> AcceptanceChecker | None:
+def fit_prediction_checker(datamodule, **config) -> AcceptanceChecker | None:
     """An ``AcceptanceChecker`` whose statistics are fitted on the DataModule's training shapes, in
     its model frame (``image_size``), with the anatomy's default rules, without the MRF's edge
     distributions (not needed, and the slow part of a fit); ``check_configurations`` then judges
-    predicted configurations. None (with a note) when the DataModule has no landmark
-    shapes or fewer than 3 training shapes."""
+    predicted configurations. ``config``: ``AcceptanceConfig`` fields over those defaults. None (with
+    a note) when the DataModule has no landmark shapes or fewer than 3 training shapes."""
     if datamodule is None or not hasattr(datamodule, "shape_table"):
         return None
     try:
@@ -22,6 +22,7 @@ def fit_prediction_checker(datamodule) -> AcceptanceChecker | None:
         rank_zero_info(f"prediction plausibility not checked: {err}")
         return None
     stats = ShapeStatistics.fit(
-        shapes, spacing, datamodule.image_size, datamodule.anatomy, AcceptanceConfig(), frame, edge_distributions=False
-    )
+        shapes, spacing, datamodule.image_size, datamodule.anatomy, AcceptanceConfig(**config), frame,
+        edge_distributions=False,
+    )  # fmt: skip
     return AcceptanceChecker(stats)

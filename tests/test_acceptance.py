@@ -235,5 +235,37 @@ def test_predicted_skulls_are_checked_and_mirrored_ones_flagged():
 def test_real_test1_annotations_pass_and_their_mirror_images_fail():
     checker, val = _ceph_checker(str(SHARED_DATA / "isbi2015"))
     assert len(val) == 150
-    assert np.mean([not failed for failed in checker.check_configurations(val)]) >= 0.95  # measured 97.3 %
+    # Limits chosen on the 150 training annotations alone (leave-one-out): measured 99.3 % of Test1
+    # pass (97.3 % with the in-sample quantile); the issue's bar is 98 %.
+    assert checker.config.shape_calibration == "leave_one_out"
+    assert np.mean([not failed for failed in checker.check_configurations(val)]) >= 0.98
     assert all("stable_landmarks" in failed for failed in checker.check_configurations(_mirrored(val)))
+
+
+def test_leave_one_out_calibration_passes_new_shapes_at_its_nominal_rate():
+    """Shapes drawn from one Gaussian shape model: the in-sample 99.5 % limit of 50 training shapes
+    rejects far more than 0.5 % of new draws (the SSM fits its own shapes), the leave-one-out limit
+    about its nominal share (a new draw is exchangeable with the 50 left-out ones, so it passes with
+    probability about 49.75 / 51 = 97.5 %, up to the spread of a quantile this far out). New shapes
+    are judged here by their own alignment and distance."""
+    from xraydiff.acceptance import align_to_mean, shape_distance
+
+    rng = np.random.default_rng(0)
+    mean = rng.uniform(20, 100, size=(19, 2))
+    modes = rng.normal(0, 1, size=(15, 19, 2))
+
+    def draw(count: int) -> np.ndarray:
+        return (
+            mean + np.einsum("mk,kni->mni", rng.normal(0, 1.5, (count, 15)), modes) + rng.normal(0, 0.3, (count, 19, 2))
+        )
+
+    training, new = draw(50), draw(3000)
+    passing = {}
+    for calibration in ("training", "leave_one_out"):
+        config = AcceptanceConfig(shape_calibration=calibration, stable_landmarks=list(range(19)))
+        stats = ShapeStatistics.fit(training, np.ones(2), (128, 128), "other", config, edge_distributions=False)
+        distances = np.array([shape_distance(stats.ssm, align_to_mean(stats.ssm, s)) for s in new])
+        passing[calibration] = float((distances <= stats.shape_distance_limit).mean())
+    assert passing["training"] < 0.85 and passing["leave_one_out"] > 0.9, passing
+    with pytest.raises(DataError, match="shape_calibration must be one of"):
+        AcceptanceConfig(shape_calibration="bootstrap").resolved("ceph", 19)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -82,6 +83,18 @@ def test_study_trains_both_models_equally_evaluates_every_mode_and_resumes(cli, 
     assert f"{single['mre_mm']:.2f} +- {single['mre_sd_mm']:.2f}" in table
     assert all(line in stdout for line in table.splitlines() if line.startswith("| "))  # printed as written
     assert "DDIM k=3, ensemble M=2 [ensemble3x2]" in table
+    # Paired against the baseline on the images both rows saw (multi: its 2), the mean of the
+    # per-image differences of the two rows' own metrics files.
+    baseline = results["rows"]["baseline"]["metrics"]["Test1"]["per_image_mre_mm"]
+    assert len(baseline) == 4 and set(results["paired"]["Test1"]) == set(MODES)
+    for name in MODES:
+        row = results["rows"][name]["metrics"]["Test1"]["per_image_mre_mm"]
+        expected = np.mean([row[i] - baseline[i] for i in row])
+        paired = results["paired"]["Test1"][name]
+        assert paired["n_images"] == len(row) == EXPECTED[name][1]
+        assert paired["mean_difference"] == pytest.approx(expected)
+        assert paired["ci95"][0] <= paired["mean_difference"] <= paired["ci95"][1]
+    assert "## Paired comparison with the baseline" in table and "## Two doctors and prediction QC" in table
 
     # Rerun: every step is skipped and the results are the same; a step without its marker reruns.
     (out / "eval" / "ddim3" / "done.json").unlink()
@@ -126,3 +139,24 @@ def test_the_shipped_study_configs_are_valid():
         assert len(config.modes) == rows and config.max_steps > 0
         multi = config.modes["multi"]
         assert multi["inference"] == "multi" and math.isfinite(multi.get("max_images", math.inf))
+
+
+def test_paired_difference_is_the_mean_per_image_difference_with_a_bootstrap_interval():
+    from xraydiff.metrics import paired_difference
+
+    rng = np.random.default_rng(0)
+    reference = rng.uniform(1, 5, 60)
+    same = paired_difference(reference, reference)
+    assert same["mean_difference"] == 0 and same["ci95"] == [0.0, 0.0] and same["verdict"] == "no difference shown"
+    # A shift of -1 with per-image noise of SD 0.1: the interval is about mean +- 1.96 SD / sqrt(n).
+    noise = rng.normal(0, 0.1, 60)
+    better = paired_difference(reference - 1 + noise, reference)
+    assert better["mean_difference"] == pytest.approx(float(np.mean(noise - 1)))
+    half_width = 1.96 * np.std(noise, ddof=1) / np.sqrt(60)
+    low, high = better["ci95"]
+    assert low < better["mean_difference"] < high and (high - low) / 2 == pytest.approx(half_width, rel=0.2)
+    assert better["verdict"] == "lower" and paired_difference(reference, reference - 1 + noise)["verdict"] == "higher"
+    # Unpaired noise far larger than the shift: no verdict.
+    assert paired_difference(reference + rng.normal(0.05, 2, 60), reference)["verdict"] == "no difference shown"
+    with pytest.raises(DataError, match="two equal rows"):
+        paired_difference([1.0, 2.0, 3.0], [1.0, 2.0])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 from torchmetrics import Metric
@@ -169,6 +170,31 @@ def observer_agreement(errors: Tensor, inter_observer: Tensor, names: Sequence[s
         "within_inter_observer": float(within.float().mean() * 100),
         "per_landmark_inter_observer_mm": [float(v) for v in inter_observer.mean(dim=0)],
     }
+
+
+def paired_difference(
+    values: Sequence[float], reference: Sequence[float], resamples: int = 10_000, seed: int = 0
+) -> dict:
+    """Paired comparison of two rows on the same images: the mean of the per-image differences
+    d_i = values_i - reference_i with a 95 % percentile bootstrap interval (``scipy.stats.bootstrap``,
+    images resampled with their pair). ``verdict`` is 'lower' / 'higher' only where the interval
+    excludes 0, else 'no difference shown'."""
+    from scipy.stats import bootstrap
+
+    a, b = np.asarray(values, dtype=np.float64), np.asarray(reference, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1 or len(a) < 2:
+        raise DataError(None, f"a paired comparison needs two equal rows of >= 2 images, got {a.shape} and {b.shape}")
+    difference = a - b
+    if np.ptp(difference) == 0:
+        low = high = float(difference[0])
+    else:
+        result = bootstrap(
+            (difference,), np.mean, n_resamples=resamples, confidence_level=0.95, method="percentile",
+            random_state=np.random.default_rng(seed),
+        )  # fmt: skip
+        low, high = float(result.confidence_interval.low), float(result.confidence_interval.high)
+    verdict = "lower" if high < 0 else "higher" if low > 0 else "no difference shown"
+    return {"n_images": len(a), "mean_difference": float(difference.mean()), "ci95": [low, high], "verdict": verdict}
 
 
 def _key(radius: float) -> str:

@@ -58,7 +58,7 @@ def data_summary(argv: list[str]) -> None:
     parser.add_argument("--num-preview", type=int, default=16, help="augmented training samples in the preview")
     cfg = parser.parse_args(argv)
     out: Path = cfg.out
-    check_output_folder(out, cfg.overwrite)
+    check_output_folder(out, cfg.overwrite, "data summary")
     datamodule = parser.instantiate_classes(cfg).data
     datamodule.setup()
     summary = datamodule.summary()
@@ -66,7 +66,8 @@ def data_summary(argv: list[str]) -> None:
     previews = [train[k] for k in range(min(cfg.num_preview, len(train)))]
     from xraydiff.preview import landmark_grid, mask_grid
 
-    with atomic_directory(out, overwrite=cfg.overwrite, command="data summary") as staging:
+    inputs = [getattr(datamodule, "root", None)]
+    with atomic_directory(out, overwrite=cfg.overwrite, command="data summary", inputs=inputs) as staging:
         atomic_write_bytes(staging / "summary.json", json.dumps(summary, indent=2).encode())
         if hasattr(datamodule, "landmark_rows"):
             buffer = io.StringIO()
@@ -216,7 +217,7 @@ def _load_landmark_data(parser: ArgumentParser, cfg) -> Any:
 
 
 def acceptance_fit(argv: list[str]) -> None:
-    from xraydiff.acceptance import AcceptanceConfig, ShapeStatistics
+    from xraydiff.acceptance import AcceptanceConfig, ShapeStatistics, check_statistics_output
 
     parser = _acceptance_data_parser(
         "xraydiff acceptance fit",
@@ -225,8 +226,7 @@ def acceptance_fit(argv: list[str]) -> None:
     parser.add_argument("--out", type=Path, required=True, help="statistics file to write (.json)")
     parser.add_argument("--split", choices=("train", "val", "test"), default="train", help="default: %(default)s")
     cfg = parser.parse_args(argv)
-    if cfg.out.exists() and not cfg.overwrite:
-        raise DataError(cfg.out, "statistics file exists (pass --overwrite to replace it)")
+    check_statistics_output(cfg.out, cfg.overwrite)
     datamodule = _load_landmark_data(parser, cfg)
     shapes, spacing, frame = datamodule.shape_table(cfg.split)
     config = AcceptanceConfig(**vars(cfg.acceptance))
@@ -250,7 +250,7 @@ def acceptance_render(argv: list[str]) -> None:
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument("--split", choices=("train", "val", "test"), default="val", help="default: %(default)s")
     cfg = parser.parse_args(argv)
-    check_output_folder(cfg.out, cfg.overwrite)
+    check_output_folder(cfg.out, cfg.overwrite, "acceptance render")
     datamodule = _load_landmark_data(parser, cfg)
     items = datamodule.items[cfg.split]
     if not items:

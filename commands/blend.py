@@ -100,7 +100,8 @@ def run_blend(
     from xraydiff.preview import mask_grid
 
     out = Path(out)
-    check_output_folder(out, overwrite)
+    inputs = (ldm, autoencoder, getattr(datamodule, "root", None))
+    check_output_folder(out, overwrite, "blend", inputs)
     if batch_size < 1:
         raise DataError(None, f"--batch-size must be at least 1, got {batch_size}")
     model = load_model(ldm, expected=LatentDiffusion)
@@ -152,7 +153,7 @@ def run_blend(
         "precision": resolved,
         "samples": [],
     }
-    with interruptible(), atomic_directory(out, overwrite, command="blend") as staging, torch.no_grad():
+    with interruptible(), atomic_directory(out, overwrite, "blend", inputs) as staging, torch.no_grad():
         (staging / "images").mkdir()
         (staging / "masks").mkdir()
         with fabric.autocast():

@@ -84,6 +84,11 @@ class XrayCLI(LightningCLI):
         )
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument(
+            "--overwrite_run", type=bool, default=False,
+            help="fit: start a new run in a default_root_dir that holds checkpoints of an earlier one "
+            "(they are replaced); without it such a fit is refused unless it resumes (--ckpt_path last)",
+        )  # fmt: skip
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.add_lightning_class_args(ModelCheckpoint, "step_checkpoint")
         parser.set_defaults(
@@ -125,6 +130,8 @@ class XrayCLI(LightningCLI):
             dirpath = config[group].dirpath
             config[group].dirpath = str(root / "checkpoints" if dirpath is None else _under(root, dirpath))
         config.ckpt_path = self._resolve_ckpt_path(subcommand, config.ckpt_path, root, config.checkpoint.dirpath)
+        if subcommand == "fit" and config.ckpt_path is None and not config.get("overwrite_run"):
+            _refuse_a_new_run_over(root, Path(config.checkpoint.dirpath))
         if config.ckpt_path is not None and Path(config.ckpt_path).is_file():
             check_model_class(config.ckpt_path, config.model.class_path)
 
@@ -191,6 +198,17 @@ class XrayCLI(LightningCLI):
 
     def before_predict(self) -> None:
         self._check_data("predict")
+
+
+def _refuse_a_new_run_over(root: Path, checkpoint_dir: Path) -> None:
+    """DataError when a fresh fit would overwrite another run's checkpoints (``last.ckpt``, the config copy)."""
+    earlier = sorted(checkpoint_dir.glob("*.ckpt")) + sorted(root.glob("hpc_ckpt_*.ckpt"))
+    if earlier:
+        names = ", ".join(p.name for p in earlier[:3]) + (" ..." if len(earlier) > 3 else "")
+        raise DataError(
+            checkpoint_dir, f"holds the checkpoints of an earlier run ({names}); resume it with --ckpt_path last, "
+            "choose a new --trainer.default_root_dir, or pass --overwrite_run true to start over here",
+        )  # fmt: skip
 
 
 def _under(root: Path, path: str | Path) -> Path:

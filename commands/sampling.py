@@ -80,7 +80,7 @@ def generate_samples(
     if devices < 1:
         raise DataError(None, f"--devices must be at least 1, got {devices}")
     out = Path(out)
-    check_output_folder(out, overwrite)
+    check_output_folder(out, overwrite, "sample", inputs=(ckpt,))
     model = load_model(ckpt, expected=GenerativeModule)
     sampler_name, sampler_steps = check_sampler_arguments(model, sampler, steps)
     resolved = resolve_precision(precision, accelerator)

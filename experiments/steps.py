@@ -55,7 +55,7 @@ class StepRunner:
 
     def prepare_folder(self) -> None:
         """A new or empty folder becomes this study's; an earlier xraydiff output resumes; anything else is refused."""
-        check_output_folder(self.out, overwrite=True)
+        check_output_folder(self.out, command=self.command, resume=True)
         self.out.mkdir(parents=True, exist_ok=True)
         mark_output(self.out, self.command)
 

@@ -22,11 +22,11 @@ def check_lr_schedule(lr_schedule: str, warmup_fraction: float = 0.0) -> None:
 
 
 def warmup_cosine(step: int, total: int | None, warmup: int) -> float:
-    """The learning-rate factor at optimizer step ``step`` (0-based): (step + 1) / warmup during the
-    warm-up, then 0.5 (1 + cos(pi p)) with p the fraction of the remaining steps done; 1 after the
-    warm-up when ``total`` is unknown (a run bounded by time only)."""
+    """The learning-rate factor at optimizer step ``step`` (0-based): step / warmup during the warm-up
+    (0 at the first step, as in transformers' linear warm-up), then 0.5 (1 + cos(pi p)) with p the
+    fraction of the remaining steps done; 1 after the warm-up when ``total`` is unknown."""
     if step < warmup:
-        return (step + 1) / warmup
+        return step / warmup
     if total is None:
         return 1.0
     progress = min((step - warmup) / max(total - warmup, 1), 1.0)
@@ -34,10 +34,22 @@ def warmup_cosine(step: int, total: int | None, warmup: int) -> float:
 
 
 def total_steps(trainer: L.Trainer) -> int | None:
-    """Optimizer steps of the whole run (``trainer.estimated_stepping_batches``: ``max_steps``, or
-    ``max_epochs`` x batches per epoch); None when only a time limit bounds it."""
-    steps = trainer.estimated_stepping_batches
-    return int(steps) if math.isfinite(steps) and steps > 0 else None
+    """Optimizer steps the schedule spans: ``max_epochs`` x optimizer steps per epoch when the run has
+    an epoch budget, else ``max_steps``; None when not known (yet, or a run bounded by time only).
+
+    With an epoch budget ``max_steps`` does not enter, so a fit stopped by ``max_steps`` and resumed
+    with a larger one continues the same schedule. Read from the fit loop's own batch count, never by
+    setting the data up early (``trainer.estimated_stepping_batches`` would, and that alone made a
+    mid-epoch resume inexact).
+    """
+    if trainer.max_epochs is not None and trainer.max_epochs > 0:
+        batches = trainer.num_training_batches
+        return (
+            math.ceil(batches / trainer.accumulate_grad_batches) * trainer.max_epochs
+            if math.isfinite(batches)
+            else None
+        )
+    return trainer.max_steps if trainer.max_steps is not None and trainer.max_steps > 0 else None
 
 
 def adamw_with_schedule(
@@ -51,13 +63,19 @@ def adamw_with_schedule(
     """AdamW and, with 'cosine', ``warmup_cosine`` stepped per optimizer step over the run's
     ``total_steps`` with the first ``warmup_fraction`` of them warming up: ``configure_optimizers``' return.
 
-    Per step, not per epoch: the studies train by ``max_steps`` (``max_epochs`` -1), where an
-    epoch schedule has no length.
+    Per step, not per epoch: the studies train by ``max_steps`` (``max_epochs`` -1), where an epoch
+    schedule has no length. The factor of step 0 needs no length (0 with a warm-up, else 1); later
+    steps read it when the fit loop knows its batches.
     """
     optimizer = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=weight_decay)
     if lr_schedule == "constant":
         return optimizer
-    total = total_steps(trainer)
-    warmup = int(round(warmup_fraction * total)) if total else 0
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: warmup_cosine(step, total, warmup))
+
+    def factor(step: int) -> float:  # a function, not an object: LambdaLR would pickle an object's state
+        if step == 0:
+            return 0.0 if warmup_fraction > 0 else 1.0
+        total = total_steps(trainer)
+        return warmup_cosine(step, total, int(round(warmup_fraction * total)) if total else 0)
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

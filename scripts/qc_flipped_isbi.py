@@ -42,7 +42,8 @@ def main(argv: list[str] | None = None) -> None:
     checker = fit_prediction_checker(dm)
     batch = next(iter(dm.make_loader(dm.dataset("val", augment=False))))
     steps = {"single": 1, "ddim": args.steps, "multi": model.hparams.num_train_timesteps}[args.mode]
-    settings = {"mode": "baseline" if not model.hparams.diffusion else args.mode, "steps": steps, "ensemble": 1}
+    mode = args.mode if model.hparams.diffusion else "baseline"
+    settings = {"mode": mode, "steps": steps if model.hparams.diffusion else 1, "ensemble": 1}
     print(f"{args.checkpoint}: {settings['mode']} ({steps} calls), QC fitted on {checker.stats.num_shapes} shapes")
     for name, image in (("as they are", batch["image"]), ("flipped left-right", batch["image"].flip(-1))):
         with torch.no_grad():

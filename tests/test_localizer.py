@@ -320,3 +320,13 @@ def test_ddp_epochs_draw_different_synthetic_subsets(tmp_path):
         drawn.append(frozenset(first + second) & set(synthetic_ids))
         assert len(drawn[-1]) == 2
     assert len(set(drawn)) > 1, f"every epoch drew the same synthetic pair {sorted(drawn[0])}: set_epoch not called"
+
+
+def test_the_learning_rate_warms_up_linearly_then_follows_a_cosine_per_step():
+    from lightning_modules.optim import warmup_cosine
+
+    # warm-up of 10 steps of 110: 0, 0.1, ..., then 0.5 (1 + cos(pi (step - 10) / 100)), computed here
+    assert [warmup_cosine(k, 110, 10) for k in (0, 5)] == [0.0, 0.5]
+    for k in (10, 35, 60, 110, 200):
+        assert warmup_cosine(k, 110, 10) == pytest.approx(0.5 * (1 + math.cos(math.pi * min(k - 10, 100) / 100)))
+    assert warmup_cosine(50, None, 10) == 1.0  # no known length: constant after the warm-up

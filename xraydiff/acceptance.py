@@ -173,6 +173,24 @@ CEPH_SHARED_PAIRS = [[6, 8], [7, 8], [10, 11]]
 CEPH_STABLE_LANDMARKS = [0, 1, 2, 3, 16, 17, 18]
 
 
+def check_statistics_output(path: Path, overwrite: bool = False) -> None:
+    """DataError unless ``path`` may receive a statistics file: absent, or (with ``overwrite``) a
+    statistics file of xraydiff (by its ``format``); never a folder or any other file."""
+    path = Path(path)
+    if path.is_dir():
+        raise DataError(path, "is a folder; --out takes the statistics file to write (.json)")
+    if not path.exists():
+        return
+    if not overwrite:
+        raise DataError(path, "statistics file exists (pass --overwrite to replace it)")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        data = None
+    if not isinstance(data, dict) or data.get("format") != STATS_FORMAT:
+        raise DataError(path, "is not a shape-statistics file of xraydiff; --overwrite replaces only those")
+
+
 def defaults_for(anatomy: str, num_landmarks: int) -> dict:
     """Anatomy-specific defaults: the paper's for hands, data-derived ones for skulls."""
     if anatomy == "hand":

@@ -106,7 +106,7 @@ def run_acceptance(
 ) -> dict:
     """Check a samples folder against a statistics file and write report, dataset and gallery."""
     out = Path(out)
-    check_output_folder(out, overwrite)
+    check_output_folder(out, overwrite, "acceptance run", inputs=(samples, stats_path))
     stats = ShapeStatistics.load(stats_path)
     checker = AcceptanceChecker(stats, rule_set)
     ids, images, heatmaps = load_samples(samples, stats)
@@ -118,7 +118,7 @@ def run_acceptance(
         "samples": [v.to_json() for v in verdicts],
     }
     accepted = [k for k, v in enumerate(verdicts) if v.accepted]
-    with atomic_directory(out, overwrite=overwrite, command="acceptance run") as staging:
+    with atomic_directory(out, overwrite, "acceptance run", inputs=(samples, stats_path)) as staging:
         atomic_write_bytes(staging / "report.json", json.dumps(report, indent=1).encode())
         write_accepted_dataset(
             staging / "accepted",

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import cv2
@@ -134,40 +135,109 @@ def write_png(path: Path, image: np.ndarray) -> None:
     sitk.WriteImage(sitk.GetImageFromArray(array), str(path))
 
 
-# Every output folder xraydiff writes holds this file: ``--overwrite`` replaces only such folders.
+# Every output folder xraydiff writes holds this file: JSON naming the command that wrote the folder
+# and the files it wrote. ``--overwrite`` replaces only a folder of the same command holding nothing else.
 OUTPUT_MARKER = ".xraydiff-output"
 
 
-def check_output_folder(target: Path, overwrite: bool = False) -> None:
-    """DataError unless ``target`` may be written: absent, empty, or (with ``overwrite``) an earlier
-    output of xraydiff. A folder holding anything else is never replaced, with or without ``overwrite``."""
+def read_marker(folder: Path) -> dict | None:
+    """The marker of an xraydiff output folder: {"command", "files"} (``files`` None for a marker of
+    xraydiff before the file list); None when ``folder`` has none."""
+    path = Path(folder) / OUTPUT_MARKER
+    if not path.is_file():
+        return None
+    text = path.read_text(errors="replace")
+    try:
+        marker = json.loads(text)
+    except json.JSONDecodeError:
+        return {"command": text.strip().splitlines()[0] if text.strip() else "", "files": None}
+    return {"command": str(marker.get("command", "")), "files": marker.get("files")}
+
+
+def _files_under(folder: Path) -> list[str]:
+    return sorted(
+        str(p.relative_to(folder)) for p in Path(folder).rglob("*") if p.is_file() and p.name != OUTPUT_MARKER
+    )
+
+
+def check_disjoint(target: Path, inputs: Sequence[str | Path | None]) -> None:
+    """DataError when the output ``target`` equals, contains or lies inside one of the ``inputs``:
+    replacing it would delete what the command was asked to read."""
+    out = Path(target).resolve()
+    for source in inputs:
+        if source is None:
+            continue
+        source = Path(source).resolve()
+        relation = (
+            "is" if out == source else "lies inside" if source in out.parents else "contains" if out in source.parents
+            else None
+        )  # fmt: skip
+        if relation:
+            raise DataError(target, f"the output folder {relation} the input {source}; choose an output outside it")
+
+
+def check_output_folder(
+    target: Path,
+    overwrite: bool = False,
+    command: str | None = None,
+    inputs: Sequence[str | Path | None] = (),
+    resume: bool = False,
+) -> None:
+    """DataError unless ``target`` may be written: absent, or empty, or (with ``overwrite``) an earlier
+    output of the same xraydiff ``command`` that holds nothing but the files that command wrote.
+
+    A folder without the marker, a marker of another command, or files added since (listed in the
+    message) are refused with or without ``overwrite``; so is an output that equals, contains or lies
+    inside one of the command's ``inputs``. ``resume``: a study folder of the same command, which its
+    steps keep filling (the file list is not checked).
+    """
     target = Path(target)
+    check_disjoint(target, inputs)
     if target.exists() and not target.is_dir():
         raise DataError(target, "output path exists and is not a folder")
     if not target.exists() or not any(target.iterdir()):
         return
-    if not (target / OUTPUT_MARKER).is_file():
+    marker = read_marker(target)
+    if marker is None:
         raise DataError(
             target, "folder is not empty and was not written by xraydiff; refusing to replace it (choose a new folder)"
         )
+    if command is not None and marker["command"] != command:
+        raise DataError(
+            target, f"folder was written by `xraydiff {marker['command']}`, not by `xraydiff {command}`; "
+            "refusing to replace it (choose a new folder)",
+        )  # fmt: skip
+    if resume:
+        return
     if not overwrite:
         raise DataError(target, "output folder exists and is not empty (pass --overwrite to replace it)")
+    if marker["files"] is not None:
+        foreign = sorted(set(_files_under(target)) - set(marker["files"]))
+        if foreign:
+            shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+            raise DataError(target, f"holds files xraydiff did not write ({shown}); refusing to replace it")
 
 
 def mark_output(folder: Path, command: str) -> None:
-    """Mark ``folder`` as an output of xraydiff (see ``check_output_folder``)."""
-    atomic_write_bytes(Path(folder) / OUTPUT_MARKER, f"{command}\n".encode())
+    """Mark ``folder`` as an output of ``xraydiff command`` listing the files in it now (see
+    ``check_output_folder``)."""
+    folder = Path(folder)
+    marker = {"command": command, "files": _files_under(folder)}
+    atomic_write_bytes(folder / OUTPUT_MARKER, json.dumps(marker, indent=1).encode())
 
 
 @contextlib.contextmanager
-def atomic_directory(target: Path, overwrite: bool = False, command: str = "xraydiff") -> Iterator[Path]:
+def atomic_directory(
+    target: Path, overwrite: bool = False, command: str = "xraydiff", inputs: Sequence[str | Path | None] = ()
+) -> Iterator[Path]:
     """Yield a temporary sibling folder that replaces ``target`` only when the block succeeds.
 
-    ``target`` must pass ``check_output_folder``. On any exception the temporary folder is removed
-    and ``target`` is left untouched, so a failed run never leaves partial output behind.
+    ``target`` must pass ``check_output_folder`` for ``command`` and its ``inputs``. On any exception the
+    temporary folder is removed and ``target`` is left untouched, so a failed run never leaves partial
+    output behind.
     """
     target = Path(target)
-    check_output_folder(target, overwrite)
+    check_output_folder(target, overwrite, command, inputs)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
     os.chmod(staging, 0o777 & ~_umask())

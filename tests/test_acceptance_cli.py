@@ -102,6 +102,8 @@ def _bad_samples(folder, kind):
         whole = (folder / "a.npz").read_bytes()
         content = {"zero bytes": b"", "truncated": whole[: len(whole) // 2], "text": b"id,x,y\n1,2,3\n"}[kind]
         (folder / "a.npz").write_bytes(content)
+    elif kind == "range":  # a [0, 255] map that was never scaled to the sample format
+        write_sample(folder, "a", image, np.full((256, 256), 255.0, np.float32))
     elif kind == "nan":
         heatmap = np.zeros((256, 256), np.float32)
         heatmap[3, 4] = np.nan
@@ -115,6 +117,7 @@ def _bad_samples(folder, kind):
         ("no heatmap", "a.npz: sample has no 'heatmap' array"),
         ("size", "a.npz: heatmap size (64, 64) differs from the expected (256, 256)"),
         ("nan", "a.npz: 'heatmap' contains NaN"),
+        ("range", "a.npz: heatmap values must lie in [-1, 1] (the sample format), found [255, 255]"),
         ("empty", "samples folder holds no .npz samples"),
         ("zero bytes", "a.npz: sample file is empty"),
         ("truncated", "a.npz: not a readable .npz archive (BadZipFile"),

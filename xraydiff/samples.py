@@ -54,8 +54,11 @@ def write_sample(
     staging.replace(directory / f"{sample}.png")
 
 
+RANGE_TOLERANCE = 1e-3  # float rounding of a [-1, 1] map written by another tool
+
+
 def read_sample(path: Path, size: tuple[int, int] | None = None) -> dict[str, np.ndarray]:
-    """Read and check one ``.npz`` sample: a finite (H, W) heatmap is required, an image optional."""
+    """Read and check one ``.npz`` sample: a finite (H, W) heatmap in [-1, 1] is required, an image optional."""
     arrays = _read_npz(Path(path))
     if "heatmap" not in arrays:
         raise DataError(path, f"sample has no 'heatmap' array (found {sorted(arrays)})")
@@ -67,6 +70,9 @@ def read_sample(path: Path, size: tuple[int, int] | None = None) -> dict[str, np
     for key, array in arrays.items():
         if array.dtype.kind == "f" and not np.isfinite(array).all():
             raise DataError(path, f"'{key}' contains NaN or infinite values")
+    low, high = float(heatmap.min()), float(heatmap.max())
+    if low < -1.0 - RANGE_TOLERANCE or high > 1.0 + RANGE_TOLERANCE:
+        raise DataError(path, f"heatmap values must lie in [-1, 1] (the sample format), found [{low:.3g}, {high:.3g}]")
     if "image" in arrays and arrays["image"].shape != heatmap.shape:
         raise DataError(path, f"image shape {arrays['image'].shape} differs from heatmap shape {heatmap.shape}")
     return arrays

@@ -129,16 +129,19 @@ class LandmarkEvaluation(StageEvaluation):
                 self.worst = sorted(self.worst, key=lambda w: -w[0])[: self.worst_count]
 
     def _finish(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        errors = self.metric.compute()
+        with self.metric.sync_context():  # all processes' rows, each image once, by dataset index
+            indices, errors = self.metric.distinct()
         if errors.numel() == 0:
             return
         summary = summarize_errors(errors.cpu(), self.sdr_radii, self.outlier_radii)
-        with self.metric.sync_context():
-            indices, rows = self.metric.distinct()
         split = (getattr(getattr(trainer, "datamodule", None), "items", None) or {}).get(stage) or []
+
+        def image_id(index: int) -> str:  # stage is the split: 'val' or 'test'
+            return split[index].id if index < len(split) else str(index)
+
         # per image (by id, in dataset order): what a paired comparison of two runs needs
-        ids = [split[i].id if i < len(split) else str(i) for i in indices.tolist()]
-        summary["per_image_mre_mm"] = dict(zip(ids, rows.mean(1).tolist(), strict=True))
+        ids = [image_id(i) for i in indices.tolist()]
+        summary["per_image_mre_mm"] = dict(zip(ids, errors.mean(1).tolist(), strict=True))
         settings = getattr(pl_module, "inference_settings", None)
         if settings is not None and self.timing[1]:
             seconds, images, calls = self.timing
@@ -155,13 +158,11 @@ class LandmarkEvaluation(StageEvaluation):
             summary["observers"] = observer_agreement(to_each, inter, names)
         if self.plausible.update_count:
             rows = self.plausible.compute().cpu()
-            items = getattr(getattr(trainer, "datamodule", None), "items", None) or {}
-            split = items.get(stage) or []  # stage is the split: 'val' or 'test'
             flagged = [int(i) for i, ok in rows.tolist() if not ok]
             summary["plausibility"] = {
                 "checked": len(rows),
                 "implausible": len(flagged),
-                "implausible_ids": [split[i].id if i < len(split) else str(i) for i in flagged],
+                "implausible_ids": [image_id(i) for i in flagged],
                 "rule_set": self.checker.rule_set,
                 "training_shapes": self.checker.stats.num_shapes,
             }

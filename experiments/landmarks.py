@@ -26,14 +26,12 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from commands.lightning_cli import data_parser, read_yaml
 from experiments.steps import StepRunner, read_experiment
 from xraydiff.checkpoints import CHECKPOINT_KEY, read_checkpoint
 from xraydiff.errors import DataError
 from xraydiff.imageio import atomic_write_bytes
-from xraydiff.landmark_diffusion import check_blur, check_inference, estimate_x0
+from xraydiff.landmark_diffusion import check_blur, check_decoding, check_inference
 from xraydiff.metrics import paired_difference
 
 # What a mode may set: the inference options of LandmarkDiffusion, and how many evaluation images
@@ -130,9 +128,9 @@ def load_landmark_study_config(path: Path) -> LandmarkStudyConfig:
             check_blur(
                 float(mode.get("sigma_max", hparams["sigma_max"])), float(mode.get("sigma_min", hparams["sigma_min"]))
             )
-            estimate_x0(torch.zeros(1, 1, 1, 1), mode.get("x0_estimate", "softmax"))
-            if mode.get("chain_decoding", "argmax") not in ("argmax", "topk"):
-                raise DataError(None, f"chain_decoding must be 'argmax' or 'topk', got {mode['chain_decoding']!r}")
+            check_decoding(
+                mode.get("x0_estimate", hparams["x0_estimate"]), mode.get("chain_decoding", hparams["chain_decoding"])
+            )
         except DataError as err:
             raise DataError(path, f"experiment.modes.{name}: {err.reason}", where) from None
         if "max_images" in mode and (not isinstance(mode["max_images"], int) or mode["max_images"] < 1):

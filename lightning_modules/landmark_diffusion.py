@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from typing import Literal, get_args
 
 import lightning as L
 import numpy as np
@@ -18,14 +17,16 @@ from xraydiff.errors import DataError
 from xraydiff.geometry import to_original_pixels
 from xraydiff.heatmaps import gaussian_heatmaps
 from xraydiff.landmark_diffusion import (
+    ChainDecoding,
     InferenceMode,
     X0Estimate,
+    as_x0,
     check_blur,
+    check_decoding,
     check_inference,
     decode_heatmaps,
     decode_topk,
     ensemble_statistics,
-    estimate_x0,
     item_generators,
     landmark_diffusion_loss,
     sample_heatmaps,
@@ -36,7 +37,6 @@ from xraydiff.metrics import radial_errors_mm
 INFERENCE_OPTIONS = (
     "inference", "ddim_steps", "ddim_eta", "ensemble", "seed", "sigma_max", "sigma_min", "chain_decoding", "x0_estimate"
 )  # fmt: skip
-ChainDecoding = Literal["argmax", "topk"]
 
 
 class HeatmapDenoiser(nn.Module):
@@ -157,9 +157,7 @@ class LandmarkDiffusion(WeightAverageMixin, TaggedCheckpointMixin, L.LightningMo
             "chain_decoding": chain_decoding,
             "x0_estimate": x0_estimate,
         }
-        estimate_x0(torch.zeros(1, 1, 1, 1), x0_estimate)  # refuses an unknown estimate
-        if chain_decoding not in get_args(ChainDecoding):
-            raise DataError(None, f"chain_decoding must be one of {get_args(ChainDecoding)}, got {chain_decoding!r}")
+        check_decoding(x0_estimate, chain_decoding)
         check_lr_schedule(lr_schedule, warmup_fraction)
         self.inference_seed = seed
         check_blur(sigma_max, sigma_min)
@@ -269,7 +267,7 @@ class LandmarkDiffusion(WeightAverageMixin, TaggedCheckpointMixin, L.LightningMo
         if settings["mode"] == "baseline":
             zeros = torch.zeros((image.shape[0], *shape), device=image.device)
             logits, calls, members = network(image, zeros, torch.zeros_like(indices)).float(), 1, 1
-            heatmaps, positions = logits.clamp(-1, 1), decode_landmarks(logits, hp.refine_window)
+            heatmaps, positions = as_x0(logits), decode_landmarks(logits, hp.refine_window)
         else:
             members = settings["ensemble"]
             images = image.repeat_interleave(members, dim=0)

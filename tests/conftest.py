@@ -26,8 +26,9 @@ requires_shared_data = pytest.mark.skipif(
 )
 
 
-def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
-    """Run ``xraydiff <args>`` in this process; return (exit code, stdout, stderr)."""
+def run_cli(args: list[str], capsys=None) -> tuple[int, str, str]:
+    """Run ``xraydiff <args>`` in this process; return (exit code, stdout, stderr). Without ``capsys``
+    (module-scoped fixtures cannot use the function-scoped one) stdout and stderr come back empty."""
     from cli import main
 
     code = 0
@@ -35,7 +36,7 @@ def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
         main([str(a) for a in args])
     except SystemExit as exit_:
         code = exit_.code if isinstance(exit_.code, int) else 1
-    captured = capsys.readouterr()
+    captured = (capsys or _NoCapture()).readouterr()
     return code, captured.out, captured.err
 
 
@@ -45,7 +46,7 @@ def cli(capsys):
 
 
 class _NoCapture:
-    """``run_cli``'s capsys for module-scoped fixtures (which cannot use the function-scoped one)."""
+    """``run_cli``'s stand-in for capsys when none is given."""
 
     def readouterr(self):
         return type("Captured", (), {"out": "", "err": ""})()
@@ -57,9 +58,7 @@ def autoencoder_checkpoint(tmp_path_factory):
     from tiny import AUTOENCODER
 
     root = tmp_path_factory.mktemp("autoencoder")
-    code, _, err = run_cli(
-        ["fit", *AUTOENCODER, "--trainer.default_root_dir", root, "--trainer.max_epochs", "8"], _NoCapture()
-    )
+    code, _, err = run_cli(["fit", *AUTOENCODER, "--trainer.default_root_dir", root, "--trainer.max_epochs", "8"])
     assert code == 0, err
     return root / "checkpoints" / "last.ckpt"
 
@@ -71,6 +70,6 @@ def ldm_checkpoint(tmp_path_factory, autoencoder_checkpoint):
 
     root = tmp_path_factory.mktemp("ldm")
     args = ["fit", *LDM, "--model.init_args.autoencoder_ckpt", autoencoder_checkpoint, "--trainer.max_epochs", "3"]
-    code, _, err = run_cli([*args, "--trainer.default_root_dir", root], _NoCapture())
+    code, _, err = run_cli([*args, "--trainer.default_root_dir", root])
     assert code == 0, err
     return root / "checkpoints" / "last.ckpt"

@@ -24,14 +24,10 @@ HAND = [
 def fitted(tmp_path_factory):
     from conftest import run_cli
 
-    class Quiet:
-        def readouterr(self):
-            return type("C", (), {"out": "", "err": ""})()
-
     root = tmp_path_factory.mktemp("acceptance")
-    code, _, err = run_cli(["acceptance", "fit", *HAND, "--annotations-only", "--out", root / "stats.json"], Quiet())
+    code, _, err = run_cli(["acceptance", "fit", *HAND, "--annotations-only", "--out", root / "stats.json"])
     assert code == 0, err
-    code, _, err = run_cli(["acceptance", "render", *HAND, "--split", "test", "--out", root / "gt"], Quiet())
+    code, _, err = run_cli(["acceptance", "render", *HAND, "--split", "test", "--out", root / "gt"])
     assert code == 0, err
     return root
 

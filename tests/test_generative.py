@@ -23,12 +23,8 @@ def fit(cli, root, base, *extra):
 def ddpm_checkpoint(tmp_path_factory):
     from conftest import run_cli
 
-    class Capture:  # module-scoped stand-in for capsys
-        def readouterr(self):
-            return type("C", (), {"out": "", "err": ""})()
-
     root = tmp_path_factory.mktemp("ddpm")
-    code, _, err = run_cli(["fit", *DDPM, "--trainer.default_root_dir", root, "--trainer.max_epochs", "3"], Capture())
+    code, _, err = run_cli(["fit", *DDPM, "--trainer.default_root_dir", root, "--trainer.max_epochs", "3"])
     assert code == 0, err
     return root / "checkpoints" / "last.ckpt"
 

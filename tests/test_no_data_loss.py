@@ -19,14 +19,10 @@ def outputs(tmp_path_factory):
     """A statistics file and a ground-truth samples folder (acceptance render), written once."""
     from conftest import run_cli
 
-    class Quiet:
-        def readouterr(self):
-            return type("C", (), {"out": "", "err": ""})()
-
     root = tmp_path_factory.mktemp("outputs")
-    code, _, err = run_cli(["acceptance", "fit", *HAND, "--annotations-only", "--out", root / "stats.json"], Quiet())
+    code, _, err = run_cli(["acceptance", "fit", *HAND, "--annotations-only", "--out", root / "stats.json"])
     assert code == 0, err
-    code, _, err = run_cli(["acceptance", "render", *HAND, "--split", "test", "--out", root / "gt"], Quiet())
+    code, _, err = run_cli(["acceptance", "render", *HAND, "--split", "test", "--out", root / "gt"])
     assert code == 0, err
     return root
 

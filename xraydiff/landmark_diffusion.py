@@ -31,6 +31,7 @@ from xraydiff.localization import decode_landmarks, spatial_softmax_nll
 
 InferenceMode = Literal["single", "multi", "ddim"]
 X0Estimate = Literal["softmax", "clamp"]
+ChainDecoding = Literal["argmax", "topk"]
 BLUR_KERNEL_SIZE = 13
 # Predicts the logits l of x0 from (x_t, t); the condition (image) is closed over.
 X0Predictor = Callable[[Tensor, Tensor], Tensor]
@@ -49,6 +50,14 @@ def check_inference(mode: str, steps: int | None, ensemble: int, num_train_times
 def check_blur(sigma_max: float, sigma_min: float) -> None:
     if sigma_min < 0 or sigma_max < sigma_min:
         raise DataError(None, f"blur sigmas need 0 <= sigma_min <= sigma_max, got {sigma_min} and {sigma_max}")
+
+
+def check_decoding(x0_estimate: str, chain_decoding: str) -> None:
+    """DataError for an unknown x0 estimate of the reverse steps or decoding of a chain's final x0."""
+    if x0_estimate not in get_args(X0Estimate):
+        raise DataError(None, f"x0 estimate must be one of {get_args(X0Estimate)}, got {x0_estimate!r}")
+    if chain_decoding not in get_args(ChainDecoding):
+        raise DataError(None, f"chain_decoding must be one of {get_args(ChainDecoding)}, got {chain_decoding!r}")
 
 
 def as_x0(logits: Tensor) -> Tensor:
@@ -71,11 +80,8 @@ def estimate_x0(logits: Tensor, kind: X0Estimate = "softmax") -> Tensor:
     the pixels above 0.5 against 0.2 % of the target's). Fed back into x_{t-1} that background is far
     from every x_t of training and each step made the prediction worse (README, "The comparison study").
     """
-    if kind == "softmax":
-        return softmax_heatmap(logits)
-    if kind == "clamp":
-        return as_x0(logits)
-    raise DataError(None, f"x0 estimate must be one of {get_args(X0Estimate)}, got {kind!r}")
+    check_decoding(kind, "argmax")
+    return softmax_heatmap(logits) if kind == "softmax" else as_x0(logits)
 
 
 def landmark_diffusion_loss(
@@ -252,12 +258,14 @@ def ensemble_statistics(positions: Tensor) -> tuple[Tensor, Tensor]:
 
 __all__ = [
     "BLUR_KERNEL_SIZE",
+    "ChainDecoding",
     "InferenceMode",
     "X0Estimate",
     "as_x0",
     "blur_heatmaps",
     "blur_sigma",
     "check_blur",
+    "check_decoding",
     "check_inference",
     "decode_heatmaps",
     "decode_topk",

@@ -51,6 +51,41 @@ def restore_random_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def settle_epoch_end(fit_loop: dict) -> None:
+    """Rewrite the fit loop's progress in a checkpoint saved at or after an epoch's end so that Lightning
+    resumes it where it stopped also under a step budget (``max_steps``).
+
+    Lightning resumes a step-budget run as "restarting" even when the epoch had finished, and then
+    (2.6) keeps the finished epoch's batch count, so the next epoch starts as already done and its data
+    is skipped; a checkpoint written by the epoch-end hooks (``ModelCheckpoint`` at the epoch end, which
+    also runs for an epoch cut short by ``max_steps``) counts the epoch as processed, and the sampler
+    moves on to the next epoch's order. Here an epoch whose last batch ran is recorded as completed with
+    no batch of the next one done; an epoch cut short is recorded as not yet processed, so that it
+    continues with its next batch. Checkpoints written inside an epoch are left as they are.
+    """
+    epoch = fit_loop["epoch_progress"]
+    batches = fit_loop["epoch_loop.batch_progress"]
+    ready, started, processed, completed = (epoch["current"][k] for k in ("ready", "started", "processed", "completed"))
+    if not ready == started == processed or completed not in (processed, processed - 1):
+        return  # inside an epoch
+    if completed == processed - 1:  # written by the epoch-end hooks
+        for count in (epoch["current"], epoch["total"]):
+            if batches["is_last_batch"]:
+                count["completed"] = count["processed"]
+            else:
+                count["processed"] = count["completed"]
+    if batches["is_last_batch"]:
+        optimization = fit_loop.get("epoch_loop.automatic_optimization.optim_progress", {}).get("optimizer", {})
+        counters = [batches["current"], fit_loop["epoch_loop.scheduler_progress"]["current"]]
+        counters += [progress["current"] for progress in optimization.values()]
+        manual = fit_loop.get("epoch_loop.manual_optimization.optim_step_progress")
+        counters += [manual["current"]] if manual else []
+        for counter in counters:
+            for key in counter:
+                counter[key] = 0
+        batches["is_last_batch"] = False
+
+
 class RandomStateCheckpoint(Callback):
     """Checkpoints the random generators of every rank and restores them when training resumes.
 
@@ -75,11 +110,21 @@ class RandomStateCheckpoint(Callback):
     def load_state_dict(self, state_dict: dict) -> None:
         self._pending = state_dict.get("ranks")
 
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        if "loops" in checkpoint and "fit_loop" in checkpoint["loops"]:
+            settle_epoch_end(checkpoint["loops"]["fit_loop"])
+
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._pending:
             rank = trainer.global_rank if trainer.global_rank < len(self._pending) else 0
             restore_random_state(self._pending[rank])
             self._pending = None
+            # Lightning's "dataloader is not resumable" warning is silenced (commands.quiet): the
+            # EpochSampler continues the interrupted epoch, and this line says so.
+            rank_zero_info(
+                f"xraydiff: resumed {trainer.ckpt_path} at epoch {trainer.current_epoch}, step {trainer.global_step}: "
+                "weights, EMA, optimizer, schedule, data order, augmentation and random state restored"
+            )
         elif trainer.world_size > 1:
             torch.manual_seed(torch.initial_seed() + trainer.global_rank)
 

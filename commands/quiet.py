@@ -14,6 +14,7 @@ NOISE = (
     "LitLogger",
     "it is not recommended to provide both args and command line arguments",  # xraydiff's own in-process calls
     "therefore `best_model_score`",  # a checkpoint evaluated in another run folder, which is how validate/test work
+    "your dataloader is not resumable",  # it is: EpochSampler continues the epoch (callbacks.resume says so)
 )
 # Warnings raised inside third-party code about third-party code (module regex, category).
 THIRD_PARTY = r"(lightning|torch|monai|jsonargparse|wandb|albumentations|pydantic|pgmpy|networkx|sklearn)(\.|$)"

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from tiny import CSV, DDP_TWO_CPU_PROCESSES, PANORAMIC_DATA, run
+from tiny import DDP_TWO_CPU_PROCESSES, PANORAMIC_DATA, SEGMENTER, run
 from torchmetrics.functional.image import structural_similarity_index_measure
 
 from datamodules import PanoramicDataModule
@@ -140,23 +140,6 @@ def test_segmentation_scores_match_hand_counted_cases():
         [[1.0, 4 / 6, 8 / 10], [0.0, 0.0, 0.0], [0.0, 1.0 * 0, 0.0], [1.0, 1.0, 1.0]], dtype=torch.float32
     )
     torch.testing.assert_close(scores, expected)
-
-
-SEGMENTER = [
-    "--config",
-    "configs/demo/panoramic_segmenter.yaml",
-    *CSV,
-    "--data.init_args.image_size",
-    "[32, 64]",
-    "--model.init_args.image_size",
-    "[32, 64]",
-    "--data.init_args.batch_size",
-    "2",
-    "--data.init_args.phantom_counts",
-    json.dumps({"train": 8, "val": 2, "test": 3, "unlabelled": 0}),
-    "--trainer.enable_progress_bar",
-    "false",
-]
 
 
 def dice_by_hand(predicted: np.ndarray, target: np.ndarray) -> float:

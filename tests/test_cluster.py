@@ -146,7 +146,25 @@ def _wait_for(path: Path, process: subprocess.Popen, timeout: float = 120) -> No
     time.sleep(0.5)
 
 
-def test_sigterm_saves_a_checkpoint_exits_cleanly_and_resumes(tmp_path, model):
+def _continue_and_compare(root: Path, base: list, ckpt_path: str | Path, total: int, tmp_path: Path) -> None:
+    """Resume ``root`` from ``ckpt_path`` to ``total`` steps; the result equals a straight run of ``total``
+    steps bit for bit (weights, EMA, optimizer)."""
+    same = ["--trainer.max_epochs", "100000", "--trainer.check_val_every_n_epoch", "1000", "--trainer.max_steps", total]
+    resumed = run(["fit", *base, "--trainer.default_root_dir", root, "--ckpt_path", ckpt_path, *same])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "xraydiff: resumed" in resumed.stderr and "not resumable" not in resumed.stderr
+    straight = run(["fit", *base, "--trainer.default_root_dir", tmp_path / "straight", *same])
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    a, b = (torch.load(r / "checkpoints/last.ckpt", weights_only=False) for r in (tmp_path / "straight", root))
+    assert a["global_step"] == b["global_step"] == total
+    for key, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][key]), key
+    for optimizer_a, optimizer_b in zip(a["optimizer_states"], b["optimizer_states"], strict=True):
+        for state_a, state_b in zip(optimizer_a["state"].values(), optimizer_b["state"].values(), strict=True):
+            assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)
+
+
+def test_sigterm_saves_a_checkpoint_exits_cleanly_and_resumes_exactly(tmp_path, model):
     name, base, steps_per_epoch = model
     root = tmp_path / "run"
     process = _start_fit(root, base)
@@ -159,22 +177,8 @@ def test_sigterm_saves_a_checkpoint_exits_cleanly_and_resumes(tmp_path, model):
     stopped = torch.load(root / "checkpoints/last.ckpt", weights_only=False)
     assert stopped["xraydiff"]["model_class"].endswith(name)
     assert _completed_steps(stopped) > steps_per_epoch
-    result = run(
-        [
-            "fit",
-            *base,
-            "--trainer.default_root_dir",
-            root,
-            "--ckpt_path",
-            "last",
-            "--trainer.max_epochs",
-            str(stopped["epoch"] + 2),
-        ]
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    resumed = torch.load(root / "checkpoints/last.ckpt", weights_only=False)
-    # The interrupted epoch is completed, then one more.
-    assert _completed_steps(resumed) == steps_per_epoch * (stopped["epoch"] + 2) > _completed_steps(stopped)
+    # 4 more optimizer steps: 2 batches of the GAN (both optimizers step), 4 otherwise; mid-epoch or not.
+    _continue_and_compare(root, base, "last", stopped["global_step"] + 4, tmp_path)
 
 
 def test_slurm_signal_saves_hpc_checkpoint_and_requeues(tmp_path, model):
@@ -210,6 +214,8 @@ def test_slurm_signal_saves_hpc_checkpoint_and_requeues(tmp_path, model):
     assert process.returncode == 0, stderr[-3000:]
     hpc = torch.load(root / "hpc_ckpt_1.ckpt", weights_only=False)
     assert _completed_steps(hpc) > 0 and hpc["xraydiff"]["model_class"].endswith(name)
+    # The requeued job continues from the HPC checkpoint exactly.
+    _continue_and_compare(root, base, root / "hpc_ckpt_1.ckpt", hpc["global_step"] + 4, tmp_path)
 
 
 def test_wandb_is_the_default_logger_offline_and_keeps_its_run_id_on_resume(tmp_path):

@@ -11,6 +11,7 @@ import pytest
 import torch
 from scipy.ndimage import gaussian_filter
 from tiny import DDP_TWO_CPU_PROCESSES, run
+from tiny import LANDMARK_DIFFUSION as TINY
 
 import xraydiff.landmark_diffusion as ld
 from xraydiff.diffusion import make_scheduler
@@ -125,35 +126,6 @@ def test_bad_inference_settings_are_refused(mode, steps, ensemble, message):
 
 
 # ---------------------------------------------------------------------------------------------- the model
-
-TINY = [
-    "--config",
-    "configs/demo/ceph_landmark_diffusion.yaml",
-    "--config",
-    "configs/trainer/csv.yaml",
-    "--model.init_args.image_size",
-    "[32, 32]",
-    "--model.init_args.channels",
-    "[16, 32, 32]",
-    "--model.init_args.attention_levels",
-    "[false, false, true]",
-    "--model.init_args.num_train_timesteps",
-    "20",
-    "--model.init_args.beta_end",  # sum of betas 2.0 as for the paper's T = 200 to 0.02: the same abar_T
-    "0.2",
-    "--model.init_args.ddim_steps",
-    "4",
-    "--model.init_args.sigma_max",
-    "3.0",
-    "--data.init_args.image_size",
-    "[32, 32]",
-    "--data.init_args.batch_size",
-    "4",
-    "--data.init_args.phantom_counts",
-    '{"train": 32, "val": 4, "test": 5}',
-    "--trainer.check_val_every_n_epoch",
-    "100",
-]
 
 
 @pytest.fixture(scope="module")

@@ -162,3 +162,51 @@ LDM = [
     *QUIET,
     *PANORAMIC_DATA,
 ]
+
+
+# The landmark diffusion demo config at 32 x 32 (32 phantom skulls, batch 4: 8 steps per epoch).
+LANDMARK_DIFFUSION = [
+    "--config",
+    "configs/demo/ceph_landmark_diffusion.yaml",
+    "--config",
+    "configs/trainer/csv.yaml",
+    "--model.init_args.image_size",
+    "[32, 32]",
+    "--model.init_args.channels",
+    "[16, 32, 32]",
+    "--model.init_args.attention_levels",
+    "[false, false, true]",
+    "--model.init_args.num_train_timesteps",
+    "20",
+    "--model.init_args.beta_end",  # sum of betas 2.0 as for the paper's T = 200 to 0.02: the same abar_T
+    "0.2",
+    "--model.init_args.ddim_steps",
+    "4",
+    "--model.init_args.sigma_max",
+    "3.0",
+    "--data.init_args.image_size",
+    "[32, 32]",
+    "--data.init_args.batch_size",
+    "4",
+    "--data.init_args.phantom_counts",
+    '{"train": 32, "val": 4, "test": 5}',
+    "--trainer.check_val_every_n_epoch",
+    "100",
+]
+
+# The panoramic segmenter at 32 x 64 (8 phantom jaws, batch 2: 4 steps per epoch).
+SEGMENTER = [
+    "--config",
+    "configs/demo/panoramic_segmenter.yaml",
+    *CSV,
+    "--data.init_args.image_size",
+    "[32, 64]",
+    "--model.init_args.image_size",
+    "[32, 64]",
+    "--data.init_args.batch_size",
+    "2",
+    "--data.init_args.phantom_counts",
+    json.dumps({"train": 8, "val": 2, "test": 3, "unlabelled": 0}),
+    "--trainer.enable_progress_bar",
+    "false",
+]

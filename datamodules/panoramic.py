@@ -16,6 +16,7 @@ from xraydiff.datasets import (
     SegmentationDataset,
     SegmentationItem,
     binary_target,
+    check_targets,
     load_segmentation_item,
     parallel_map,
 )
@@ -180,10 +181,9 @@ class PanoramicDataModule(CachedSplitsDataModule):
         chosen = {"test": order[: ends[0]], "val": order[ends[0] : ends[1]], "pool": order[ends[1] : ends[2]]}
         chosen["train"] = order[ends[2] :]
         load = lambda r: load_segmentation_item(r, self.image_size, self.classes)  # noqa: E731
-        items = {
-            split: parallel_map(load, [labelled[k] for k in sorted(chosen[split])], self.load_workers)
-            for split in SPLITS
-        }
+        records = {split: [labelled[k] for k in sorted(chosen[split])] for split in SPLITS}
+        items = {split: parallel_map(load, records[split], self.load_workers) for split in SPLITS}
+        check_targets(items["train"], records["train"], self.classes)
         # The pool's label maps stay unread: these images are unlabelled for every model.
         pool = [SegmentationRecord(labelled[k].id, labelled[k].image_path) for k in sorted(chosen["pool"])]
         items["unlabelled"] = parallel_map(load, unlabelled + pool, self.load_workers)

@@ -191,3 +191,61 @@ def test_panoramic_image_without_mask(cli, tmp_path):
     (root / "masks/c.png").unlink()
     out = tmp_path / "out"
     assert_refused(summary(cli, PANO, root, out), out, "images/c.png", "has no mask")
+
+
+# ------------------------------------------------------------------------ ids, formats, classes
+
+
+@pytest.mark.parametrize(
+    "config,make,folder,stem",
+    [(HAND, make_hand, "images", "1001"), (CEPH, make_ceph, "RawImage/TrainingData", "002"),
+     (PANO, make_panoramic, "images", "a")],
+    ids=["hand", "ceph", "panoramic"],
+)  # fmt: skip
+def test_two_images_with_one_id_are_refused_naming_both(cli, tmp_path, config, make, folder, stem):
+    root = make(tmp_path / "d")
+    write_png(root / folder / f"{stem}.jpg", 30, 30)  # beside <stem>.png
+    out = tmp_path / "out"
+    assert_refused(summary(cli, config, root, out), out, f"two images with the id {stem}", f"{stem}.png", f"{stem}.jpg")
+
+
+def test_a_file_is_read_by_its_signature_not_its_extension(cli, tmp_path):
+    import cv2
+    import numpy as np
+
+    from xraydiff.imageio import read_image
+
+    root = make_hand(tmp_path / "d")
+    images = root / "images"
+    expected = {k: cv2.imread(str(images / f"{k}.png"), cv2.IMREAD_GRAYSCALE) for k in ("1001", "1002")}
+    (images / "1001.png").rename(images / "1001.jpg")  # a PNG named .jpg
+    ok, jpeg = cv2.imencode(".jpg", expected["1002"], [cv2.IMWRITE_JPEG_QUALITY, 100])
+    (images / "1002.png").write_bytes(jpeg.tobytes())  # a JPEG named .png
+    np.testing.assert_array_equal(read_image(images / "1001.jpg"), expected["1001"])
+    assert np.abs(read_image(images / "1002.png") - expected["1002"]).max() <= 8  # lossy, but the same picture
+    code, _, err = summary(cli, HAND, root, tmp_path / "out")
+    assert code == 0, err
+    (images / "1003.png").write_text("id,x,y\n")  # no image at all
+    out = tmp_path / "out2"
+    assert_refused(summary(cli, HAND, root, out), out, "1003.png: not a PNG file", "no image signature")
+
+
+def test_panoramic_masks_without_the_configured_classes(cli, tmp_path):
+    import numpy as np
+    import SimpleITK as sitk
+
+    root = make_panoramic(tmp_path / "d", stems=("a", "b", "c", "d", "e"))
+    fdi = ["--data.init_args.classes", "[36, 37, 38]", "--data.init_args.test_fraction", "0.2",
+           "--data.init_args.val_fraction", "0.2"]  # fmt: skip
+    empty = np.zeros((40, 80), np.uint8)
+    sitk.WriteImage(sitk.GetImageFromArray(empty), str(root / "masks/b.png"))
+    code, _, err = summary(cli, PANO, root, tmp_path / "out", *fdi)
+    assert code == 0, err
+    assert "masks/b.png: no pixel of classes [36, 37, 38] (values found: 0)" in err
+    for stem in "abcde":  # 0/255 masks under FDI classes: every target empty
+        binary = np.zeros((40, 80), np.uint8)
+        binary[10:20, 10:30] = 255
+        sitk.WriteImage(sitk.GetImageFromArray(binary), str(root / "masks" / f"{stem}.png"))
+    out = tmp_path / "out2"
+    assert_refused(summary(cli, PANO, root, out, *fdi), out, "no training mask holds a pixel of classes [36, 37, 38]",
+                   "the masks hold the values 0, 255")  # fmt: skip

@@ -16,6 +16,7 @@ A segmentation sample holds ``image`` (1, H, W), ``mask`` (1, H, W) float32 in {
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -98,8 +99,25 @@ def load_segmentation_item(
                 f"mask size {labels.shape[1]} x {labels.shape[0]} differs from image {record.image_path} "
                 f"size {raw.shape[1]} x {raw.shape[0]} (W x H)",
             )
+        if not np.isin(labels, np.asarray(list(classes))).any():
+            found = ", ".join(str(v) for v in np.unique(labels)[:12])
+            print(f"xraydiff: warning: {record.mask_path}: no pixel of classes {list(classes)} "
+                  f"(values found: {found}): an empty target", file=sys.stderr)  # fmt: skip
         mask = binary_target(resize_label_map(labels, size), classes)
     return SegmentationItem(record.id, image, mask)
+
+
+def check_targets(items: Sequence[SegmentationItem], records: Sequence[SegmentationRecord], classes) -> None:
+    """DataError when no training mask holds a pixel of ``classes`` (a ``classes`` list for another
+    labelling, e.g. FDI numbers for 0/255 masks), naming the values the masks do hold."""
+    if not items or any(item.mask is not None and item.mask.any() for item in items):
+        return
+    values = sorted({int(v) for record in records[:8] for v in np.unique(read_label_map(record.mask_path))})
+    raise DataError(
+        records[0].mask_path.parent,
+        f"no training mask holds a pixel of classes {list(classes)}; the masks hold the values "
+        f"{', '.join(map(str, values[:20]))}: set data.init_args.classes to some of them",
+    )
 
 
 def annotation_item(

@@ -20,12 +20,26 @@ IMAGE_EXTENSIONS = (".mha", ".mhd", ".nii", ".nii.gz", ".nrrd", ".png", ".jpg", 
 
 
 def find_image(directory: Path, stem: str) -> Path | None:
-    """The image file ``<directory>/<stem>.<ext>`` for the first extension of IMAGE_EXTENSIONS found."""
-    for ext in IMAGE_EXTENSIONS:
-        candidate = directory / f"{stem}{ext}"
-        if candidate.is_file():
-            return candidate
-    return None
+    """The image file ``<directory>/<stem>.<ext>`` (any extension of IMAGE_EXTENSIONS), or None; a
+    DataError naming both when two files share the id (``002.jpg`` and ``002.png``)."""
+    found = [directory / f"{stem}{ext}" for ext in IMAGE_EXTENSIONS if (directory / f"{stem}{ext}").is_file()]
+    if len(found) > 1:
+        raise DataError(found[1], f"two images with the id {stem}: {found[0].name} and {found[1].name}; keep one")
+    return found[0] if found else None
+
+
+def list_images(directory: Path) -> dict[str, Path]:
+    """The image files of a folder by id (name without its image extension), sorted by id; a DataError
+    naming both files when two share an id."""
+    images: dict[str, Path] = {}
+    for path in sorted(directory.iterdir()):
+        stem = image_stem(path)
+        if stem is None:
+            continue
+        if stem in images:
+            raise DataError(path, f"two images with the id {stem}: {images[stem].name} and {path.name}; keep one")
+        images[stem] = path
+    return dict(sorted(images.items()))
 
 
 def image_stem(path: Path) -> str | None:
@@ -37,10 +51,46 @@ def image_stem(path: Path) -> str | None:
     return None
 
 
-def read_image_size(path: Path) -> tuple[int, int]:
-    """(H, W) of an image from its header only, without decoding the pixels."""
+# The first bytes of the raster formats a file name may misstate: (signature, format, SimpleITK ImageIO).
+SIGNATURES = (
+    (b"\x89PNG\r\n\x1a\n", "PNG", "PNGImageIO"),
+    (b"\xff\xd8\xff", "JPEG", "JPEGImageIO"),
+    (b"BM", "BMP", "BMPImageIO"),
+    (b"II*\x00", "TIFF", "TIFFImageIO"),
+    (b"MM\x00*", "TIFF", "TIFFImageIO"),
+)
+EXTENSION_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF"}
+
+
+def raster_format(path: Path) -> tuple[str, str] | None:
+    """(format, SimpleITK ImageIO) of a PNG, JPEG, BMP or TIFF file from its signature, whatever its
+    extension; None for other files (volumes, whose readers SimpleITK picks). A file named as one of
+    these formats that has none of their signatures is a DataError saying so."""
+    expected = EXTENSION_FORMATS.get(Path(path).suffix.lower())
+    with open(path, "rb") as handle:
+        head = handle.read(8)
+    for signature, name, image_io in SIGNATURES:
+        if head.startswith(signature):
+            return name, image_io
+    if expected is not None:
+        raise DataError(path, f"not a {expected} file (it starts with bytes {head.hex(' ')}, no image signature)")
+    return None
+
+
+def _reader(path: Path) -> sitk.ImageFileReader:
+    """A SimpleITK reader for ``path`` that decodes by the file's content, not its extension (a PNG
+    renamed .jpg, a JPEG renamed .png)."""
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
+    found = raster_format(path)
+    if found is not None:
+        reader.SetImageIO(found[1])
+    return reader
+
+
+def read_image_size(path: Path) -> tuple[int, int]:
+    """(H, W) of an image from its header only, without decoding the pixels."""
+    reader = _reader(path)
     try:
         reader.ReadImageInformation()
     except RuntimeError as err:
@@ -68,31 +118,33 @@ def read_label_map(path: Path) -> np.ndarray:
 
 
 def check_complete(path: Path) -> None:
-    """DataError for a JPEG or PNG file that ends before its end marker.
+    """DataError for a JPEG or PNG file (by its signature) that ends before its end marker.
 
     Decoders fill the missing part of a truncated JPEG with grey and only warn, so a file cut short
     in a copy or download would otherwise be read as a valid image. In JPEG entropy-coded data an
     0xFF byte is always followed by 0x00 or a restart marker, so the end-of-image marker 0xFFD9
     occurs only at the end; a PNG ends with its IEND chunk.
     """
-    suffix = Path(path).suffix.lower()
-    if suffix not in (".jpg", ".jpeg", ".png"):
+    found = raster_format(path)
+    if found is None or found[0] not in ("JPEG", "PNG"):
         return
     with open(path, "rb") as handle:
         handle.seek(0, os.SEEK_END)
         size = handle.tell()
         handle.seek(max(0, size - 4096))
         tail = handle.read()
-    marker, name = (b"\xff\xd9", "JPEG end-of-image marker") if suffix != ".png" else (b"IEND", "PNG IEND chunk")
+    marker, name = (b"\xff\xd9", "JPEG end-of-image marker") if found[0] == "JPEG" else (b"IEND", "PNG IEND chunk")
     if marker not in tail:
-        raise DataError(path, f"cannot decode image: the file is truncated ({size} bytes, no {name})")
+        named = EXTENSION_FORMATS.get(Path(path).suffix.lower())
+        kind = f"a {found[0]} file named {Path(path).suffix}" if named and named != found[0] else f"{size} bytes"
+        raise DataError(path, f"cannot decode image: the file is truncated ({kind}, no {name})")
 
 
 def _read_2d(path: Path, what: str, merge_channels) -> np.ndarray:
     """Decode a file with SimpleITK into a 2-D array; ``merge_channels`` reduces vector pixels."""
     check_complete(path)
     try:
-        image = sitk.ReadImage(str(path))
+        image = _reader(path).Execute()
     except RuntimeError as err:
         raise DataError(path, f"cannot decode {what} ({_first_line(err)})") from None
     array = sitk.GetArrayFromImage(image)

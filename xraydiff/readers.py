@@ -20,7 +20,7 @@ import numpy as np
 
 from xraydiff.errors import DataError
 from xraydiff.geometry import inside_image
-from xraydiff.imageio import find_image, image_stem, read_image_size
+from xraydiff.imageio import find_image, list_images, read_image_size
 
 HAND_NUM_LANDMARKS = 37
 HAND_WRIST_LANDMARKS = (1, 5)
@@ -253,7 +253,7 @@ def read_ceph_dataset(
                 result[split] = []
                 continue
             present_splits.add(split)
-            ids = sorted(s for p in image_folder.iterdir() if (s := image_stem(p)) is not None)
+            ids = list(list_images(image_folder))
         else:
             numbers = CEPH_SPLIT_IDS.get(split, range(0))
             ids = sorted(i for i in annotation_ids(annotation_dirs[0]) if i.isdigit() and int(i) in numbers)
@@ -320,8 +320,7 @@ def read_panoramic_dataset(
     for folder in (images, masks):
         if not folder.is_dir():
             raise DataError(folder, "folder not found")
-    image_files = {s: p for p in sorted(images.iterdir()) if (s := image_stem(p)) is not None}
-    mask_files = {s: p for p in sorted(masks.iterdir()) if (s := image_stem(p)) is not None}
+    image_files, mask_files = list_images(images), list_images(masks)
     for stem, path in image_files.items():
         if stem not in mask_files:
             raise DataError(path, f"image has no mask {masks}/{stem}.png")
@@ -334,7 +333,7 @@ def read_panoramic_dataset(
         folder = root / unlabelled_dir
         if not folder.is_dir():
             raise DataError(folder, "unlabelled image folder not found")
-        unlabelled = [SegmentationRecord(s, p) for p in sorted(folder.iterdir()) if (s := image_stem(p)) is not None]
+        unlabelled = [SegmentationRecord(stem, path) for stem, path in list_images(folder).items()]
     return labelled, unlabelled
 
 

@@ -3,9 +3,9 @@
 * ``xraydiff fit|validate|test|predict --config ...``: LightningCLI over every model and DataModule.
 * ``xraydiff data summary --config ... --out DIR``: load every split, write counts, landmarks and a
   preview of augmented training samples.
-* ``xraydiff sample --ckpt CKPT --num-samples N --out DIR``: generate image/heatmap pairs (or LDM images).
+* ``xraydiff sample --ckpt_path CKPT --num_samples N --out DIR``: generate image/heatmap pairs (or LDM images).
 * ``xraydiff acceptance fit|render|run|rate``: the MRF-SSM quality control of generated pairs.
-* ``xraydiff blend --ldm CKPT --config DATA --top-k K --out DIR``: synthetic pairs by latent blending.
+* ``xraydiff blend --ldm CKPT --config DATA --top_k K --out DIR``: synthetic pairs by latent blending.
 * ``xraydiff experiment augment --config ... --out DIR``: the synthetic-augmentation study.
 * ``xraydiff experiment landmarks --config ... --out DIR``: landmark diffusion vs. its no-diffusion baseline.
 * ``xraydiff experiment blend --config ... --out DIR``: latent blending for segmentation (Lim et al.).
@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
@@ -21,10 +20,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from jsonargparse import ArgumentParser
-
 from commands import quiet
 from commands.lightning_cli import XrayCLI, data_parser
+from commands.parsing import ConfigParser, Parser, nearest, parsing
 from xraydiff.errors import DataError, Interrupted
 from xraydiff.imageio import atomic_directory, atomic_write_bytes, check_output_folder
 from xraydiff.precision import AUTO
@@ -55,7 +53,7 @@ def data_summary(argv: list[str]) -> None:
     parser = data_parser("xraydiff data summary", "Load every split and write summary.json, landmarks.csv, preview.png")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier output of xraydiff in --out")
-    parser.add_argument("--num-preview", type=int, default=16, help="augmented training samples in the preview")
+    parser.add_argument("--num_preview", type=int, default=16, help="augmented training samples in the preview")
     cfg = parser.parse_args(argv)
     out: Path = cfg.out
     check_output_folder(out, cfg.overwrite, "data summary")
@@ -90,13 +88,13 @@ def data_summary(argv: list[str]) -> None:
 
 
 def sample(argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="xraydiff sample",
         description="Generate samples: DIR/<id>.npz (float32 'image' and, for paired generators, 'heatmap', in "
         "[-1, 1]), DIR/<id>.png previews and DIR/manifest.json. Ids are reproducible from the seed.",
     )
     _sampling_arguments(parser)
-    parser.add_argument("--num-samples", type=int, required=True, help="number of samples to generate")
+    parser.add_argument("--num_samples", type=int, required=True, help="number of samples to generate")
     parser.add_argument("--out", type=Path, required=True, help="output folder (must be new or an earlier sample run)")
     parser.add_argument("--devices", type=int, default=1, help="processes (DDP when > 1)")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier sample run in --out")
@@ -106,9 +104,11 @@ def sample(argv: list[str]) -> None:
     generate_samples(**vars(args))
 
 
-def _sampling_arguments(parser: argparse.ArgumentParser) -> None:
+def _sampling_arguments(parser: Parser) -> None:
     """The options every sampling command shares, spelled alike."""
-    parser.add_argument("--ckpt", type=Path, required=True, help="checkpoint of a PairedDDPM or PairedVAE")
+    parser.add_argument(
+        "--ckpt_path", type=Path, required=True, help="checkpoint of a PairedDDPM, PairedVAE or LatentDiffusion"
+    )
     parser.add_argument(
         "--sampler",
         choices=("ddpm", "ddim"),
@@ -116,14 +116,14 @@ def _sampling_arguments(parser: argparse.ArgumentParser) -> None:
         help="ddpm: the full chain of T steps; ddim: --steps steps (default: the model's configured sampler)",
     )
     parser.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the model's; not for ddpm)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the samples (default: %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=16, help="samples per network call (default: %(default)s)")
-    parser.add_argument("--accelerator", default="auto", help="cpu, gpu or auto (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the samples")
+    parser.add_argument("--batch_size", type=int, default=16, help="samples per network call")
+    parser.add_argument("--accelerator", default="auto", help="cpu, gpu or auto")
     parser.add_argument(
         "--precision",
         choices=PRECISIONS,
         default=AUTO,
-        help="auto: bf16 autocast where the hardware has native bf16, else 32-bit (default: %(default)s)",
+        help="auto: bf16 autocast where the hardware has native bf16, else 32-bit",
     )
 
 
@@ -141,27 +141,26 @@ def blend(argv: list[str]) -> None:
     parser.add_argument(
         "--autoencoder", type=Path, default=None, help="LatentAutoencoder checkpoint, checked to be the LDM's own"
     )
-    parser.add_argument("--top-k", type=int, required=True, help="partners per labelled image (5, 10, 20, 50)")
+    parser.add_argument("--top_k", type=int, required=True, help="partners per labelled image (5, 10, 20, 50)")
     parser.add_argument("--out", type=Path, required=True, help="output folder (new or an earlier blend output)")
-    parser.add_argument("--steps", type=int, default=25, help="DDIM steps of the LDM (default: %(default)s)")
-    parser.add_argument(
-        "--strength", type=float, default=0.5, help="noise level of z_init as a fraction of T (default: %(default)s)"
-    )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the noise (default: %(default)s)")
-    parser.add_argument(
-        "--dilation", type=int, default=1, help="latent mask dilation radius in latent cells (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--mask-mode", choices=("max", "area"), default="max", help="mask downsampling (default: %(default)s)"
-    )
+    parser.add_argument("--steps", type=int, default=25, help="DDIM steps of the LDM")
+    parser.add_argument("--strength", type=float, default=0.5, help="noise level of z_init as a fraction of T")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the noise")
+    parser.add_argument("--dilation", type=int, default=1, help="latent mask dilation radius in latent cells")
+    parser.add_argument("--mask_mode", choices=("max", "area"), default="max", help="mask downsampling")
     parser.add_argument(
         "--reimpose", action="store_true", help="re-impose the structure at every step (Blended Latent Diffusion)"
     )
-    parser.add_argument("--guides", default="train", help="labelled split that guides (default: %(default)s)")
-    parser.add_argument("--partners", default="synthesis", help="unlabelled split of partners (default: %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=16, help="latents per LDM call (default: %(default)s)")
-    parser.add_argument("--accelerator", default="auto", help="cpu, gpu or auto (default: %(default)s)")
-    parser.add_argument("--precision", choices=PRECISIONS, default=AUTO, help="(default: %(default)s)")
+    parser.add_argument("--guides", default="train", help="labelled split that guides")
+    parser.add_argument("--partners", default="synthesis", help="unlabelled split of partners")
+    parser.add_argument("--batch_size", type=int, default=16, help="latents per LDM call")
+    parser.add_argument("--accelerator", default="auto", help="cpu, gpu or auto")
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=AUTO,
+        help="autocast precision (auto: bf16 where native, else 32-bit)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier blend output in --out")
     cfg = parser.parse_args(argv)
     datamodule = parser.instantiate_classes(cfg).data  # loads nothing yet: run_blend checks --out first
@@ -192,13 +191,13 @@ def blend(argv: list[str]) -> None:
 # --------------------------------------------------------------------------------- acceptance
 
 
-def _acceptance_data_parser(prog: str, description: str) -> ArgumentParser:
+def _acceptance_data_parser(prog: str, description: str) -> ConfigParser:
     from xraydiff.acceptance import AcceptanceConfig
 
     parser = data_parser(prog, description, uses=("acceptance",))
     parser.add_class_arguments(AcceptanceConfig, "acceptance")
     parser.add_argument(
-        "--annotations-only",
+        "--annotations_only",
         action="store_true",
         help="read landmarks without images (see 'Frames and units' in the README)",
     )
@@ -206,7 +205,7 @@ def _acceptance_data_parser(prog: str, description: str) -> ArgumentParser:
     return parser
 
 
-def _load_landmark_data(parser: ArgumentParser, cfg) -> Any:
+def _load_landmark_data(parser: ConfigParser, cfg) -> Any:
     datamodule = parser.instantiate_classes(cfg).data
     if not hasattr(datamodule, "shape_table"):
         raise DataError(None, f"{type(datamodule).__name__} has no landmarks; acceptance needs a landmark DataModule")
@@ -224,7 +223,7 @@ def acceptance_fit(argv: list[str]) -> None:
         "Fit the shape statistics of the MRF-SSM check from the training landmarks and save them (JSON).",
     )
     parser.add_argument("--out", type=Path, required=True, help="statistics file to write (.json)")
-    parser.add_argument("--split", choices=("train", "val", "test"), default="train", help="default: %(default)s")
+    parser.add_argument("--split", choices=("train", "val", "test"), default="train", help="split")
     cfg = parser.parse_args(argv)
     check_statistics_output(cfg.out, cfg.overwrite)
     datamodule = _load_landmark_data(parser, cfg)
@@ -248,7 +247,7 @@ def acceptance_render(argv: list[str]) -> None:
         "set of the check. Calibrate on a split the localizer is not tested on (the default, 'val').",
     )
     parser.add_argument("--out", type=Path, required=True, help="output folder")
-    parser.add_argument("--split", choices=("train", "val", "test"), default="val", help="default: %(default)s")
+    parser.add_argument("--split", choices=("train", "val", "test"), default="val", help="split")
     cfg = parser.parse_args(argv)
     check_output_folder(cfg.out, cfg.overwrite, "acceptance render")
     datamodule = _load_landmark_data(parser, cfg)
@@ -265,16 +264,16 @@ def acceptance_render(argv: list[str]) -> None:
 def acceptance_run(argv: list[str]) -> None:
     from xraydiff.acceptance_run import run_acceptance
 
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="xraydiff acceptance run",
         description="Check generated samples; write report.json, accepted/, gallery.png.",
     )
     parser.add_argument("--samples", type=Path, required=True, help="folder of .npz samples (xraydiff sample)")
     parser.add_argument("--stats", type=Path, required=True, help="statistics file (xraydiff acceptance fit)")
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--rule-set", choices=("strict", "paper"), default=None, help="default: the statistics'")
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument("--out", type=Path, required=True, help="output folder (new or an earlier acceptance run)")
+    parser.add_argument("--rule_set", choices=("strict", "paper"), default=None, help="default: the statistics'")
+    parser.add_argument("--batch_size", type=int, default=128, help="heatmaps per MRF call")
+    parser.add_argument("--overwrite", action="store_true", help="replace an earlier acceptance run in --out")
     args = parser.parse_args(argv)
     report = run_acceptance(args.samples, args.stats, args.out, args.rule_set, args.overwrite, args.batch_size)
     by_set = ", ".join(f"{k} {v:.1%}" for k, v in report["acceptance_rate_by_rule_set"].items())
@@ -288,16 +287,16 @@ def acceptance_run(argv: list[str]) -> None:
 def acceptance_rate(argv: list[str]) -> None:
     from commands.acceptance import acceptance_rate_of_checkpoint
 
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="xraydiff acceptance rate",
         description="The paper's protocol: acceptance rate mean and SD over independent sampling runs.",
     )
     _sampling_arguments(parser)
     parser.add_argument("--stats", type=Path, required=True, help="statistics file (xraydiff acceptance fit)")
-    parser.add_argument("--runs", type=int, default=10, help="runs; run r uses seed + r (default: %(default)s)")
-    parser.add_argument("--num-samples", type=int, default=100, help="samples per run (default: %(default)s)")
+    parser.add_argument("--runs", type=int, default=10, help="runs; run r uses seed + r")
+    parser.add_argument("--num_samples", type=int, default=100, help="samples per run")
     parser.add_argument("--out", type=Path, required=True, help="folder for acceptance.json")
-    parser.add_argument("--rule-set", choices=("strict", "paper"), default=None, help="default: the statistics'")
+    parser.add_argument("--rule_set", choices=("strict", "paper"), default=None, help="default: the statistics'")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier acceptance.json in --out")
     args = parser.parse_args(argv)
     result = acceptance_rate_of_checkpoint(**vars(args))
@@ -307,7 +306,7 @@ def acceptance_rate(argv: list[str]) -> None:
 def experiment_augment(argv: list[str]) -> None:
     from experiments.augment import Study, load_study_config, tables
 
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="xraydiff experiment augment",
         description="The synthetic-augmentation study of Hadzic et al.: generators, acceptance, localizer; resumable.",
     )
@@ -324,7 +323,7 @@ def experiment_augment(argv: list[str]) -> None:
 def experiment_landmarks(argv: list[str]) -> None:
     from experiments.landmarks import LandmarkStudy, load_landmark_study_config
 
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="xraydiff experiment landmarks",
         description="Landmark diffusion vs. the same network without diffusion at equal budget (the paper's "
         "Table 1): train both, evaluate every inference mode; resumable.",
@@ -341,7 +340,7 @@ def experiment_landmarks(argv: list[str]) -> None:
 def experiment_blend(argv: list[str]) -> None:
     from experiments.blend import BlendStudy, load_blend_study_config, table
 
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="xraydiff experiment blend",
         description="Lim et al.'s Table 1: generators, latent blending for each k, the segmenter on real, "
         "synthetic and real + synthetic pairs, tested on the hold-out set. Resumable: finished steps are kept.",
@@ -367,9 +366,34 @@ ACCEPTANCE_COMMANDS = {
 # --------------------------------------------------------------------------------------- main
 
 
+GROUPS = {"data": {"summary": None}, "acceptance": ACCEPTANCE_COMMANDS, "experiment": EXPERIMENTS}
+COMMANDS = (*LIGHTNING_SUBCOMMANDS, "data", "sample", "blend", "acceptance", "experiment")
+
+
+def _unknown(argv: list[str]) -> None:
+    """Exit 2 with the subcommands of a group named alone, or the command nearest an unknown one."""
+    group = GROUPS.get(argv[0])
+    if group is not None and (len(argv) == 1 or argv[1] in ("-h", "--help")):
+        print(
+            f"usage: xraydiff {argv[0]} {{{','.join(group)}}} [options]",
+            file=sys.stdout if len(argv) > 1 else sys.stderr,
+        )
+        sys.exit(0 if len(argv) > 1 else 2)
+    if group is not None:
+        name, known = f"{argv[0]} {argv[1]}", list(group)
+        hint = nearest(argv[1], known)
+        hint = f"; did you mean 'xraydiff {argv[0]} {hint}'?" if hint else f" (one of: {', '.join(known)})"
+    else:
+        name, hint = argv[0], nearest(argv[0], COMMANDS)
+        hint = f"; did you mean 'xraydiff {hint}'?" if hint else " (xraydiff --help lists the commands)"
+    print(f"xraydiff: error: unknown command '{name}'{hint}", file=sys.stderr)
+    sys.exit(2)
+
+
 def main(argv: list[str] | None = None) -> None:
     from_command_line = argv is None
     argv = list(sys.argv[1:] if argv is None else argv)
+    parsing(None if from_command_line else argv)
     quiet.silence_third_party()
     try:
         if argv and argv[0] in LIGHTNING_SUBCOMMANDS:
@@ -389,8 +413,7 @@ def main(argv: list[str] | None = None) -> None:
             print(USAGE, file=sys.stdout if argv else sys.stderr)
             sys.exit(0 if argv else 2)
         else:
-            print(f"xraydiff: error: unknown command '{' '.join(argv[:2])}'\n\n{USAGE}", file=sys.stderr)
-            sys.exit(2)
+            _unknown(argv)
     except DataError as err:
         print(f"xraydiff: error: {err}", file=sys.stderr)
         sys.exit(1)

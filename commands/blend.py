@@ -4,7 +4,7 @@ For every labelled guide image X_a (mask G_a) of the data config's ``--guides`` 
 images of the ``--partners`` split whose latents are most similar to z_a (latent SSIM) are blended
 with it (structure from z_a, the rest from z_u), noised to ``--strength`` T and denoised in ``--steps``
 DDIM steps by the LDM, then decoded: k synthetic images S_a labelled G_a. All k partners of a guide go
-through the LDM together (in chunks of ``--batch-size``).
+through the LDM together (in chunks of ``--batch_size``).
 
 Output, all or nothing (a staging folder replaces ``--out`` at the end): ``images/<guide>__<partner>.png``,
 ``masks/<same>.png`` (mask value 255) in the panoramic layout that ``PanoramicDataModule`` reads through
@@ -103,7 +103,7 @@ def run_blend(
     inputs = (ldm, autoencoder, getattr(datamodule, "root", None))
     check_output_folder(out, overwrite, "blend", inputs)
     if batch_size < 1:
-        raise DataError(None, f"--batch-size must be at least 1, got {batch_size}")
+        raise DataError(None, f"--batch_size must be at least 1, got {batch_size}")
     model = load_model(ldm, expected=LatentDiffusion)
     if not float(model.scale_factor) > 0:
         raise DataError(ldm, "this LDM has no latent scale factor: it was never trained")
@@ -124,7 +124,7 @@ def run_blend(
         raise DataError(datamodule.root, f"the {guides} split holds no labelled image to guide the blending")
     if not 1 <= top_k <= len(partner_items):
         raise DataError(
-            None, f"--top-k {top_k} must be in [1, the {len(partner_items)} images of the {partners} split]"
+            None, f"--top_k {top_k} must be in [1, the {len(partner_items)} images of the {partners} split]"
         )
     check_no_leakage([item.id for item in partner_items], [Path(ldm), *([Path(autoencoder)] if autoencoder else [])])
 

@@ -12,12 +12,14 @@ from typing import Any, Literal
 
 import lightning as L
 import yaml
-from jsonargparse import ActionConfigFile, ArgumentParser, Namespace
+from jsonargparse import ActionConfigFile, Namespace
 from lightning.fabric.connector import _PRECISION_INPUT
 from lightning.fabric.utilities.rank_zero import _get_rank
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from commands.parsing import ConfigParser, XrayArgumentParser
+from commands.quiet import silence_wandb
 from xraydiff.checkpoints import CHECKPOINT_KEY, checkpoint_model_class, read_checkpoint
 from xraydiff.errors import DataError
 from xraydiff.precision import AUTO, describe_hardware, resolve_precision
@@ -68,17 +70,19 @@ class XrayCLI(LightningCLI):
 
     def __init__(self, args: list[str] | None = None, run: bool = True):
         from callbacks.resume import PreemptionCheckpoint, RandomStateCheckpoint
+        from callbacks.summary import ParameterSummary
 
         check_config_files(sys.argv[1:] if args is None else args)
         super().__init__(
             L.LightningModule,
             L.LightningDataModule,
             trainer_class=Trainer,
+            parser_class=XrayArgumentParser,
             subclass_mode_model=True,
             subclass_mode_data=True,
             save_config_kwargs={"overwrite": True},
             seed_everything_default=0,
-            trainer_defaults={"callbacks": [RandomStateCheckpoint(), PreemptionCheckpoint()]},
+            trainer_defaults={"callbacks": [RandomStateCheckpoint(), PreemptionCheckpoint(), ParameterSummary()]},
             args=args,
             run=run,
         )
@@ -94,6 +98,7 @@ class XrayCLI(LightningCLI):
         parser.set_defaults(
             {
                 "trainer.default_root_dir": DEFAULT_ROOT,
+                "trainer.enable_model_summary": False,  # callbacks.summary.ParameterSummary prints one line
                 "trainer.logger": {
                     "class_path": "lightning.pytorch.loggers.WandbLogger",
                     "init_args": {"project": "xraydiff", "offline": True},
@@ -174,6 +179,7 @@ class XrayCLI(LightningCLI):
         if "save_dir" in args:
             args.save_dir = str(_under(root, args.save_dir or "."))
         if logger.class_path.endswith("WandbLogger"):
+            silence_wandb()
             if os.environ.get("WANDB_MODE") == "online":
                 args.offline = False
             if args.get("id") is None:
@@ -227,10 +233,10 @@ def check_model_class(ckpt_path: str, model_class_path: str) -> None:
 
 
 def config_paths(argv: list[str]) -> list[Path]:
-    """The files named by ``--config PATH`` / ``--config=PATH`` in an argument list."""
+    """The files named by ``--config PATH`` / ``--config=PATH`` / ``-c PATH`` in an argument list, in order."""
     paths = []
     for k, arg in enumerate(argv):
-        value = argv[k + 1] if arg == "--config" and k + 1 < len(argv) else None
+        value = argv[k + 1] if arg in ("--config", "-c") and k + 1 < len(argv) else None
         if arg.startswith("--config="):
             value = arg.split("=", 1)[1]
         if value is not None and not value.lstrip().startswith(("{", "[")):
@@ -319,10 +325,10 @@ def _init_parameters(cls: type, inspect) -> set[str] | None:
 # ------------------------------------------------------------------------------- data parser
 
 
-def data_parser(prog: str, description: str, uses: tuple[str, ...] = ()) -> ArgumentParser:
+def data_parser(prog: str, description: str, uses: tuple[str, ...] = ()) -> ConfigParser:
     """A parser that takes a config with a ``data`` section; the other sections of a LightningCLI
     config are accepted and ignored (hidden from the help) unless in ``uses``."""
-    parser = ArgumentParser(prog=prog, description=description)
+    parser = ConfigParser(prog=prog, description=description)
     parser.add_argument("--config", action=ActionConfigFile, help="YAML config with a data section")
     parser.add_subclass_arguments(L.LightningDataModule, "data", required=True)
     for key in LIGHTNING_SECTIONS:

@@ -15,6 +15,7 @@ NOISE = (
     "it is not recommended to provide both args and command line arguments",  # xraydiff's own in-process calls
     "therefore `best_model_score`",  # a checkpoint evaluated in another run folder, which is how validate/test work
     "your dataloader is not resumable",  # it is: EpochSampler continues the epoch (callbacks.resume says so)
+    "Couldn't infer the batch indices fetched from your dataloader",  # sample's writer does not need them
 )
 # Warnings raised inside third-party code about third-party code (module regex, category).
 THIRD_PARTY = r"(lightning|torch|monai|jsonargparse|wandb|albumentations|pydantic|pgmpy|networkx|sklearn)(\.|$)"
@@ -25,6 +26,26 @@ class _DropNoise(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
         return not any(marker in message for marker in NOISE)
+
+
+# W&B's own terminal warnings about settings Lightning passes and about a run folder not yet created.
+WANDB_NOISE = ("The anonymous setting has no effect", "git root")
+
+
+def silence_wandb() -> None:
+    """Drop ``WANDB_NOISE`` from W&B's terminal warnings (imports wandb; idempotent)."""
+    import wandb
+
+    warn = wandb.termwarn
+    if getattr(warn, "_xraydiff_quiet", False):
+        return
+
+    def termwarn(string, *args, **kwargs):
+        if not any(marker in str(string) for marker in WANDB_NOISE):
+            warn(string, *args, **kwargs)
+
+    termwarn._xraydiff_quiet = True
+    wandb.termwarn = termwarn
 
 
 def silence_third_party() -> None:

@@ -49,7 +49,7 @@ def check_sampler_arguments(model, sampler: str | None, steps: int | None) -> tu
 
 
 def generate_samples(
-    ckpt: Path,
+    ckpt_path: Path,
     num_samples: int,
     out: Path,
     sampler: str | None = None,
@@ -61,7 +61,7 @@ def generate_samples(
     precision: str = "32-true",
     overwrite: bool = False,
 ) -> Path:
-    """Sample ``num_samples`` samples from the model in ``ckpt`` into ``out`` (see ``xraydiff sample``).
+    """Sample ``num_samples`` samples from the model in ``ckpt_path`` into ``out`` (see ``xraydiff sample``).
 
     All or nothing: samples are written into a staging folder beside ``out`` that replaces it at the
     end; on an error or SIGTERM/SIGINT the staging folder is removed and ``out`` is left as it was.
@@ -74,20 +74,20 @@ def generate_samples(
     from xraydiff.checkpoints import class_path
 
     if num_samples < 1:
-        raise DataError(None, f"--num-samples must be at least 1, got {num_samples}")
+        raise DataError(None, f"--num_samples must be at least 1, got {num_samples}")
     if batch_size < 1:
-        raise DataError(None, f"--batch-size must be at least 1, got {batch_size}")
+        raise DataError(None, f"--batch_size must be at least 1, got {batch_size}")
     if devices < 1:
         raise DataError(None, f"--devices must be at least 1, got {devices}")
     out = Path(out)
-    check_output_folder(out, overwrite, "sample", inputs=(ckpt,))
-    model = load_model(ckpt, expected=GenerativeModule)
+    check_output_folder(out, overwrite, "sample", inputs=(ckpt_path,))
+    model = load_model(ckpt_path, expected=GenerativeModule)
     sampler_name, sampler_steps = check_sampler_arguments(model, sampler, steps)
     resolved = resolve_precision(precision, accelerator)
     staging = out.with_name(f".{out.name}.partial")
     launcher = _get_rank() in (None, 0)  # DDP children re-run this command; only the launcher prepares folders
     manifest = {
-        "checkpoint": str(Path(ckpt).resolve()),
+        "checkpoint": str(Path(ckpt_path).resolve()),
         "model": class_path(model),
         "sampler": sampler_name,
         "steps": sampler_steps,

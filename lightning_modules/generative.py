@@ -193,7 +193,7 @@ class GenerativeModule(TaggedCheckpointMixin, L.LightningModule):
         if "indices" not in batch:
             raise DataError(
                 None,
-                f"{type(self).__name__} generates samples with `xraydiff sample --ckpt ...`; "
+                f"{type(self).__name__} generates samples with `xraydiff sample --ckpt_path ...`; "
                 "`xraydiff predict` has no predictions for it",
             )
         indices = batch["indices"].tolist()
@@ -201,9 +201,8 @@ class GenerativeModule(TaggedCheckpointMixin, L.LightningModule):
         if not indices:
             return {"ids": [], "samples": torch.empty(0, len(self.sample_channels), *self.image_size)}
         generator = torch.Generator(device=self.device).manual_seed(batch_seed(int(batch["seed"]), int(batch["batch"])))
-        samples = self.generate(
-            len(indices), generator, batch.get("sampler"), batch.get("steps"), progress=self.global_rank == 0
-        )
+        # One progress bar: Lightning's over the batches, not a second one over each batch's steps.
+        samples = self.generate(len(indices), generator, batch.get("sampler"), batch.get("steps"))
         return {"ids": ids, "samples": samples.float().cpu()}
 
 

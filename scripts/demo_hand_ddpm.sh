@@ -35,5 +35,5 @@ if [ "$step" -lt "$STAGE1_STEPS" ]; then
 fi
 "$XRAYDIFF" fit "${CONFIGS[@]}" "${QUIET[@]}" --ckpt_path last
 last=$(ls -t "$ROOT"/checkpoints/last*.ckpt | head -1)
-"$PYTHON" scripts/export_demo_checkpoint.py --ckpt "$last" --out "$OUT"
+"$PYTHON" scripts/export_demo_checkpoint.py --ckpt_path "$last" --out "$OUT"
 echo "exported $OUT from $last"

@@ -16,7 +16,7 @@ $XRAYDIFF fit --config configs/demo/panoramic_ldm.yaml --trainer.max_epochs 200 
     --trainer.check_val_every_n_epoch 100 --trainer.default_root_dir "$OUT/ldm" \
     --model.init_args.autoencoder_ckpt "$OUT/autoencoder/checkpoints/last.ckpt" \
     "${QUIET[@]}" --trainer.logger.save_dir "$OUT/ldm" --ckpt_path last
-$PYTHON scripts/export_demo_checkpoint.py --ckpt "$OUT/ldm/checkpoints/last.ckpt" \
+$PYTHON scripts/export_demo_checkpoint.py --ckpt_path "$OUT/ldm/checkpoints/last.ckpt" \
     --out xraydiff/assets/demo_panoramic_ldm.ckpt
-$XRAYDIFF sample --ckpt xraydiff/assets/demo_panoramic_ldm.ckpt --num-samples 16 --batch-size 16 \
+$XRAYDIFF sample --ckpt_path xraydiff/assets/demo_panoramic_ldm.ckpt --num_samples 16 --batch_size 16 \
     --out "$OUT/samples" --overwrite

@@ -2,18 +2,18 @@
 
 Keeps the hyperparameters, the class tag and the EMA weights (the only ones used for sampling),
 stored in float16; the raw weights are set to the EMA weights; optimizer, loop and callback
-states are dropped. The result loads with ``load_model`` / ``xraydiff sample --ckpt``.
+states are dropped. The result loads with ``load_model`` / ``xraydiff sample --ckpt_path``.
 
     # the two training stages of configs/demo/hand_ddpm_pretrain.yaml (about 2.7 h on 2 CPU cores)
     xraydiff fit --config configs/demo/hand_ddpm_pretrain.yaml \\
         --model.init_args.prediction_type epsilon --trainer.max_steps 5595
     xraydiff fit --config configs/demo/hand_ddpm_pretrain.yaml --ckpt_path last
-    python scripts/export_demo_checkpoint.py --ckpt runs/pretrain_hand_ddpm/checkpoints/last-step.ckpt \\
+    python scripts/export_demo_checkpoint.py --ckpt_path runs/pretrain_hand_ddpm/checkpoints/last-step.ckpt \\
         --out xraydiff/assets/demo_hand_ddpm.ckpt
 
 Checkpoints record the training set they were trained on (``xraydiff.train_data``), which the study
 checks against each row. The shipped checkpoint predates that record; it was added afterwards with
-    python scripts/export_demo_checkpoint.py --ckpt xraydiff/assets/demo_hand_ddpm.ckpt \\
+    python scripts/export_demo_checkpoint.py --ckpt_path xraydiff/assets/demo_hand_ddpm.ckpt \\
         --out xraydiff/assets/demo_hand_ddpm.ckpt --train-config configs/demo/hand_ddpm_pretrain.yaml
 """
 
@@ -72,7 +72,7 @@ def export(source: Path, target: Path, train_data: dict | None = None) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--ckpt", type=Path, required=True)
+    parser.add_argument("--ckpt_path", type=Path, required=True)
     parser.add_argument("--out", type=Path, default=Path("xraydiff/assets/demo_hand_ddpm.ckpt"))
     parser.add_argument("--train-config", type=Path, help="fit config whose data section the model was trained on")
     parser.add_argument("overrides", nargs="*", help="data overrides of that fit (--data.init_args.KEY VALUE)")

@@ -7,7 +7,7 @@ XRAYDIFF=${XRAYDIFF:-xraydiff}
 $XRAYDIFF fit --config configs/panoramic/autoencoder_cpu.yaml
 $XRAYDIFF test --config configs/panoramic/autoencoder_cpu.yaml --ckpt_path last
 $XRAYDIFF fit --config configs/panoramic/ldm_cpu.yaml
-$XRAYDIFF sample --ckpt runs/panoramic_ldm_cpu/checkpoints/last.ckpt --num-samples 16 --batch-size 8 \
+$XRAYDIFF sample --ckpt_path runs/panoramic_ldm_cpu/checkpoints/last.ckpt --num_samples 16 --batch_size 8 \
     --out runs/panoramic_ldm_cpu/samples --overwrite
 python - <<'PY'
 import glob, json, torch

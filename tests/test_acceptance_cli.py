@@ -25,7 +25,7 @@ def fitted(tmp_path_factory):
     from conftest import run_cli
 
     root = tmp_path_factory.mktemp("acceptance")
-    code, _, err = run_cli(["acceptance", "fit", *HAND, "--annotations-only", "--out", root / "stats.json"])
+    code, _, err = run_cli(["acceptance", "fit", *HAND, "--annotations_only", "--out", root / "stats.json"])
     assert code == 0, err
     code, _, err = run_cli(["acceptance", "render", *HAND, "--split", "test", "--out", root / "gt"])
     assert code == 0, err
@@ -80,7 +80,7 @@ def test_run_reports_exports_and_draws(cli, fitted, tmp_path):
         fitted / "stats.json",
         "--out",
         out,
-        "--rule-set",
+        "--rule_set",
         "paper",
     )
     assert code != 0 and "--overwrite" in err
@@ -111,7 +111,12 @@ def _bad_samples(folder, kind):
     "kind,message",
     [
         ("no heatmap", "a.npz: sample has no 'heatmap' array"),
-        ("size", "a.npz: heatmap size (64, 64) differs from the expected (256, 256)"),
+        # The samples' size differs from the statistics': refit them at the samples' size (the command).
+        (
+            "size",
+            "are (64, 64): fit statistics at their size, e.g. xraydiff acceptance fit --config DATA_CONFIG "
+            "--data.init_args.image_size '[64, 64]'",
+        ),  # fmt: skip
         ("nan", "a.npz: 'heatmap' contains NaN"),
         ("range", "a.npz: heatmap values must lie in [-1, 1] (the sample format), found [255, 255]"),
         ("empty", "samples folder holds no .npz samples"),
@@ -156,7 +161,7 @@ def test_rate_reproduces_the_papers_protocol(cli, tmp_path):
         "configs/data/hand_phantom.yaml",
         "--data.init_args.image_size",
         "[16, 16]",
-        "--annotations-only",
+        "--annotations_only",
         "--out",
         tmp_path / "s.json",
     )
@@ -164,13 +169,13 @@ def test_rate_reproduces_the_papers_protocol(cli, tmp_path):
     code, stdout, err = cli(
         "acceptance",
         "rate",
-        "--ckpt",
+        "--ckpt_path",
         root / "checkpoints/last.ckpt",
         "--stats",
         tmp_path / "s.json",
         "--runs",
         3,
-        "--num-samples",
+        "--num_samples",
         4,
         "--steps",
         2,
@@ -192,7 +197,7 @@ def test_rate_reproduces_the_papers_protocol(cli, tmp_path):
     code, _, err = cli(
         "acceptance",
         "rate",
-        "--ckpt",
+        "--ckpt_path",
         root / "checkpoints/last.ckpt",
         "--stats",
         tmp_path / "s.json",

@@ -19,7 +19,7 @@ from xraydiff.imageio import read_image
 from xraydiff.metrics import segmentation_scores
 
 DATA = ["--config", "configs/demo/panoramic_ldm.yaml", *PANORAMIC_DATA]
-BLEND = ["--top-k", "3", "--steps", "4", "--strength", "0.6", "--batch-size", "2"]
+BLEND = ["--top_k", "3", "--steps", "4", "--strength", "0.6", "--batch_size", "2"]
 
 
 def tiny_data(**kwargs) -> PanoramicDataModule:
@@ -310,7 +310,7 @@ def test_the_shipped_phantom_ldm_never_saw_the_demo_partners_and_blends_them(cli
     assert not trained & {item.id for item in dm.items["synthesis"]}
     out = tmp_path / "blend"
     code, _, err = cli("blend", "--config", "configs/demo/panoramic_segmenter.yaml", "--ldm", checkpoint,
-                       "--top-k", 1, "--steps", 3, "--out", out)  # fmt: skip
+                       "--top_k", 1, "--steps", 3, "--out", out)  # fmt: skip
     assert code == 0, err
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["count"] == len(dm.items["train"]) == 16

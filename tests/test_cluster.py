@@ -39,11 +39,11 @@ def test_ddp_fit_and_sample_with_two_cpu_processes(tmp_path):
     result = run(
         [
             "sample",
-            "--ckpt",
+            "--ckpt_path",
             root / "checkpoints/last.ckpt",
-            "--num-samples",
+            "--num_samples",
             5,
-            "--batch-size",
+            "--batch_size",
             2,
             "--sampler",
             "ddim",
@@ -69,11 +69,11 @@ def test_ddp_fit_and_sample_with_two_cpu_processes(tmp_path):
     result = run(
         [
             "sample",
-            "--ckpt",
+            "--ckpt_path",
             root / "checkpoints/last.ckpt",
-            "--num-samples",
+            "--num_samples",
             5,
-            "--batch-size",
+            "--batch_size",
             2,
             "--sampler",
             "ddim",
@@ -223,8 +223,18 @@ def test_wandb_is_the_default_logger_offline_and_keeps_its_run_id_on_resume(tmp_
     gallery = '[{"class_path": "callbacks.gallery.SampleGallery", "init_args": {"num_samples": 2, "steps": 2}}]'
     args = ["fit", *DDPM_WANDB, "--trainer.default_root_dir", root, "--trainer.callbacks", gallery]
     env = {"WANDB_MODE": "offline", "WANDB_SILENT": "true"}
-    first = run([*args, "--trainer.max_epochs", "1"], env=env)
+    first = run([*args, "--trainer.max_epochs", "1"], env={"WANDB_MODE": "offline", "WANDB_SILENT": "false"})
     assert first.returncode == 0, first.stderr[-3000:]
+    # Nothing a user cannot act on: W&B's warnings about Lightning's settings, a FLOPs total of 0.
+    printed = first.stdout + first.stderr
+    assert "wandb sync" in printed and "PairedDDPM: " in printed  # what W&B and the summary do say
+    for noise in ("anonymous setting", "git root", "Total FLOPs", "not resumable"):
+        assert noise not in printed, noise
+    sampled = run(
+        ["sample", "--ckpt_path", root / "checkpoints/last.ckpt", "--num_samples", 2, "--out", tmp_path / "s"]
+    )
+    assert sampled.returncode == 0, sampled.stderr[-3000:]
+    assert "batch indices" not in sampled.stderr and "ddim x2" not in sampled.stderr  # one progress bar
     run_id = torch.load(root / "checkpoints/last.ckpt", weights_only=False)["xraydiff"]["wandb_run_id"]
     runs = list((root / "wandb").glob(f"offline-run-*-{run_id}"))
     assert len(runs) == 1 and (root / "config.yaml").exists()

@@ -191,11 +191,11 @@ def test_the_shipped_demo_checkpoint_generates_accepted_pairs(cli, tmp_path):
         "--data.init_args.phantom_counts",
         json.dumps(study.data["phantom_counts"]),
     ]
-    code, _, err = cli("acceptance", "fit", *data, "--annotations-only", "--out", tmp_path / "stats.json")
+    code, _, err = cli("acceptance", "fit", *data, "--annotations_only", "--out", tmp_path / "stats.json")
     assert code == 0, err
     code, _, err = cli(
-        "acceptance", "rate", "--ckpt", ddpm.ckpt["full"], "--stats", tmp_path / "stats.json",
-        "--runs", 2, "--num-samples", 12, "--batch-size", study.batch_size,
+        "acceptance", "rate", "--ckpt_path", ddpm.ckpt["full"], "--stats", tmp_path / "stats.json",
+        "--runs", 2, "--num_samples", 12, "--batch_size", study.batch_size,
         "--sampler", study.sampler, "--steps", study.steps, "--seed", study.seed, "--precision", study.precision,
         "--out", tmp_path / "rate",
     )  # fmt: skip

@@ -54,11 +54,11 @@ def test_sample_writes_complete_reproducible_files(cli, tmp_path, ddpm_checkpoin
     out = tmp_path / "s"
     code, _, err = cli(
         "sample",
-        "--ckpt",
+        "--ckpt_path",
         ddpm_checkpoint,
-        "--num-samples",
+        "--num_samples",
         5,
-        "--batch-size",
+        "--batch_size",
         2,
         "--seed",
         3,
@@ -84,11 +84,11 @@ def test_sample_writes_complete_reproducible_files(cli, tmp_path, ddpm_checkpoin
     again = tmp_path / "again"
     code, _, err = cli(
         "sample",
-        "--ckpt",
+        "--ckpt_path",
         ddpm_checkpoint,
-        "--num-samples",
+        "--num_samples",
         5,
-        "--batch-size",
+        "--batch_size",
         2,
         "--seed",
         3,
@@ -111,11 +111,13 @@ def test_vae_trains_and_samples_from_its_prior(cli, tmp_path):
     checkpoint = fit(cli, tmp_path / "vae", VAE, "--trainer.max_epochs", "2")
     model = load_model(checkpoint)
     assert isinstance(model, PairedVAE)
-    code, _, err = cli("sample", "--ckpt", checkpoint, "--num-samples", 3, "--out", tmp_path / "s")
+    code, _, err = cli("sample", "--ckpt_path", checkpoint, "--num_samples", 3, "--out", tmp_path / "s")
     assert code == 0, err
     manifest = json.loads((tmp_path / "s/manifest.json").read_text())
     assert manifest["sampler"] == "prior" and manifest["count"] == 3
-    code, _, err = cli("sample", "--ckpt", checkpoint, "--num-samples", 3, "--sampler", "ddim", "--out", tmp_path / "x")
+    code, _, err = cli(
+        "sample", "--ckpt_path", checkpoint, "--num_samples", 3, "--sampler", "ddim", "--out", tmp_path / "x"
+    )
     assert code != 0 and "samples from its prior" in err
 
 
@@ -170,12 +172,12 @@ def test_bad_runs_are_refused_before_any_work(cli, tmp_path, ddpm_checkpoint):
     )
     assert code != 0 and "missing: dataset root not found" in err
     assert not (tmp_path / "r" / "checkpoints" / "last.ckpt").exists()
-    code, _, err = cli("sample", "--ckpt", tmp_path / "nope.ckpt", "--num-samples", 2, "--out", tmp_path / "s")
+    code, _, err = cli("sample", "--ckpt_path", tmp_path / "nope.ckpt", "--num_samples", 2, "--out", tmp_path / "s")
     assert code != 0 and "checkpoint not found" in err
-    code, _, err = cli("sample", "--ckpt", ddpm_checkpoint, "--num-samples", 0, "--out", tmp_path / "s")
+    code, _, err = cli("sample", "--ckpt_path", ddpm_checkpoint, "--num_samples", 0, "--out", tmp_path / "s")
     assert code != 0 and "at least 1" in err
     (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint")
-    code, _, err = cli("sample", "--ckpt", tmp_path / "junk.ckpt", "--num-samples", 2, "--out", tmp_path / "s")
+    code, _, err = cli("sample", "--ckpt_path", tmp_path / "junk.ckpt", "--num_samples", 2, "--out", tmp_path / "s")
     assert code != 0 and "cannot read checkpoint" in err
     assert not (tmp_path / "s").exists() and not list(tmp_path.glob(".s*"))
 
@@ -190,7 +192,7 @@ def test_print_config_and_config_composition(cli):
 def test_bf16_autocast_training_and_sampling(cli, tmp_path, base):
     checkpoint = fit(cli, tmp_path / "run", base, "--trainer.max_epochs", "1", "--trainer.precision", "bf16-mixed")
     code, _, err = cli(
-        "sample", "--ckpt", checkpoint, "--num-samples", 2, "--precision", "bf16-mixed", "--out", tmp_path / "s"
+        "sample", "--ckpt_path", checkpoint, "--num_samples", 2, "--precision", "bf16-mixed", "--out", tmp_path / "s"
     )
     assert code == 0, err
     for path in (tmp_path / "s").glob("*.npz"):
@@ -259,7 +261,7 @@ def test_v_prediction_with_stochastic_ddim_trains_and_samples_reproducibly(cli, 
     assert model.hparams.prediction_type == "v_prediction" and model.hparams.ddim_eta == 1.0
     draws = [model.generate(2, torch.Generator().manual_seed(seed), "ddim", 3) for seed in (0, 0, 1)]
     assert torch.equal(draws[0], draws[1]) and not torch.equal(draws[0], draws[2])
-    code, _, err = cli("sample", "--ckpt", checkpoint, "--num-samples", 2, "--steps", 3, "--out", tmp_path / "s")
+    code, _, err = cli("sample", "--ckpt_path", checkpoint, "--num_samples", 2, "--steps", 3, "--out", tmp_path / "s")
     assert code == 0, err
     assert len(list((tmp_path / "s").glob("*.npz"))) == 2
     for bad in (["--model.init_args.prediction_type", "noise"], ["--model.init_args.ddim_eta", "2"]):
@@ -273,7 +275,7 @@ def test_sample_never_replaces_a_folder_it_did_not_write(cli, tmp_path, ddpm_che
     (foreign / "important.csv").write_text("a,b\n")
     (foreign / "sub/x.txt").write_text("x")
     for extra in ([], ["--overwrite"]):
-        code, _, err = cli("sample", "--ckpt", ddpm_checkpoint, "--num-samples", 2, "--out", foreign, *extra)
+        code, _, err = cli("sample", "--ckpt_path", ddpm_checkpoint, "--num_samples", 2, "--out", foreign, *extra)
         assert code != 0 and "was not written by xraydiff" in err
     assert sorted(p.relative_to(foreign).as_posix() for p in foreign.rglob("*")) == [
         "important.csv",
@@ -282,13 +284,14 @@ def test_sample_never_replaces_a_folder_it_did_not_write(cli, tmp_path, ddpm_che
     ]
     # an earlier sample run is replaced only with --overwrite
     out = tmp_path / "samples"
-    args = ["sample", "--ckpt", ddpm_checkpoint, "--num-samples", 2, "--sampler", "ddim", "--steps", 2, "--out", out]
+    args = ["sample", "--ckpt_path", ddpm_checkpoint, "--num_samples", 2, "--sampler", "ddim", "--steps", 2,
+            "--out", out]  # fmt: skip
     assert cli(*args)[0] == 0
     code, _, err = cli(*args)
     assert code != 0 and "--overwrite" in err
     assert cli(*args, "--overwrite")[0] == 0
     # --steps does nothing for the full DDPM chain: refused, not ignored
-    code, _, err = cli("sample", "--ckpt", ddpm_checkpoint, "--num-samples", 2, "--sampler", "ddpm", "--steps", 5,
+    code, _, err = cli("sample", "--ckpt_path", ddpm_checkpoint, "--num_samples", 2, "--sampler", "ddpm", "--steps", 5,
                        "--out", tmp_path / "d")  # fmt: skip
     assert code != 0 and "--steps 5: the DDPM sampler always runs the full chain" in err
     assert not (tmp_path / "d").exists()
@@ -303,7 +306,7 @@ def test_sigterm_stops_sampling_and_leaves_nothing(tmp_path, ddpm_checkpoint):
 
     out = tmp_path / "samples"
     process = subprocess.Popen(
-        [*XRAYDIFF, "sample", "--ckpt", str(ddpm_checkpoint), "--num-samples", "100000", "--batch-size", "1",
+        [*XRAYDIFF, "sample", "--ckpt_path", str(ddpm_checkpoint), "--num_samples", "100000", "--batch_size", "1",
          "--sampler", "ddpm", "--out", str(out)],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip

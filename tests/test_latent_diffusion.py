@@ -148,7 +148,7 @@ def test_sample_writes_reproducible_images_without_heatmap(cli, tmp_path, ldm_ch
     outs = []
     for name in ("a", "b"):
         out = tmp_path / name
-        code, _, err = cli("sample", "--ckpt", ldm_checkpoint, "--num-samples", 3, "--batch-size", 2, "--seed", 4,
+        code, _, err = cli("sample", "--ckpt_path", ldm_checkpoint, "--num_samples", 3, "--batch_size", 2, "--seed", 4,
                            "--sampler", "ddim", "--steps", 3, "--out", out)  # fmt: skip
         assert code == 0, err
         outs.append(out)
@@ -164,8 +164,8 @@ def test_sample_writes_reproducible_images_without_heatmap(cli, tmp_path, ldm_ch
         images.append(arrays["image"])
         assert (outs[0] / f"{sample}.png").is_file()
     assert not np.array_equal(images[0], images[1])
-    code, _, err = cli("sample", "--ckpt", ldm_checkpoint.parent.parent.parent / "missing.ckpt", "--num-samples", 1,
-                       "--out", tmp_path / "c")  # fmt: skip
+    missing = ldm_checkpoint.parent.parent.parent / "missing.ckpt"
+    code, _, err = cli("sample", "--ckpt_path", missing, "--num_samples", 1, "--out", tmp_path / "c")
     assert code != 0 and "checkpoint not found" in err
 
 
@@ -261,8 +261,8 @@ def test_ddp_ldm_shares_one_scale_factor_and_samples_complete_unique_sets(tmp_pa
     two = torch.load(tmp_path / "ddp/checkpoints/last.ckpt", weights_only=False)["state_dict"]["scale_factor"]
     assert float(two) == pytest.approx(float(one), rel=1e-6) and printed
     out = tmp_path / "samples"
-    result = run(["sample", "--ckpt", tmp_path / "ddp/checkpoints/last.ckpt", "--num-samples", 5, "--batch-size", 2,
-                  "--steps", 2, "--devices", 2, "--accelerator", "cpu", "--out", out])  # fmt: skip
+    result = run(["sample", "--ckpt_path", tmp_path / "ddp/checkpoints/last.ckpt", "--num_samples", 5,
+                  "--batch_size", 2, "--steps", 2, "--devices", 2, "--accelerator", "cpu", "--out", out])  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["ids"] == [f"s0-{k:06d}" for k in range(5)] and manifest["devices"] == 2
@@ -296,7 +296,7 @@ def test_the_demo_export_keeps_the_ema_weights_once_and_samples(cli, tmp_path, l
     assert target.stat().st_size < 0.5 * sum(v.numel() * 4 for v in source["state_dict"].values())
     outs = []
     for name, checkpoint in (("source", ldm_checkpoint), ("export", target)):
-        code, _, err = cli("sample", "--ckpt", checkpoint, "--num-samples", 2, "--seed", 1, "--sampler", "ddim",
+        code, _, err = cli("sample", "--ckpt_path", checkpoint, "--num_samples", 2, "--seed", 1, "--sampler", "ddim",
                            "--steps", 3, "--out", tmp_path / name)  # fmt: skip
         assert code == 0, err
         outs.append(np.load(tmp_path / name / "s1-000000.npz")["image"])

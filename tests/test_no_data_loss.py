@@ -20,7 +20,7 @@ def outputs(tmp_path_factory):
     from conftest import run_cli
 
     root = tmp_path_factory.mktemp("outputs")
-    code, _, err = run_cli(["acceptance", "fit", *HAND, "--annotations-only", "--out", root / "stats.json"])
+    code, _, err = run_cli(["acceptance", "fit", *HAND, "--annotations_only", "--out", root / "stats.json"])
     assert code == 0, err
     code, _, err = run_cli(["acceptance", "render", *HAND, "--split", "test", "--out", root / "gt"])
     assert code == 0, err
@@ -72,11 +72,11 @@ def test_overwrite_replaces_only_an_output_of_the_same_command_with_nothing_adde
 def test_acceptance_fit_overwrites_only_a_statistics_file(cli, outputs, tmp_path):
     document = tmp_path / "thesis.json"
     document.write_text('{"chapter": 1}')
-    code, _, err = cli("acceptance", "fit", *HAND, "--annotations-only", "--out", document, "--overwrite")
+    code, _, err = cli("acceptance", "fit", *HAND, "--annotations_only", "--out", document, "--overwrite")
     assert code != 0 and "not a shape-statistics file" in err and document.read_text() == '{"chapter": 1}'
     stats = tmp_path / "stats.json"
     shutil.copy(outputs / "stats.json", stats)
-    code, _, err = cli("acceptance", "fit", *HAND, "--annotations-only", "--out", stats, "--overwrite")
+    code, _, err = cli("acceptance", "fit", *HAND, "--annotations_only", "--out", stats, "--overwrite")
     assert code == 0, err
 
 

@@ -88,7 +88,7 @@ def test_ceph_ground_truth_is_the_doctors_mean(cli, tmp_path):
         ISBI,
         "--data.init_args.image_size",
         "[100, 80]",
-        "--num-preview",
+        "--num_preview",
         "2",
         "--out",
         tmp_path / "o",

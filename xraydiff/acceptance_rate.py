@@ -95,7 +95,7 @@ def measure_acceptance_rate(
     if precision not in ("32-true", "bf16-mixed", "16-mixed"):
         raise DataError(None, f"precision must be '32-true', 'bf16-mixed' or '16-mixed', got {precision!r}")
     if runs < 1 or num_samples < 1 or batch_size < 1:
-        raise DataError(None, "--runs, --num-samples and --batch-size must be at least 1")
+        raise DataError(None, "--runs, --num_samples and --batch_size must be at least 1")
     out = Path(out)
     if (out / "acceptance.json").exists() and not overwrite:
         raise DataError(out / "acceptance.json", "exists (pass --overwrite to replace it)")

@@ -29,10 +29,23 @@ from xraydiff.preview import acceptance_grid
 from xraydiff.samples import list_samples, read_sample, write_manifest, write_sample
 
 
-def load_samples(directory: Path, stats: ShapeStatistics) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """(ids, images (B, H, W), heatmaps (B, H, W)) of a samples folder, every file checked first."""
+def load_samples(
+    directory: Path, stats: ShapeStatistics, stats_path: Path | None = None
+) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(ids, images (B, H, W), heatmaps (B, H, W)) of a samples folder, every file checked first; samples
+    of another size than the statistics' are refused with the command that refits them."""
     ids, images, heatmaps = [], [], []
-    for path in list_samples(directory):
+    paths = list_samples(directory)
+    if paths:
+        size = read_sample(paths[0])["heatmap"].shape
+        if size != tuple(stats.image_size):
+            raise DataError(
+                stats_path,
+                f"statistics are for {tuple(stats.image_size)} (H, W) images, the samples in {directory} are "
+                f"{size}: fit statistics at their size, e.g. xraydiff acceptance fit --config DATA_CONFIG "
+                f"--data.init_args.image_size '{list(size)}' --out STATS.json",
+            )
+    for path in paths:
         arrays = read_sample(path, stats.image_size)
         if "landmarks" in arrays and arrays["landmarks"].shape != (stats.num_landmarks, 2):
             raise DataError(
@@ -109,7 +122,7 @@ def run_acceptance(
     check_output_folder(out, overwrite, "acceptance run", inputs=(samples, stats_path))
     stats = ShapeStatistics.load(stats_path)
     checker = AcceptanceChecker(stats, rule_set)
-    ids, images, heatmaps = load_samples(samples, stats)
+    ids, images, heatmaps = load_samples(samples, stats, stats_path)
     verdicts = check_in_batches(checker, heatmaps, ids, batch_size)
     report = {
         **summarize(verdicts, checker.rule_set),

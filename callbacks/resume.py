@@ -6,6 +6,7 @@ import os
 import random
 import signal
 import subprocess
+import sys
 from pathlib import Path
 
 import lightning as L
@@ -121,10 +122,13 @@ class RandomStateCheckpoint(Callback):
             self._pending = None
             # Lightning's "dataloader is not resumable" warning is silenced (commands.quiet): the
             # EpochSampler continues the interrupted epoch, and this line says so.
-            rank_zero_info(
-                f"xraydiff: resumed {trainer.ckpt_path} at epoch {trainer.current_epoch}, step {trainer.global_step}: "
-                "weights, EMA, optimizer, schedule, data order, augmentation and random state restored"
-            )
+            if trainer.is_global_zero:
+                print(
+                    f"xraydiff: resumed {trainer.ckpt_path} at epoch {trainer.current_epoch}, step "
+                    f"{trainer.global_step}: weights, EMA, optimizer, schedule, data order, augmentation and "
+                    "random state restored",
+                    file=sys.stderr,
+                )
         elif trainer.world_size > 1:
             torch.manual_seed(torch.initial_seed() + trainer.global_rank)
 

@@ -12,7 +12,7 @@ from xraydiff.precision import resolve_precision, uses_cuda
 
 
 def acceptance_rate_of_checkpoint(
-    ckpt: Path,
+    ckpt_path: Path,
     stats: Path,
     out: Path,
     runs: int = 10,
@@ -27,16 +27,16 @@ def acceptance_rate_of_checkpoint(
     overwrite: bool = False,
     cache: Path | None = None,
 ) -> dict:
-    """Load the generator in ``ckpt`` and measure its acceptance rate (``measure_acceptance_rate``)."""
+    """Load the generator in ``ckpt_path`` and measure its acceptance rate (``measure_acceptance_rate``)."""
     from lightning_modules.generative import PairedGenerativeModule, load_model
 
-    model = load_model(ckpt, expected=PairedGenerativeModule)
+    model = load_model(ckpt_path, expected=PairedGenerativeModule)
     check_sampler_arguments(model, sampler, steps)
     device = torch.device("cuda" if uses_cuda(accelerator) else "cpu")
     model = model.to(device).eval()
     return measure_acceptance_rate(
         model,
-        file_digest(Path(ckpt)),
+        file_digest(Path(ckpt_path)),
         Path(stats),
         Path(out),
         runs,
@@ -49,5 +49,5 @@ def acceptance_rate_of_checkpoint(
         overwrite,
         cache,
         precision=resolve_precision(precision, accelerator),
-        description={"checkpoint": str(Path(ckpt).resolve())},
+        description={"checkpoint": str(Path(ckpt_path).resolve())},
     )

@@ -11,14 +11,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
-import yaml
 from jsonargparse import ActionConfigFile, Namespace
 from lightning.fabric.connector import _PRECISION_INPUT
 from lightning.fabric.utilities.rank_zero import _get_rank
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from commands.parsing import ConfigParser, XrayArgumentParser
+from commands.parsing import ConfigParser, XrayArgumentParser, config_paths, init_parameters, key_lines, read_yaml
 from commands.quiet import silence_wandb
 from xraydiff.checkpoints import CHECKPOINT_KEY, checkpoint_model_class, read_checkpoint
 from xraydiff.errors import DataError
@@ -232,49 +231,10 @@ def check_model_class(ckpt_path: str, model_class_path: str) -> None:
 # ----------------------------------------------------------------------------- config files
 
 
-def config_paths(argv: list[str]) -> list[Path]:
-    """The files named by ``--config PATH`` / ``--config=PATH`` / ``-c PATH`` in an argument list, in order."""
-    paths = []
-    for k, arg in enumerate(argv):
-        value = argv[k + 1] if arg in ("--config", "-c") and k + 1 < len(argv) else None
-        if arg.startswith("--config="):
-            value = arg.split("=", 1)[1]
-        if value is not None and not value.lstrip().startswith(("{", "[")):
-            paths.append(Path(value))
-    return paths
-
-
-def read_yaml(path: Path) -> Any:
-    """A YAML file's content; DataError naming the file and line for a missing file or a syntax error."""
-    if not path.is_file():
-        raise DataError(path, "config file not found")
-    try:
-        return yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise DataError(path, f"invalid YAML: {problem}", mark.line + 1 if mark else None) from None
-
-
-def key_lines(path: Path) -> dict[tuple, int]:
-    """Line numbers (1-based) of the mapping keys of a YAML file, by key path."""
-    lines: dict[tuple, int] = {}
-
-    def walk(node, prefix):
-        if isinstance(node, yaml.MappingNode):
-            for key, value in node.value:
-                lines[(*prefix, key.value)] = key.start_mark.line + 1
-                walk(value, (*prefix, key.value))
-
-    walk(yaml.compose(path.read_text()), ())
-    return lines
-
-
 def check_config_files(argv: list[str]) -> None:
     """Read every ``--config`` file before jsonargparse does: YAML errors and unknown ``init_args`` keys
     of ``model`` / ``data`` classes become DataErrors with file, line and the nearest valid key."""
     import importlib
-    import inspect
 
     for path in config_paths(argv):
         document = read_yaml(path)
@@ -292,7 +252,7 @@ def check_config_files(argv: list[str]) -> None:
                 raise DataError(
                     path, f"{section}.class_path: no class {spec['class_path']}", lines.get((section, "class_path"))
                 ) from None
-            valid = _init_parameters(cls, inspect)
+            valid = init_parameters(cls)
             if valid is None:
                 continue
             for key in spec.get("init_args") or {}:
@@ -304,22 +264,6 @@ def check_config_files(argv: list[str]) -> None:
                         f"{section}.init_args.{key}: {name} has no parameter '{key}'{hint}",
                         key_lines(path).get((section, "init_args", key)),
                     )
-
-
-def _init_parameters(cls: type, inspect) -> set[str] | None:
-    """Named parameters of ``cls.__init__`` and of the ``__init__`` its ``**kwargs`` reach (None: any)."""
-    names: set[str] = set()
-    for klass in cls.__mro__:
-        init = klass.__dict__.get("__init__")
-        if init is None:
-            continue
-        parameters = inspect.signature(init).parameters.values()
-        names |= {p.name for p in parameters if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and p.name != "self"}
-        if not any(p.kind is p.VAR_KEYWORD for p in parameters):
-            return names
-        if klass.__module__.split(".")[0] in ("lightning", "torch"):
-            return None
-    return names
 
 
 # ------------------------------------------------------------------------------- data parser

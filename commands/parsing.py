@@ -7,12 +7,18 @@ from __future__ import annotations
 import argparse
 import difflib
 import importlib
+import inspect
 import re
 import sys
 from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
 
+import yaml
 from jsonargparse import ArgumentParser as JsonArgumentParser
 from lightning.pytorch.cli import LightningArgumentParser
+
+from xraydiff.errors import DataError
 
 MAX_LINES = 5
 
@@ -23,10 +29,62 @@ def nearest(name: str, valid: Iterable[str]) -> str | None:
     return found[0] if found else None
 
 
+def config_paths(argv: list[str]) -> list[Path]:
+    """The files named by ``--config PATH`` / ``--config=PATH`` / ``-c PATH`` in an argument list, in order."""
+    paths = []
+    for k, arg in enumerate(argv):
+        value = argv[k + 1] if arg in ("--config", "-c") and k + 1 < len(argv) else None
+        if arg.startswith("--config="):
+            value = arg.split("=", 1)[1]
+        if value is not None and not value.lstrip().startswith(("{", "[")):
+            paths.append(Path(value))
+    return paths
+
+
+def read_yaml(path: Path) -> Any:
+    """A YAML file's content; DataError naming the file and line for a missing file or a syntax error."""
+    if not path.is_file():
+        raise DataError(path, "config file not found")
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise DataError(path, f"invalid YAML: {problem}", mark.line + 1 if mark else None) from None
+
+
+def key_lines(path: Path) -> dict[tuple, int]:
+    """Line numbers (1-based) of the mapping keys of a YAML file, by key path."""
+    lines: dict[tuple, int] = {}
+
+    def walk(node, prefix):
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                lines[(*prefix, key.value)] = key.start_mark.line + 1
+                walk(value, (*prefix, key.value))
+
+    walk(yaml.compose(path.read_text()), ())
+    return lines
+
+
+def init_parameters(cls: type) -> set[str] | None:
+    """Named parameters of ``cls.__init__`` and of the ``__init__`` its ``**kwargs`` reach (None: any)."""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        parameters = inspect.signature(init).parameters.values()
+        names |= {p.name for p in parameters if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and p.name != "self"}
+        if not any(p.kind is p.VAR_KEYWORD for p in parameters):
+            return names
+        if klass.__module__.split(".")[0] in ("lightning", "torch"):
+            return None
+    return names
+
+
 def where(key: str, argv: list[str]) -> str:
     """``FILE:LINE`` of the last config file that sets ``key`` (dotted), else "command line"."""
-    from commands.lightning_cli import config_paths, key_lines
-
     if any(arg == f"--{key}" or arg.startswith(f"--{key}=") for arg in argv):
         return "command line"
     parts = tuple(key.split("."))
@@ -41,13 +99,9 @@ def where(key: str, argv: list[str]) -> str:
 
 
 def _class_parameters(class_path: str) -> set[str]:
-    from commands.lightning_cli import _init_parameters
-
     module, _, name = class_path.rpartition(".")
     try:
-        import inspect
-
-        return _init_parameters(getattr(importlib.import_module(module), name), inspect) or set()
+        return init_parameters(getattr(importlib.import_module(module), name)) or set()
     except (ImportError, AttributeError, ValueError):
         return set()
 

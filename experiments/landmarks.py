@@ -26,7 +26,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from commands.lightning_cli import data_parser, read_yaml
+from commands.lightning_cli import data_parser
+from commands.parsing import read_yaml
 from experiments.steps import StepRunner, read_experiment
 from xraydiff.checkpoints import CHECKPOINT_KEY, read_checkpoint
 from xraydiff.errors import DataError

@@ -12,7 +12,8 @@ import shutil
 import time
 from pathlib import Path
 
-from commands.lightning_cli import XrayCLI, key_lines, read_yaml
+from commands.lightning_cli import XrayCLI
+from commands.parsing import key_lines, read_yaml
 from xraydiff.errors import DataError
 from xraydiff.imageio import atomic_write_bytes, check_output_folder, mark_output
 

@@ -181,8 +181,9 @@ def test_sigterm_saves_a_checkpoint_exits_cleanly_and_resumes_exactly(tmp_path, 
     _continue_and_compare(root, base, "last", stopped["global_step"] + 4, tmp_path)
 
 
-def test_slurm_signal_saves_hpc_checkpoint_and_requeues(tmp_path, model):
-    """SIGUSR1 before the time limit: Lightning's SLURM environment saves and requeues the job."""
+def test_slurm_signal_saves_hpc_checkpoint_and_requeues(tmp_path):
+    """SIGUSR1 before the time limit: Lightning's SLURM environment saves and requeues the job. (The HPC
+    checkpoint is written at a step's end, as the step checkpoint, for every loop kind; one model here.)"""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     log = tmp_path / "scontrol.log"
@@ -200,7 +201,7 @@ def test_slurm_signal_saves_hpc_checkpoint_and_requeues(tmp_path, model):
         "PATH": f"{bin_dir}:{os.environ['PATH']}",
     }
     root = tmp_path / "run"
-    name, base, _ = model
+    name, base, _ = MODELS["paired_ddpm"]
     process = _start_fit(root, base, env=slurm)
     _wait_for(root / "checkpoints/last.ckpt", process)
     process.send_signal(signal.SIGUSR1)

@@ -94,17 +94,35 @@ DDP_TWO_CPU_PROCESSES = ["--trainer.strategy", "ddp", "--trainer.devices", "2", 
 
 
 def run(args: list[str], timeout: float = 600, env: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
-    """Run ``xraydiff <args>`` in a fresh process (needed for DDP, which re-launches the command)."""
+    """Run ``xraydiff <args>``: in a fresh process where it must be one (several devices, which DDP
+    re-launches; an environment of its own), otherwise in this one (a process start-up, mostly
+    importing Lightning, costs about 10 s on a 2-core CPU)."""
+    args = [str(a) for a in args]
+    if env is None and not kwargs and not _several_processes(args):
+        return _in_this_process(args)
     environment = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "offline", **(env or {})}
     return subprocess.run(
-        [*XRAYDIFF, *map(str, args)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=environment,
-        **kwargs,
+        [*XRAYDIFF, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout, env=environment, **kwargs
     )
+
+
+def _several_processes(args: list[str]) -> bool:
+    for k, arg in enumerate(args[:-1]):
+        if arg in ("--trainer.devices", "--devices") and args[k + 1] not in ("1", "[0]", "auto"):
+            return True
+    return False
+
+
+def _in_this_process(args: list[str]) -> subprocess.CompletedProcess:
+    import contextlib
+    import io
+
+    from conftest import run_cli
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), contextlib.chdir(REPO):
+        code, _, _ = run_cli(args)
+    return subprocess.CompletedProcess([*XRAYDIFF, *args], code, out.getvalue(), err.getvalue())
 
 
 # Panoramic generators at 32 x 64 (latents 4 x 4 x 8): 12 unlabelled phantoms, 4 kept for synthesis, 8 train

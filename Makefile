@@ -45,7 +45,7 @@ lint: setup
 # Test files run in parallel (pytest-xdist, one file per worker at a time, so that a file's trained
 # fixtures are built once); each worker computes on one thread (tests/conftest.py).
 test: lint
-	$(BIN)/python -m pytest -q -n auto --maxprocesses 4 --dist loadfile
+	$(BIN)/python -m pytest -q -n auto --maxprocesses 3 --dist loadfile
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache .ruff_cache

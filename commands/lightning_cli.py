@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import difflib
 import os
 import secrets
 import sys
@@ -17,7 +16,15 @@ from lightning.fabric.utilities.rank_zero import _get_rank
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from commands.parsing import ConfigParser, XrayArgumentParser, config_paths, init_parameters, key_lines, read_yaml
+from commands.parsing import (
+    ConfigParser,
+    XrayArgumentParser,
+    config_paths,
+    init_parameters,
+    key_lines,
+    nearest,
+    read_yaml,
+)
 from commands.quiet import silence_wandb
 from xraydiff.checkpoints import CHECKPOINT_KEY, checkpoint_model_class, read_checkpoint
 from xraydiff.errors import DataError
@@ -257,8 +264,8 @@ def check_config_files(argv: list[str]) -> None:
                 continue
             for key in spec.get("init_args") or {}:
                 if key not in valid:
-                    nearest = difflib.get_close_matches(key, sorted(valid), n=1)
-                    hint = f"; did you mean '{nearest[0]}'?" if nearest else f" (valid: {', '.join(sorted(valid))})"
+                    close = nearest(key, valid)
+                    hint = f"; did you mean '{close}'?" if close else f" (valid: {', '.join(sorted(valid))})"
                     raise DataError(
                         path,
                         f"{section}.init_args.{key}: {name} has no parameter '{key}'{hint}",

@@ -160,9 +160,8 @@ class ConciseErrors:
     def error(self, message: str, ex: Exception | None = None):
         if not getattr(self, "exit_on_error", True):  # a parser jsonargparse nests: the error goes up
             return super().error(message, ex)  # type: ignore[misc]
-        argv = sys.argv[1:] if _ARGV is None else _ARGV
-        valid = _option_names(self)  # type: ignore[arg-type]
-        text = explain(str(message), valid, argv)
+        argv = _argv()
+        text = explain(str(message), _option_names(self), argv)  # type: ignore[arg-type]
         prog = self.prog.replace(" [options]", "")
         if prog.split()[:1] == ["xraydiff"] and len(prog.split()) == 1 and argv:
             prog = f"xraydiff {argv[0]}"
@@ -172,6 +171,10 @@ class ConciseErrors:
 
 # The argument list being parsed when it is not sys.argv (in-process calls of ``cli.main``).
 _ARGV: list[str] | None = None
+
+
+def _argv() -> list[str]:
+    return sys.argv[1:] if _ARGV is None else _ARGV
 
 
 def parsing(argv: list[str] | None) -> None:
@@ -200,8 +203,7 @@ class Parser(ConciseErrors, argparse.ArgumentParser):
     def error(self, message: str, ex: Exception | None = None):
         # A misspelt option first: argparse would only say that the option it meant is missing.
         valid = _option_names(self)
-        argv = sys.argv[1:] if _ARGV is None else _ARGV
-        unknown = [a.split("=", 1)[0] for a in argv if a.startswith("--") and a.split("=", 1)[0] not in valid]
+        unknown = [a.split("=", 1)[0] for a in _argv() if a.startswith("--") and a.split("=", 1)[0] not in valid]
         if unknown:
             message = f"unrecognized arguments: {unknown[0]}"
         super().error(message, ex)

@@ -40,6 +40,15 @@ def run_cli(args: list[str], capsys=None) -> tuple[int, str, str]:
     return code, captured.out, captured.err
 
 
+def acceptance_outputs(root, data: list) -> None:
+    """``acceptance fit`` (annotations only) to ``root/stats.json`` and ``acceptance render`` of the
+    test split to ``root/gt`` on the data of ``data`` (config arguments), for module fixtures."""
+    code, _, err = run_cli(["acceptance", "fit", *data, "--annotations_only", "--out", root / "stats.json"])
+    assert code == 0, err
+    code, _, err = run_cli(["acceptance", "render", *data, "--split", "test", "--out", root / "gt"])
+    assert code == 0, err
+
+
 @pytest.fixture
 def cli(capsys):
     return lambda *args: run_cli(list(args), capsys)

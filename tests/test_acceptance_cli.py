@@ -22,13 +22,10 @@ HAND = [
 
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory):
-    from conftest import run_cli
+    from conftest import acceptance_outputs
 
     root = tmp_path_factory.mktemp("acceptance")
-    code, _, err = run_cli(["acceptance", "fit", *HAND, "--annotations_only", "--out", root / "stats.json"])
-    assert code == 0, err
-    code, _, err = run_cli(["acceptance", "render", *HAND, "--split", "test", "--out", root / "gt"])
-    assert code == 0, err
+    acceptance_outputs(root, HAND)
     return root
 
 

@@ -17,13 +17,10 @@ HAND = ["--config", "configs/data/hand_phantom.yaml", "--data.init_args.phantom_
 @pytest.fixture(scope="module")
 def outputs(tmp_path_factory):
     """A statistics file and a ground-truth samples folder (acceptance render), written once."""
-    from conftest import run_cli
+    from conftest import acceptance_outputs
 
     root = tmp_path_factory.mktemp("outputs")
-    code, _, err = run_cli(["acceptance", "fit", *HAND, "--annotations_only", "--out", root / "stats.json"])
-    assert code == 0, err
-    code, _, err = run_cli(["acceptance", "render", *HAND, "--split", "test", "--out", root / "gt"])
-    assert code == 0, err
+    acceptance_outputs(root, HAND)
     return root
 
 

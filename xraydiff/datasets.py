@@ -99,11 +99,12 @@ def load_segmentation_item(
                 f"mask size {labels.shape[1]} x {labels.shape[0]} differs from image {record.image_path} "
                 f"size {raw.shape[1]} x {raw.shape[0]} (W x H)",
             )
-        if not np.isin(labels, np.asarray(list(classes))).any():
+        target = binary_target(labels, classes)  # binarised first: the nearest-neighbour resize commutes
+        if not target.any():
             found = ", ".join(str(v) for v in np.unique(labels)[:12])
             print(f"xraydiff: warning: {record.mask_path}: no pixel of classes {list(classes)} "
                   f"(values found: {found}): an empty target", file=sys.stderr)  # fmt: skip
-        mask = binary_target(resize_label_map(labels, size), classes)
+        mask = resize_label_map(target, size).astype(np.uint8)
     return SegmentationItem(record.id, image, mask)
 
 

@@ -77,12 +77,11 @@ def raster_format(path: Path) -> tuple[str, str] | None:
     return None
 
 
-def _reader(path: Path) -> sitk.ImageFileReader:
-    """A SimpleITK reader for ``path`` that decodes by the file's content, not its extension (a PNG
-    renamed .jpg, a JPEG renamed .png)."""
+def _reader(path: Path, found: tuple[str, str] | None) -> sitk.ImageFileReader:
+    """A SimpleITK reader for ``path`` that decodes by the file's content (``found``, its
+    ``raster_format``), not its extension (a PNG renamed .jpg, a JPEG renamed .png)."""
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
-    found = raster_format(path)
     if found is not None:
         reader.SetImageIO(found[1])
     return reader
@@ -90,7 +89,7 @@ def _reader(path: Path) -> sitk.ImageFileReader:
 
 def read_image_size(path: Path) -> tuple[int, int]:
     """(H, W) of an image from its header only, without decoding the pixels."""
-    reader = _reader(path)
+    reader = _reader(path, raster_format(path))
     try:
         reader.ReadImageInformation()
     except RuntimeError as err:
@@ -117,15 +116,14 @@ def read_label_map(path: Path) -> np.ndarray:
     return _read_2d(path, "label map", lambda a: a[..., 0]).astype(np.int64)
 
 
-def check_complete(path: Path) -> None:
-    """DataError for a JPEG or PNG file (by its signature) that ends before its end marker.
+def check_complete(path: Path, found: tuple[str, str] | None) -> None:
+    """DataError for a JPEG or PNG file (``found``: its ``raster_format``) that ends before its end marker.
 
     Decoders fill the missing part of a truncated JPEG with grey and only warn, so a file cut short
     in a copy or download would otherwise be read as a valid image. In JPEG entropy-coded data an
     0xFF byte is always followed by 0x00 or a restart marker, so the end-of-image marker 0xFFD9
     occurs only at the end; a PNG ends with its IEND chunk.
     """
-    found = raster_format(path)
     if found is None or found[0] not in ("JPEG", "PNG"):
         return
     with open(path, "rb") as handle:
@@ -142,9 +140,10 @@ def check_complete(path: Path) -> None:
 
 def _read_2d(path: Path, what: str, merge_channels) -> np.ndarray:
     """Decode a file with SimpleITK into a 2-D array; ``merge_channels`` reduces vector pixels."""
-    check_complete(path)
+    found = raster_format(path)
+    check_complete(path, found)
     try:
-        image = _reader(path).Execute()
+        image = _reader(path, found).Execute()
     except RuntimeError as err:
         raise DataError(path, f"cannot decode {what} ({_first_line(err)})") from None
     array = sitk.GetArrayFromImage(image)

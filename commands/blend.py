@@ -3,7 +3,9 @@
 For every labelled guide image X_a (mask G_a) of the data config's ``--guides`` split, the k partner
 images of the ``--partners`` split whose latents are most similar to z_a (latent SSIM) are blended
 with it (structure from z_a, the rest from z_u), noised to ``--strength`` T and denoised in ``--steps``
-DDIM steps by the LDM, then decoded: k synthetic images S_a labelled G_a. All k partners of a guide go
+DDIM steps by the LDM, then decoded: k synthetic images S_a labelled G_a. Guides whose mask holds no pixel
+of the structure are skipped (named in the log and the manifest's ``skipped_empty_guides``).
+All k partners of a guide go
 through the LDM together (in chunks of ``--batch_size``).
 
 Output, all or nothing (a staging folder replaces ``--out`` at the end): ``images/<guide>__<partner>.png``,
@@ -118,10 +120,19 @@ def run_blend(
     for split in (guides, partners):
         if split not in datamodule.items:
             raise DataError(None, f"no split {split!r} in the data (known: {sorted(datamodule.items)})")
-    guide_items = [item for item in datamodule.items[guides] if item.mask is not None]
+    labelled = [item for item in datamodule.items[guides] if item.mask is not None]
+    # A guide without a pixel of the structure would label the partner's own anatomy background.
+    empty = [item.id for item in labelled if not item.mask.any()]
+    guide_items = [item for item in labelled if item.mask.any()]
     partner_items = datamodule.items[partners]
     if not guide_items:
-        raise DataError(datamodule.root, f"the {guides} split holds no labelled image to guide the blending")
+        raise DataError(
+            datamodule.root,
+            f"the {guides} split holds no labelled image with a pixel of the structure to guide the blending"
+            + (f" ({len(empty)} guides with empty masks, e.g. {', '.join(empty[:3])})" if empty else ""),
+        )
+    if empty:
+        log(f"blend: {len(empty)} of {len(labelled)} guides skipped, their masks are empty ({', '.join(empty[:5])})")
     if not 1 <= top_k <= len(partner_items):
         raise DataError(
             None, f"--top_k {top_k} must be in [1, the {len(partner_items)} images of the {partners} split]"
@@ -151,6 +162,7 @@ def run_blend(
         "mask_value": MASK_VALUE,
         "classes": list(getattr(datamodule, "classes", [])),
         "precision": resolved,
+        "skipped_empty_guides": empty,
         "samples": [],
     }
     with interruptible(), atomic_directory(out, overwrite, "blend", inputs) as staging, torch.no_grad():

@@ -182,7 +182,12 @@ class BlendStudy(StepRunner):
             autoencoder=None if autoencoder is None else Path(autoencoder),
             precision=self.config.precision, log=self.log, **options,
         )  # fmt: skip
-        return {"dataset": str((folder / "data").resolve()), "count": manifest["count"], "top_k": k}
+        return {
+            "dataset": str((folder / "data").resolve()),
+            "count": manifest["count"],
+            "top_k": k,
+            "skipped_empty_guides": len(manifest["skipped_empty_guides"]),
+        }
 
     def train_segmenter(self, folder: Path, extra: list[str]) -> dict:
         """Exactly ``segmenter_steps`` optimizer steps, no validation, then the test on the hold-out set."""
@@ -293,7 +298,11 @@ def write_report(out: Path, results: dict) -> None:
         if autoencoder["checkpoint"] is None
         else f"autoencoder {autoencoder['global_step']} steps"
     )
-    galleries = [f"- top {b['top_k']}: blend/{name}/data/gallery.png" for name, b in results["blends"].items()]
+    galleries = [
+        f"- top {b['top_k']}: blend/{name}/data/gallery.png"
+        + (f" ({b['skipped_empty_guides']} guides skipped: empty mask)" if b.get("skipped_empty_guides") else "")
+        for name, b in results["blends"].items()
+    ]
     text = [
         "# Anatomy-guided latent blending: segmentation with synthetic pairs (Lim et al., Table 1 layout)",
         "",

@@ -315,3 +315,30 @@ def test_the_shipped_phantom_ldm_never_saw_the_demo_partners_and_blends_them(cli
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["count"] == len(dm.items["train"]) == 16
     assert {s["partner"] for s in manifest["samples"]} <= {item.id for item in dm.items["synthesis"]}
+
+
+def test_a_guide_whose_mask_is_empty_is_skipped_and_counted(tmp_path, ldm_checkpoint):
+    """Lim et al. label every synthetic pair with its guide's mask: an empty one would mark the partner's
+    structure background, so such guides are skipped, named in the manifest and the log."""
+    from commands.blend import run_blend
+
+    data = tiny_data()
+    setup = data.setup
+
+    def setup_with_an_empty_mask(stage=None):
+        setup(stage)
+        data.items["train"][0].mask[:] = 0
+
+    data.setup = setup_with_an_empty_mask
+    logged: list[str] = []
+    manifest = run_blend(ldm_checkpoint, data, tmp_path / "out", 2, steps=2, batch_size=2, log=logged.append)
+    empty = data.items["train"][0].id
+    assert manifest["skipped_empty_guides"] == [empty]
+    assert {s["guide"] for s in manifest["samples"]} == {item.id for item in data.items["train"][1:]}
+    assert manifest["count"] == 2 * (len(data.items["train"]) - 1)
+    assert any("1 of" in line and empty in line for line in logged)
+    for item in data.items["train"]:
+        item.mask[:] = 0
+    with pytest.raises(ValueError, match="no labelled image with a pixel of the structure"):
+        run_blend(ldm_checkpoint, data, tmp_path / "none", 2, steps=2, batch_size=2, log=logged.append)
+    assert not (tmp_path / "none").exists()

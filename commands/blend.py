@@ -5,8 +5,7 @@ images of the ``--partners`` split whose latents are most similar to z_a (latent
 with it (structure from z_a, the rest from z_u), noised to ``--strength`` T and denoised in ``--steps``
 DDIM steps by the LDM, then decoded: k synthetic images S_a labelled G_a. Guides whose mask holds no pixel
 of the structure are skipped (named in the log and the manifest's ``skipped_empty_guides``).
-All k partners of a guide go
-through the LDM together (in chunks of ``--batch_size``).
+All k partners of a guide go through the LDM together (in chunks of ``--batch_size``).
 
 Output, all or nothing (a staging folder replaces ``--out`` at the end): ``images/<guide>__<partner>.png``,
 ``masks/<same>.png`` (mask value 255) in the panoramic layout that ``PanoramicDataModule`` reads through

@@ -247,6 +247,11 @@ def test_the_study_writes_table_1_and_resumes_step_by_step(cli, tmp_path, ldm_ch
             0 if row["synthetic"] is None else results["blends"][row["synthetic"]]["count"]
         )
     assert "SSIM top 2" in (out / "results.md").read_text()
+    # a fixed synthetic share by default (issue 28): the real + synthetic runs were configured with it
+    assert results["synthetic_share"] == 0.5
+    assert "50% of each epoch from the synthetic pairs" in (out / "results.md").read_text()
+    saved = list((out / "segmenter" / "real+synthetic_k2").rglob("config.yaml"))
+    assert saved and all(yaml.safe_load(s.read_text())["data"]["init_args"]["synthetic_share"] == 0.5 for s in saved)
     assert results["autoencoder"]["checkpoint"] is None
     assert "the autoencoder inside the LDM checkpoint" in (out / "results.md").read_text()
     # resume: a step whose marker is gone runs again, every other step is kept

@@ -114,7 +114,7 @@ def load_blend_study_config(path: Path) -> BlendStudyConfig:
             raise DataError(
                 path, f"experiment.reimpose_k: {k} is not one of top_k {top_k}", lines.get(("experiment", "reimpose_k"))
             )
-    share = section.get("synthetic_share", BlendStudyConfig.synthetic_share)
+    share = section.get("synthetic_share")
     if share is not None and not 0.0 <= share < 1.0:
         raise DataError(
             path,
@@ -315,7 +315,7 @@ def write_report(out: Path, results: dict) -> None:
         f"{first['metrics']['n_images']} hold-out images (mean +- SD over images); real + synthetic rows draw "
         + (
             "every pair once per epoch"
-            if results.get("synthetic_share") is None
+            if results["synthetic_share"] is None
             else f"{results['synthetic_share']:.0%} of each epoch from the synthetic pairs"
         )
         + f". Generators: {first_stage}, "

@@ -144,12 +144,24 @@ def blend(argv: list[str]) -> None:
     parser.add_argument("--top_k", type=int, required=True, help="partners per labelled image (5, 10, 20, 50)")
     parser.add_argument("--out", type=Path, required=True, help="output folder (new or an earlier blend output)")
     parser.add_argument("--steps", type=int, default=25, help="DDIM steps of the LDM")
-    parser.add_argument("--strength", type=float, default=0.5, help="noise level of z_init as a fraction of T")
+    parser.add_argument(
+        "--strength",
+        type=float,
+        default=None,
+        help="noise level of z_init as a fraction of T (default: steps / T, Lim et al.'s Appendix A read literally)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the noise")
     parser.add_argument("--dilation", type=int, default=1, help="latent mask dilation radius in latent cells")
     parser.add_argument("--mask_mode", choices=("max", "area"), default="max", help="mask downsampling")
     parser.add_argument(
         "--reimpose", action="store_true", help="re-impose the structure at every step (Blended Latent Diffusion)"
+    )
+    parser.add_argument(
+        "--composite",
+        choices=("latent", "pixel", "copy_paste"),
+        default="latent",
+        help="latent: the decoded blend (Lim et al.); pixel: it inside the feathered region, the partner outside; "
+        "copy_paste: the guide's pixels pasted into the partner, no diffusion (a control)",
     )
     parser.add_argument("--guides", default="train", help="labelled split that guides")
     parser.add_argument("--partners", default="synthesis", help="unlabelled split of partners")
@@ -166,25 +178,9 @@ def blend(argv: list[str]) -> None:
     datamodule = parser.instantiate_classes(cfg).data  # loads nothing yet: run_blend checks --out first
     from commands.blend import run_blend
 
-    manifest = run_blend(
-        cfg.ldm,
-        datamodule,
-        cfg.out,
-        cfg.top_k,
-        cfg.steps,
-        cfg.strength,
-        cfg.seed,
-        cfg.autoencoder,
-        cfg.dilation,
-        cfg.mask_mode,
-        cfg.reimpose,
-        cfg.guides,
-        cfg.partners,
-        cfg.batch_size,
-        cfg.accelerator,
-        cfg.precision,
-        cfg.overwrite,
-    )
+    options = ("steps", "strength", "seed", "autoencoder", "dilation", "mask_mode", "reimpose", "composite",
+               "guides", "partners", "batch_size", "accelerator", "precision", "overwrite")  # fmt: skip
+    manifest = run_blend(cfg.ldm, datamodule, cfg.out, cfg.top_k, **{name: cfg[name] for name in options})
     print(f"wrote {manifest['count']} synthetic pairs to {cfg.out}/")
 
 

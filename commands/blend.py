@@ -2,9 +2,14 @@
 
 For every labelled guide image X_a (mask G_a) of the data config's ``--guides`` split, the k partner
 images of the ``--partners`` split whose latents are most similar to z_a (latent SSIM) are blended
-with it (structure from z_a, the rest from z_u), noised to ``--strength`` T and denoised in ``--steps``
-DDIM steps by the LDM, then decoded: k synthetic images S_a labelled G_a. Guides whose mask holds no pixel
-of the structure are skipped (named in the log and the manifest's ``skipped_empty_guides``).
+with it (structure from z_a, the rest from z_u), noised to ``--strength`` T (by default ``--steps`` / T,
+Appendix A read literally) and denoised in ``--steps`` DDIM steps by the LDM, then decoded: k synthetic
+images S_a labelled G_a. ``--composite pixel`` keeps the decoded blend only inside the feathered region and
+the partner's own pixels outside; ``--composite copy_paste`` is the control without diffusion (the guide's
+pixels inside the dilated region pasted into the partner). Guides whose mask holds no pixel of the
+structure are skipped (named in the log and the manifest's ``skipped_empty_guides``). For every pair the
+manifest records how much of the guide's anatomy survived (``xraydiff.blending.anatomy_survival``: r with
+the guide's reconstruction inside its mask against outside the region), summarised in ``survival``.
 All k partners of a guide go through the LDM together (in chunks of ``--batch_size``).
 
 Output, all or nothing (a staging folder replaces ``--out`` at the end): ``images/<guide>__<partner>.png``,
@@ -22,7 +27,19 @@ import numpy as np
 import torch
 
 from commands.sampling import interruptible
-from xraydiff.blending import blend_latents, latent_mask, top_k_partners
+from xraydiff.blending import (
+    COMPOSITES,
+    anatomy_survival,
+    blend_latents,
+    blend_timesteps,
+    feathered,
+    latent_mask,
+    pixel_region,
+    resolve_strength,
+    survival_summary,
+    top_k_partners,
+)
+from xraydiff.blending import composite as alpha_composite
 from xraydiff.checkpoints import CHECKPOINT_KEY, read_checkpoint
 from xraydiff.errors import DataError
 from xraydiff.imageio import atomic_directory, atomic_write_bytes, check_output_folder, write_png
@@ -72,18 +89,23 @@ def encode_all(model, images: list[np.ndarray], batch_size: int, device: torch.d
     return torch.cat(latents)
 
 
+def _finite(value: float) -> float | None:
+    return value if value == value else None  # JSON has no NaN
+
+
 def run_blend(
     ldm: Path,
     datamodule,
     out: Path,
     top_k: int,
     steps: int = 25,
-    strength: float = 0.5,
+    strength: float | None = None,
     seed: int = 0,
     autoencoder: Path | None = None,
     dilation: int = 1,
     mask_mode: str = "max",
     reimpose: bool = False,
+    composite: str = "latent",
     guides: str = "train",
     partners: str = "synthesis",
     batch_size: int = 16,
@@ -105,6 +127,11 @@ def run_blend(
     check_output_folder(out, overwrite, "blend", inputs)
     if batch_size < 1:
         raise DataError(None, f"--batch_size must be at least 1, got {batch_size}")
+    if composite not in COMPOSITES:
+        raise DataError(None, f"--composite must be one of {COMPOSITES}, got {composite!r}")
+    diffused = composite != "copy_paste"
+    if reimpose and not diffused:
+        raise DataError(None, "--reimpose needs the LDM; the copy-paste control has no diffusion to re-impose in")
     model = load_model(ldm, expected=LatentDiffusion)
     if not float(model.scale_factor) > 0:
         raise DataError(ldm, "this LDM has no latent scale factor: it was never trained")
@@ -137,6 +164,9 @@ def run_blend(
             None, f"--top_k {top_k} must be in [1, the {len(partner_items)} images of the {partners} split]"
         )
     check_no_leakage([item.id for item in partner_items], [Path(ldm), *([Path(autoencoder)] if autoencoder else [])])
+    T = int(model.hparams.num_train_timesteps)
+    # refused here, before anything is written, when the strength or the steps do not fit the chain
+    t_start = int(blend_timesteps(model.make_scheduler("ddim"), steps, strength)[0]) if diffused else None
 
     resolved = resolve_precision(precision, accelerator)
     fabric = Fabric(accelerator=accelerator, devices=1, precision=resolved)
@@ -149,8 +179,15 @@ def run_blend(
         "guides": guides,
         "partners": partners,
         "top_k": top_k,
-        "steps": steps,
-        "strength": strength,
+        "composite": composite,
+        "steps": steps if diffused else None,
+        "strength": resolve_strength(strength, steps, T) if diffused else None,
+        "strength_rule": None
+        if not diffused
+        else "steps / T (Appendix A read literally)"
+        if strength is None
+        else "given",
+        "t_start": t_start,
         "ddim_eta": float(model.hparams.ddim_eta),
         "seed": seed,
         "batch_size": batch_size,
@@ -173,35 +210,53 @@ def run_blend(
         # One data range for every SSIM (latents are unbounded): that of the whole partner pool.
         data_range = float(pool.max() - pool.min())
         latent_size = tuple(pool.shape[-2:])
-        panels = []
+        image_size = tuple(model.image_size)
+        sigma = image_size[0] / latent_size[0] / 2  # half a latent cell
+        panels, survival = [], []
         for g, (item, z_a) in enumerate(zip(guide_items, guide_latents, strict=True)):
             order, scores = top_k_partners(z_a, pool, top_k, data_range)
             region = latent_mask(torch.from_numpy(item.mask.astype(np.float32)), latent_size, dilation, mask_mode)
-            z_init = blend_latents(z_a, pool[order], region)
-            generator = torch.Generator(device=fabric.device).manual_seed(seed * 1_000_003 + g)
-            reimposed = (z_a.to(fabric.device), region.to(fabric.device)) if reimpose else None
-            synthetic = []
-            for start in range(0, top_k, batch_size):
-                chunk = z_init[start : start + batch_size].to(fabric.device)
+            region_px = pixel_region(region, image_size)
+            partners_px = torch.from_numpy(np.stack([partner_items[p].image for p in order.tolist()]))
+            if diffused:
+                z_init = blend_latents(z_a, pool[order], region)
+                generator = torch.Generator(device=fabric.device).manual_seed(seed * 1_000_003 + g)
+                reimposed = (z_a.to(fabric.device), region.to(fabric.device)) if reimpose else None
+                decoded = []
                 with fabric.autocast():
-                    synthetic.append(model.blend(chunk, steps, strength, generator, reimposed).float().cpu())
-            synthetic = torch.cat(synthetic)[:, 0].numpy()
+                    for start in range(0, top_k, batch_size):
+                        chunk = z_init[start : start + batch_size].to(fabric.device)
+                        decoded.append(model.blend(chunk, steps, strength, generator, reimposed).float().cpu())
+                    reference = model.decode(z_a[None].to(fabric.device)).float().cpu()[0, 0]
+                synthetic = torch.cat(decoded)[:, 0]
+                if composite == "pixel":
+                    synthetic = alpha_composite(synthetic, partners_px, feathered(region_px, sigma))
+            else:  # the control: the guide's own pixels, no diffusion
+                reference = torch.from_numpy(item.image)
+                synthetic = alpha_composite(reference.expand_as(partners_px), partners_px, region_px)
+            inside = torch.from_numpy(item.mask.astype(bool))
             for rank, (p, score, image) in enumerate(zip(order.tolist(), scores.tolist(), synthetic, strict=True)):
                 partner = partner_items[p]
                 name = f"{item.id}__{partner.id}"
-                write_png(staging / "images" / f"{name}.png", image)
+                r_in, r_out = anatomy_survival(image, reference, inside, region_px == 0)
+                survival.append((r_in, r_out))
+                write_png(staging / "images" / f"{name}.png", image.numpy())
                 write_png(staging / "masks" / f"{name}.png", item.mask.astype(np.float32) * 2 - 1)
                 manifest["samples"].append(
-                    {"id": name, "guide": item.id, "partner": partner.id, "rank": rank + 1, "ssim": score}
-                )
+                    {
+                        "id": name, "guide": item.id, "partner": partner.id, "rank": rank + 1, "ssim": score,
+                        "survival": {"inside": _finite(r_in), "outside": _finite(r_out)},
+                    }
+                )  # fmt: skip
             if g < gallery:
                 best = partner_items[int(order[0])]
                 panels += [
                     {"image": item.image, "mask": item.mask, "id": f"labelled {item.id}"},
                     {"image": best.image, "id": f"unlabelled {best.id} (SSIM {float(scores[0]):.3f})"},
-                    {"image": synthetic[0], "mask": item.mask, "id": "synthetic"},
+                    {"image": synthetic[0].numpy(), "mask": item.mask, "id": "synthetic"},
                 ]
             log(f"blend: guide {g + 1}/{len(guide_items)} {item.id}: {top_k} samples")
+        manifest["survival"] = survival_summary(survival)
         manifest["count"] = len(manifest["samples"])
         atomic_write_bytes(staging / "manifest.json", json.dumps(manifest, indent=1).encode())
         mask_grid(panels, staging / "gallery.png", columns=3, title="labelled | unlabelled partner | synthetic")

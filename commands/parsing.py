@@ -54,7 +54,7 @@ def read_yaml(path: Path) -> Any:
 
 
 def key_lines(path: Path) -> dict[tuple, int]:
-    """Line numbers (1-based) of the mapping keys of a YAML file, by key path."""
+    """Line numbers (1-based) of the mapping keys (and list items, by index) of a YAML file, by key path."""
     lines: dict[tuple, int] = {}
 
     def walk(node, prefix):
@@ -62,6 +62,10 @@ def key_lines(path: Path) -> dict[tuple, int]:
             for key, value in node.value:
                 lines[(*prefix, key.value)] = key.start_mark.line + 1
                 walk(value, (*prefix, key.value))
+        elif isinstance(node, yaml.SequenceNode):  # list items by index
+            for index, value in enumerate(node.value):
+                lines[(*prefix, index)] = value.start_mark.line + 1
+                walk(value, (*prefix, index))
 
     walk(yaml.compose(path.read_text()), ())
     return lines

@@ -203,12 +203,13 @@ class LatentDiffusion(DiffusionSamplingMixin, WeightAverageMixin, GenerativeModu
         self,
         z_init: Tensor,
         steps: int,
-        strength: float,
+        strength: float | None,
         generator: torch.Generator | None = None,
         reimpose: tuple[Tensor, Tensor] | None = None,
     ) -> Tensor:
-        """Images (N, 1, H, W) in [-1, 1] from blended latents z_init (N, C, h, w): noised to strength * T,
-        ``steps`` DDIM steps with the EMA weights, decoded; see ``xraydiff.blending.blend_denoise``."""
+        """Images (N, 1, H, W) in [-1, 1] from blended latents z_init (N, C, h, w): noised to strength * T
+        (None: steps / T, Lim et al. read literally), ``steps`` DDIM steps with the EMA weights, decoded; see
+        ``xraydiff.blending.blend_denoise``."""
         z_0 = blend_denoise(
             lambda x, t: self.ema(x, timesteps=t),
             z_init,

@@ -206,7 +206,7 @@ def test_segmenter_learns_the_phantom_canal(segmenter_checkpoint):
 # ---------------------------------------------------------------------------------------- study
 
 
-def test_the_study_writes_table_1_and_resumes_step_by_step(cli, tmp_path, ldm_checkpoint):
+def test_the_study_writes_table_1_with_paired_intervals_and_resumes_step_by_step(cli, tmp_path, ldm_checkpoint):
     segmenter_args = [
         "--config", "configs/trainer/csv.yaml", "--model.init_args.image_size", "[32, 64]",
         "--trainer.enable_progress_bar", "false",
@@ -216,10 +216,15 @@ def test_the_study_writes_table_1_and_resumes_step_by_step(cli, tmp_path, ldm_ch
             # no autoencoder entry: the one inside the LDM checkpoint blends (as for a shipped LDM)
             "ldm": {"ckpt": str(ldm_checkpoint)},
             "segmenter": {"config": "configs/demo/panoramic_segmenter.yaml", "args": segmenter_args},
-            "top_k": [1, 2],
+            "top_k": [2],
             "segmenter_steps": 3,
-            "blend": {"steps": 3, "strength": 0.5, "batch_size": 4},
-            "reimpose_k": [1],
+            "blend": {"steps": 3, "batch_size": 4},
+            "variants": [
+                {"name": "copy_paste", "composite": "copy_paste"},
+                {"name": "paper"},  # strength steps / T
+                {"name": "pixel", "strength": 0.5, "composite": "pixel", "reimpose": True},
+            ],
+            "seeds": [0, 1],
             "data": {
                 "image_size": [32, 64],
                 "batch_size": 4,
@@ -234,31 +239,54 @@ def test_the_study_writes_table_1_and_resumes_step_by_step(cli, tmp_path, ldm_ch
     code, stdout, err = cli("experiment", "blend", "--config", path, "--out", out)
     assert code == 0, err
     results = json.loads((out / "results.json").read_text())
+    # synthetic-only rows only for plain LDM blends (not the control, not re-imposed)
     assert list(results["rows"]) == [
-        "real", "synthetic_k1", "real+synthetic_k1", "real+synthetic_k1_reimposed", "synthetic_k2", "real+synthetic_k2"
+        "real", "real+synthetic_k2_copy_paste", "synthetic_k2_paper", "real+synthetic_k2_paper",
+        "real+synthetic_k2_pixel",
     ]  # fmt: skip
-    assert {name: b["count"] for name, b in results["blends"].items()} == {"k1": 2, "k1_reimposed": 2, "k2": 4}
+    blends = results["blends"]
+    assert {name: b["count"] for name, b in blends.items()} == {"k2_copy_paste": 4, "k2_paper": 4, "k2_pixel": 4}
+    # the paper's literal reading: 3 steps from t = 2 of the tiny LDM's T = 50 chain; strength 0.5 from t = 20
+    # (MONAI's DDIM grid of round(3 / 0.5) = 6 steps, round(linspace(0, 49, 6)) = 0, 10, 20, 29, 39, 49)
+    assert blends["k2_paper"]["t_start"] == 2 and blends["k2_paper"]["strength"] == pytest.approx(3 / 50)
+    assert blends["k2_pixel"]["t_start"] == 20 and blends["k2_copy_paste"]["t_start"] is None
+    assert blends["k2_copy_paste"]["survival"]["inside"]["median"] == pytest.approx(1.0, abs=1e-6)
+    real = None
     for name, row in results["rows"].items():
-        assert row["global_step"] == 3
-        metrics = json.loads((out / "segmenter" / name / "test_metrics.json").read_text())
-        assert row["metrics"]["dsc"] == metrics["dsc"] and metrics["n_images"] == 2
-        # real rows see the 2 real images; synthetic-only rows none (their train split is the blend)
-        assert row["synthetic_images"] == (
-            0 if row["synthetic"] is None else results["blends"][row["synthetic"]]["count"]
-        )
-    assert "SSIM top 2" in (out / "results.md").read_text()
-    # a fixed synthetic share by default (issue 28): the real + synthetic runs were configured with it
-    assert results["synthetic_share"] == 0.5
-    assert "50% of each epoch from the synthetic pairs" in (out / "results.md").read_text()
-    saved = list((out / "segmenter" / "real+synthetic_k2").rglob("config.yaml"))
-    assert saved and all(yaml.safe_load(s.read_text())["data"]["init_args"]["synthetic_share"] == 0.5 for s in saved)
+        per_seed = []
+        for seed in (0, 1):
+            folder = out / "segmenter" / name / f"seed{seed}"
+            metrics = json.loads((folder / "test_metrics.json").read_text())
+            assert metrics["n_images"] == 2
+            saved = yaml.safe_load(next(folder.rglob("config.yaml")).read_text())
+            assert saved["seed_everything"] == seed
+            if row["synthetic"] and row["real"]:  # a fixed synthetic share by default (issue 28)
+                assert saved["data"]["init_args"]["synthetic_share"] == 0.5
+            per_seed.append(metrics["per_image"])
+        assert all(r["global_step"] == 3 for r in row["runs"])
+        # the row's per-image DSC is the mean over the seeds, read back from the runs' own files
+        dsc = {i: (per_seed[0][i]["dsc"] + per_seed[1][i]["dsc"]) / 2 for i in per_seed[0]}
+        assert row["metrics"]["dsc"] == pytest.approx(np.mean(list(dsc.values())), abs=1e-6)
+        if name == "real":
+            real = dsc
+            continue
+        paired = row["paired_dsc"]
+        assert paired["mean_difference"] == pytest.approx(np.mean([dsc[i] - real[i] for i in dsc]), abs=1e-6)
+        low, high = paired["ci95"]
+        assert low <= paired["mean_difference"] <= high
+        assert row["synthetic_images"] == (4 if row["synthetic"] else 0)
+        assert not row["real"] or row["train_images"] == 2
+    report = (out / "results.md").read_text()
+    assert "copy-paste (no diffusion)" in report and "LDM from t = 2 (latent)" in report
+    assert "LDM from t = 20 (pixel composite, re-imposed)" in report and "95 % CI" in report
+    assert "50% of each epoch from the synthetic pairs" in report and "once per seed (0, 1)" in report
     assert results["autoencoder"]["checkpoint"] is None
-    assert "the autoencoder inside the LDM checkpoint" in (out / "results.md").read_text()
+    assert "the autoencoder inside the LDM checkpoint" in report
     # resume: a step whose marker is gone runs again, every other step is kept
-    (out / "segmenter" / "synthetic_k2" / "done.json").unlink()
+    (out / "segmenter" / "synthetic_k2_paper" / "seed1" / "done.json").unlink()
     code, stdout, err = cli("experiment", "blend", "--config", path, "--out", out)
     assert code == 0, err
-    assert stdout.count("[run ]") == 1 and "[run ] segmenter synthetic_k2" in stdout
+    assert stdout.count("[run ]") == 1 and "[run ] segmenter synthetic_k2_paper seed 1" in stdout
 
 
 def test_a_bad_study_config_names_the_file_and_line(tmp_path):
@@ -272,7 +300,19 @@ def test_a_bad_study_config_names_the_file_and_line(tmp_path):
         "  segmenter: {config: configs/demo/panoramic_segmenter.yaml}\n"
         "  top_k: [5, 10]\n  segmenter_steps: 10\n  reimpose_k: [20]\n"
     )
-    with pytest.raises(ValueError, match=r"study.yaml:7: experiment.reimpose_k: 20 is not one of top_k"):
+    with pytest.raises(
+        ValueError, match=r"study.yaml:7: experiment.reimpose_k is gone: a re-imposed blend is a variant"
+    ):
+        load_blend_study_config(path)
+    path.write_text(
+        "experiment:\n"
+        "  autoencoder: {config: configs/demo/panoramic_autoencoder.yaml}\n"
+        "  ldm: {config: configs/demo/panoramic_ldm.yaml}\n"
+        "  segmenter: {config: configs/demo/panoramic_segmenter.yaml}\n"
+        "  top_k: [5]\n  segmenter_steps: 10\n"
+        "  variants:\n    - {name: paper}\n    - {name: half, strength: 1.5}\n"
+    )
+    with pytest.raises(ValueError, match=r"study.yaml:9: variant half: strength must be in \(0, 1\] or null"):
         load_blend_study_config(path)
     path.write_text(
         "experiment:\n"
@@ -347,3 +387,55 @@ def test_a_guide_whose_mask_is_empty_is_skipped_and_counted(tmp_path, ldm_checkp
     with pytest.raises(ValueError, match="no labelled image with a pixel of the structure"):
         run_blend(ldm_checkpoint, data, tmp_path / "none", 2, steps=2, batch_size=2, log=logged.append)
     assert not (tmp_path / "none").exists()
+
+
+# ------------------------------------------------------------------ strength, compositing, survival
+
+
+def test_pixel_compositing_and_copy_paste_keep_the_partners_pixels_outside(tmp_path, ldm_checkpoint):
+    from scipy.ndimage import gaussian_filter
+
+    from commands.blend import run_blend
+
+    data = tiny_data()
+    data.setup()
+    images = {item.id: item for split in ("train", "synthesis") for item in data.items[split]}
+    made = {
+        mode: run_blend(ldm_checkpoint, tiny_data(), tmp_path / mode, 2, steps=3, strength=0.5, composite=mode,
+                        batch_size=2)
+        for mode in ("latent", "pixel", "copy_paste")
+    }  # fmt: skip
+    quantum = 1 / 127.5 + 1e-6  # 8-bit PNG
+    for sample in made["pixel"]["samples"]:
+        guide, partner = images[sample["guide"]], images[sample["partner"]]
+        # the region by hand: 8 x 8 cells of the 32 x 64 image (4 x 8 latents) holding a mask pixel, dilated
+        cells = guide.mask.reshape(4, 8, 8, 8).any(axis=(1, 3)).astype(float)
+        padded = np.pad(cells, 1)
+        cells = np.max([padded[i : i + 4, j : j + 8] for i in range(3) for j in range(3)], axis=0)
+        region = np.kron(cells, np.ones((8, 8))).astype(bool)
+        alpha = gaussian_filter(region.astype(float), 4.0, mode="constant")  # sigma: half a cell
+        structure = guide.mask.astype(bool)
+        latent = read_image(tmp_path / "latent" / "images" / f"{sample['id']}.png") / 127.5 - 1
+        pixel = read_image(tmp_path / "pixel" / "images" / f"{sample['id']}.png") / 127.5 - 1
+        copy = read_image(tmp_path / "copy_paste" / "images" / f"{sample['id']}.png") / 127.5 - 1
+        assert (alpha < 0.5).any() and structure.any()
+        # the same decoded blend as the latent mode (same seed) inside, the partner's own pixels outside
+        np.testing.assert_allclose(pixel, alpha * latent + (1 - alpha) * partner.image, atol=0.02 * 2 + 2 * quantum)
+        np.testing.assert_allclose(pixel[structure], latent[structure], atol=0.03 * 2 + 2 * quantum)
+        np.testing.assert_allclose(copy[region], guide.image[region], atol=quantum)
+        np.testing.assert_allclose(copy[~region], partner.image[~region], atol=quantum)
+    assert made["copy_paste"]["t_start"] is None and made["pixel"]["composite"] == "pixel"
+    assert made["copy_paste"]["survival"]["inside"]["median"] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_the_survival_check_tells_a_kept_structure_from_a_repainted_one(tmp_path, ldm_checkpoint):
+    """At the paper's strength the guide's anatomy survives inside its mask; pure sampling (strength 1)
+    repaints it, and the check must say so."""
+    from commands.blend import run_blend
+
+    kept = run_blend(ldm_checkpoint, tiny_data(), tmp_path / "kept", 3, steps=3, batch_size=3)["survival"]
+    repainted = run_blend(ldm_checkpoint, tiny_data(), tmp_path / "new", 3, steps=3, strength=1.0, batch_size=3)
+    repainted = repainted["survival"]
+    assert kept["inside"]["median"] > 0.8
+    assert kept["inside"]["median"] > repainted["inside"]["median"] + 0.3
+    assert kept["difference"]["median"] > repainted["difference"]["median"]

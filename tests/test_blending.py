@@ -1,8 +1,10 @@
 """Latent blending on hand-made tensors: the region comes from the labelled latent, the rest from the
-unlabelled one; the latent mask covers the structure; SSIM ranking is the library's and scales linearly."""
+unlabelled one; the latent mask covers the structure; SSIM ranking is the library's and scales linearly; the
+default strength is steps / T; pixel compositing feathers; the survival check is Pearson's r."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torchmetrics.functional.image import structural_similarity_index_measure
@@ -125,3 +127,59 @@ def test_reimposition_keeps_the_labelled_structure_and_lets_the_rest_change():
     assert torch.equal(kept[:, :, inside], z_a[None].expand(2, -1, -1, -1)[:, :, inside])
     assert plain[:, :, inside].abs().max() < 1e-3  # without re-imposition the structure follows the denoiser
     assert kept[:, :, ~inside].abs().max() < 1e-3  # outside, the denoiser's own result (it acts per element)
+
+
+def test_the_default_strength_is_the_papers_steps_over_T():
+    """Appendix A read literally: z_T = noise(z_init, T) with T = 25 denoising steps, then t = T .. 1."""
+    from monai.networks.schedulers import DDIMScheduler
+
+    from xraydiff.blending import blend_timesteps, resolve_strength
+
+    scheduler = DDIMScheduler(num_train_timesteps=1000)
+    assert resolve_strength(None, 25, 1000) == 0.025
+    assert blend_timesteps(scheduler, 25, None).tolist() == list(range(24, -1, -1))
+    # strength 0.5: MONAI's grid of round(25 / 0.5) = 50 DDIM steps, round(linspace(0, 999, 50)), its last 25
+    grid = np.round(np.linspace(0, 999, 50)).astype(int)
+    assert blend_timesteps(scheduler, 25, 0.5).tolist() == grid[:25][::-1].tolist()
+    assert grid[24] == 489
+
+
+def test_anatomy_survival_is_pearsons_r_inside_the_mask_against_outside():
+    from xraydiff.blending import anatomy_survival, survival_summary
+
+    rng = np.random.default_rng(0)
+    reference, synthetic = rng.normal(size=(2, 16, 32))
+    inside = np.zeros((16, 32), dtype=bool)
+    inside[4:8, 4:12] = True
+    outside = np.zeros_like(inside)
+    outside[:, 20:] = True
+    synthetic[inside] = 2 * reference[inside] + 0.1 * rng.normal(size=int(inside.sum()))
+    r_in, r_out = anatomy_survival(*map(torch.from_numpy, (synthetic, reference, inside, outside)))
+    assert r_in == pytest.approx(np.corrcoef(synthetic[inside], reference[inside])[0, 1], abs=1e-9)
+    assert r_out == pytest.approx(np.corrcoef(synthetic[outside], reference[outside])[0, 1], abs=1e-9)
+    assert r_in > 0.99 and abs(r_out) < 0.2
+    flat = np.zeros_like(synthetic)
+    assert np.isnan(anatomy_survival(*map(torch.from_numpy, (flat, reference, inside, outside)))[0])
+    summary = survival_summary([(0.9, 0.1), (0.5, 0.6), (float("nan"), 0.2), (0.7, 0.2)])
+    assert summary["n"] == 3 and summary["undefined"] == 1
+    assert summary["inside"]["median"] == pytest.approx(0.7) and summary["difference"]["median"] == pytest.approx(0.5)
+    assert summary["kept_fraction"] == pytest.approx(2 / 3)
+
+
+def test_the_feathered_region_keeps_the_structure_and_fades_to_zero():
+    from scipy.ndimage import gaussian_filter
+
+    from xraydiff.blending import feathered, latent_mask, pixel_region
+
+    mask = torch.zeros(32, 64)
+    mask[13:15, 30:33] = 1
+    region = pixel_region(latent_mask(mask, (8, 16), radius=1), (32, 64))
+    # independently: the 4 x 4 cells holding a mask pixel, dilated by one cell, in pixels
+    cells = np.zeros((8, 16))
+    cells[3, 7:9] = 1
+    cells = np.maximum.reduce([np.roll(np.roll(cells, i, 0), j, 1) for i in (-1, 0, 1) for j in (-1, 0, 1)])
+    assert np.array_equal(region.numpy(), np.kron(cells, np.ones((4, 4))))
+    alpha = feathered(region, sigma=2.0).numpy()
+    np.testing.assert_allclose(alpha, gaussian_filter(region.numpy(), 2.0, mode="constant"), atol=0.02)
+    assert alpha[mask.bool().numpy()].min() >= 0.97
+    assert alpha[:, :16].max() < 1e-3

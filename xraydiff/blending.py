@@ -94,13 +94,22 @@ def blend_latents(z_a: Tensor, z_u: Tensor, region: Tensor) -> Tensor:
     return region * z_a + (1 - region) * z_u
 
 
-def blend_timesteps(scheduler: DDIMScheduler, steps: int, strength: float) -> Tensor:
+def resolve_strength(strength: float | None, steps: int, num_train_timesteps: int) -> float:
+    """The blend's noise level as a fraction of T; None is Lim et al.'s Appendix A read literally: z_T =
+    noise(z_init, T) with T the number of denoising steps (25), i.e. ``steps`` / T of the training chain
+    (t_start = 24 of 1000, abar about 0.99)."""
+    return steps / num_train_timesteps if strength is None else float(strength)
+
+
+def blend_timesteps(scheduler: DDIMScheduler, steps: int, strength: float | None) -> Tensor:
     """The ``steps`` DDIM timesteps of a reverse process that starts at t_start ~ strength * T (SDEdit,
     Meng et al. 2022): the scheduler is set to round(steps / strength) steps over [0, T) and the last
     ``steps`` of them are kept, so the blend is always denoised in ``steps`` network calls (25 in Lim et
-    al.) and ``strength`` alone says how much of z_init is destroyed (1: all of it, pure sampling)."""
+    al.) and ``strength`` alone says how much of z_init is destroyed (1: all of it, pure sampling; None:
+    ``resolve_strength``'s literal reading, the last ``steps`` timesteps of the chain, steps - 1 .. 0)."""
     if steps < 1:
         raise DataError(None, f"blending steps must be at least 1, got {steps}")
+    strength = resolve_strength(strength, steps, scheduler.num_train_timesteps)
     if not 0.0 < strength <= 1.0:
         raise DataError(None, f"blending strength must be in (0, 1], got {strength}")
     total = max(steps, int(round(steps / strength)))
@@ -120,7 +129,7 @@ def blend_denoise(
     z_init: Tensor,
     scheduler: DDIMScheduler,
     steps: int,
-    strength: float,
+    strength: float | None,
     generator: torch.Generator | None = None,
     eta: float = 0.0,
     reimpose: tuple[Tensor, Tensor] | None = None,
@@ -156,3 +165,73 @@ def blend_denoise(
                 known = z_a
             z = region * known + (1 - region) * z
     return z
+
+
+# ----------------------------------------------------------------------------- pixel space
+
+COMPOSITES = ("latent", "pixel", "copy_paste")
+
+
+def pixel_region(region: Tensor, image_size: tuple[int, int]) -> Tensor:
+    """The latent mask G'_a (h, w) back at image resolution (H, W): every pixel of a marked latent cell,
+    i.e. the downsampled, dilated structure region in pixels (float {0, 1})."""
+    return F.interpolate(region.float()[None, None], size=tuple(image_size), mode="nearest")[0, 0]
+
+
+def feathered(region: Tensor, sigma: float) -> Tensor:
+    """Alpha (H, W) in [0, 1]: the pixel region smoothed by a Gaussian of ``sigma`` pixels (MONAI's
+    ``GaussianFilter``), so a composite has no seam. With sigma = half a latent cell and a dilation of one
+    cell the structure itself keeps alpha >= 0.97 (two sigmas inside the region's edge)."""
+    from monai.networks.layers import GaussianFilter
+
+    if sigma <= 0:
+        return region.float()
+    blurred = GaussianFilter(spatial_dims=2, sigma=sigma)(region.float()[None, None])[0, 0]
+    return blurred.clamp(0.0, 1.0)
+
+
+def composite(inside: Tensor, outside: Tensor, alpha: Tensor) -> Tensor:
+    """alpha * inside + (1 - alpha) * outside: images (N, H, W) or (H, W), alpha (H, W).
+
+    Pixel compositing puts the decoded blend inside the feathered region and the partner's own pixels
+    outside (the autoencoder's blur then touches only the structure); the copy-paste control puts the
+    guide's pixels there with the hard region, no diffusion at all."""
+    if inside.shape[-2:] != outside.shape[-2:] or inside.shape[-2:] != alpha.shape:
+        raise DataError(
+            None,
+            f"shapes differ: inside {tuple(inside.shape)}, outside {tuple(outside.shape)}, alpha {tuple(alpha.shape)}",
+        )
+    return alpha * inside + (1 - alpha) * outside
+
+
+def anatomy_survival(synthetic: Tensor, reference: Tensor, inside: Tensor, outside: Tensor) -> tuple[float, float]:
+    """How much of the guide's anatomy survived in a synthetic image (H, W): Pearson's r between it and the
+    guide's ``reference`` (H, W) over the pixels of ``inside`` (the guide's mask) and, as the baseline a
+    random partner also reaches, over those of ``outside`` (beyond the blended region). A blend that kept
+    the structure has r_inside well above r_outside; NaN where a region is empty or constant."""
+    from torchmetrics.functional import pearson_corrcoef
+
+    def r(where: Tensor) -> float:
+        where = where.bool()
+        a, b = synthetic[where].double(), reference[where].double()
+        if a.numel() < 2 or float(a.std()) == 0.0 or float(b.std()) == 0.0:
+            return float("nan")
+        return float(pearson_corrcoef(a, b))
+
+    return r(inside), r(outside)
+
+
+def survival_summary(samples: list[tuple[float, float]]) -> dict:
+    """Median and quartiles over synthetic pairs of r_inside, r_outside and r_inside - r_outside
+    (``anatomy_survival``; pairs with a NaN left out, their count kept)."""
+    values = torch.tensor([s for s in samples if s[0] == s[0] and s[1] == s[1]], dtype=torch.float64).reshape(-1, 2)
+    summary: dict = {"n": int(values.shape[0]), "undefined": len(samples) - int(values.shape[0])}
+    columns = {"inside": values[:, 0], "outside": values[:, 1], "difference": values[:, 0] - values[:, 1]}
+    for name, column in columns.items():
+        if len(column):
+            q25, median, q75 = torch.quantile(column, torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64)).tolist()
+            summary[name] = {"median": median, "q25": q25, "q75": q75}
+        else:
+            summary[name] = None
+    summary["kept_fraction"] = float((columns["difference"] > 0).double().mean()) if len(values) else None
+    return summary

@@ -364,8 +364,8 @@ def table(results: dict) -> str:
     """Lim et al.'s Table 1 layout (latent selection, real / synthetic, precision, recall, DSC mean +- SD over
     images) with the blend, its anatomy survival and the paired DSC difference against real only."""
     lines = [
-        "| latent selection | blend | real | synthetic | n synthetic | survival r in / out | precision | recall | DSC "
-        "| DSC - real only [95 % CI] |",
+        "| latent selection | blend | real | synthetic | n synthetic | survival r in / out, median (IQR) | precision "
+        "| recall | DSC | DSC - real only [95 % CI] |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in results["rows"].values():
@@ -379,7 +379,9 @@ def table(results: dict) -> str:
             "yes" if row["real"] else "",
             "yes" if row["synthetic"] else "",
             str(blend["count"]) if blend else "-",
-            f"{survival['inside']['median']:.2f} / {survival['outside']['median']:.2f}"
+            " / ".join(
+                f"{q['median']:.2f} ({q['q25']:.2f}-{q['q75']:.2f})" for q in (survival["inside"], survival["outside"])
+            )
             if survival.get("inside")
             else "-",
             *[f"{m[s]:.3f} +- {m[f'{s}_sd']:.3f}" for s in SEGMENTATION_SCORES],
@@ -422,8 +424,8 @@ def write_report(out: Path, results: dict) -> None:
         )
         + ". The last column is the mean per-image DSC difference against real only with its 95 % bootstrap "
         "interval (images resampled with their pair); a row beats real only only where the interval excludes 0. "
-        "Survival: median over the pairs of Pearson's r between the synthetic image and the guide's "
-        "reconstruction (the guide itself for copy-paste) inside the guide's mask / outside the blended region "
+        "Survival: median (interquartile range) over the pairs of Pearson's r between the synthetic image and the "
+        "guide's reconstruction (the guide itself for copy-paste) inside the guide's mask / outside the blended region "
         f"(`survival` in each blend's manifest.json). Generators: {first_stage}, "
         f"LDM {results['ldm']['global_step']} steps on "
         f"{results['ldm']['train_images']} images that exclude every synthesis partner.",

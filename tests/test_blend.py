@@ -278,6 +278,7 @@ def test_the_study_writes_table_1_with_paired_intervals_and_resumes_step_by_step
         assert not row["real"] or row["train_images"] == 2
     report = (out / "results.md").read_text()
     assert "copy-paste (no diffusion)" in report and "LDM from t = 2 (latent)" in report
+    assert "| 1.00 (1.00-1.00) / " in report  # the control's survival inside the mask: the guide's own pixels
     assert "LDM from t = 20 (pixel composite, re-imposed)" in report and "95 % CI" in report
     assert "50% of each epoch from the synthetic pairs" in report and "once per seed (0, 1)" in report
     assert results["autoencoder"]["checkpoint"] is None

@@ -156,9 +156,11 @@ def blend(argv: list[str]) -> None:
     parser.add_argument(
         "--reimpose", action="store_true", help="re-impose the structure at every step (Blended Latent Diffusion)"
     )
+    from xraydiff.blending import COMPOSITES
+
     parser.add_argument(
         "--composite",
-        choices=("latent", "pixel", "copy_paste"),
+        choices=COMPOSITES,
         default="latent",
         help="latent: the decoded blend (Lim et al.); pixel: it inside the feathered region, the partner outside; "
         "copy_paste: the guide's pixels pasted into the partner, no diffusion (a control)",

@@ -28,18 +28,21 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from commands.lightning_cli import data_parser
 from experiments.steps import StepRunner, read_experiment
 from xraydiff.blending import COMPOSITES
 from xraydiff.checkpoints import CHECKPOINT_KEY, read_checkpoint
 from xraydiff.errors import DataError
 from xraydiff.imageio import atomic_write_bytes
-from xraydiff.metrics import SEGMENTATION_SCORES, paired_difference
+from xraydiff.metrics import SEGMENTATION_SCORES, paired_difference, summarize_segmentation
 
 # options of ``commands.blend.run_blend`` a study sets, shared (``blend``) or per variant (``variants``)
 BLEND_KEYS = ("steps", "strength", "dilation", "mask_mode", "batch_size", "seed", "composite", "reimpose")
-# strength null: steps / T, Lim et al.'s Appendix A read literally
-DEFAULT_VARIANTS = ({"name": "paper", "strength": None},)
+# without ``variants``: one blend of the shared ``blend`` options (its strength, or run_blend's default steps / T,
+# Lim et al.'s Appendix A read literally); a variant never overrides what it does not name
+DEFAULT_VARIANTS = ({"name": "blend"},)
 
 
 @dataclass
@@ -68,6 +71,10 @@ class BlendStudyConfig:
     # every pair once per epoch, 83 % synthetic at k = 5 with 22 guides)
     synthetic_share: float | None = 0.5
     precision: str = "auto"  # of the blending
+
+    def blend_options(self, variant: dict) -> dict:
+        """The ``run_blend`` options of one variant: the shared ``blend`` with what the variant names on top."""
+        return {**self.blend, **{key: v for key, v in variant.items() if key != "name"}}
 
 
 def check_blend_options(options: dict, path: Path, line: int | None, where: str) -> None:
@@ -220,7 +227,7 @@ class BlendStudy(StepRunner):
         parser = data_parser("experiment blend", "")
         args = [*[a for f in self.config.segmenter.config for a in ("--config", f)], *self.data_args(self.config.data)]
         datamodule = parser.instantiate_classes(parser.parse_args(args)).data
-        options = {**self.config.blend, **{key: v for key, v in variant.items() if key != "name"}}
+        options = self.config.blend_options(variant)
         manifest = run_blend(
             Path(ldm), datamodule, folder / "data", k,
             autoencoder=None if autoencoder is None else Path(autoencoder),
@@ -332,13 +339,12 @@ def seed_average(runs: list[dict]) -> dict:
         i: {s: float(sum(r["metrics"]["per_image"][i][s] for r in runs) / len(runs)) for s in SEGMENTATION_SCORES}
         for i in ids
     }
-    metrics: dict = {"n_images": len(ids)}
-    for score in SEGMENTATION_SCORES:
-        values = [per_image[i][score] for i in ids]
-        mean = sum(values) / len(values)
-        metrics[score] = mean
-        metrics[f"{score}_sd"] = (sum((v - mean) ** 2 for v in values) / len(values)) ** 0.5
-    return {"metrics": metrics, "per_image": per_image, "dsc_by_seed": [r["metrics"]["dsc"] for r in runs]}
+    scores = torch.tensor([[per_image[i][s] for s in SEGMENTATION_SCORES] for i in ids], dtype=torch.float64)
+    return {
+        "metrics": summarize_segmentation(scores),
+        "per_image": per_image,
+        "dsc_by_seed": [r["metrics"]["dsc"] for r in runs],
+    }
 
 
 def common_images(row: dict, reference: dict) -> tuple[list[float], list[float]]:

@@ -315,6 +315,15 @@ def test_a_bad_study_config_names_the_file_and_line(tmp_path):
     )
     with pytest.raises(ValueError, match=r"study.yaml:9: variant half: strength must be in \(0, 1\] or null"):
         load_blend_study_config(path)
+    # without variants one blend of the shared options: its strength is kept, not replaced by the default
+    path.write_text(
+        "experiment:\n"
+        "  ldm: {ckpt: xraydiff/assets/demo_panoramic_ldm.ckpt}\n"
+        "  segmenter: {config: configs/demo/panoramic_segmenter.yaml}\n"
+        "  top_k: [5]\n  segmenter_steps: 10\n  blend: {steps: 25, strength: 0.5}\n"
+    )
+    config = load_blend_study_config(path)
+    assert [config.blend_options(v) for v in config.variants] == [{"steps": 25, "strength": 0.5}]
     path.write_text(
         "experiment:\n"
         "  ldm: {config: configs/demo/panoramic_ldm.yaml}\n"

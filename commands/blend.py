@@ -166,7 +166,7 @@ def run_blend(
     check_no_leakage([item.id for item in partner_items], [Path(ldm), *([Path(autoencoder)] if autoencoder else [])])
     T = int(model.hparams.num_train_timesteps)
     # refused here, before anything is written, when the strength or the steps do not fit the chain
-    t_start = int(blend_timesteps(model.make_scheduler("ddim"), steps, strength)[0]) if diffused else None
+    t_start = int(blend_timesteps(model.scheduler, steps, strength)[0]) if diffused else None
 
     resolved = resolve_precision(precision, accelerator)
     fabric = Fabric(accelerator=accelerator, devices=1, precision=resolved)

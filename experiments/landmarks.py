@@ -125,6 +125,7 @@ def load_landmark_study_config(path: Path) -> LandmarkStudyConfig:
                 mode.get("ddim_steps"),
                 int(mode.get("ensemble", 1)),
                 int(hparams["num_train_timesteps"]),
+                float(mode.get("ddim_eta", 0.0)),
             )
             check_blur(
                 float(mode.get("sigma_max", hparams["sigma_max"])), float(mode.get("sigma_min", hparams["sigma_min"]))

@@ -12,7 +12,7 @@ from torch import Tensor
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from xraydiff.checkpoints import CHECKPOINT_KEY, checkpoint_model_class, class_path
-from xraydiff.diffusion import Sampler, check_diffusion_options, make_scheduler, reverse_diffusion
+from xraydiff.diffusion import check_sampling, make_scheduler, sample
 from xraydiff.errors import DataError
 from xraydiff.heatmaps import gaussian_heatmaps
 from xraydiff.samples import batch_seed, sample_id
@@ -99,11 +99,10 @@ class DiffusionSamplingMixin:
 
     clip_sample: bool = True
 
-    def make_scheduler(self, sampler: Sampler):
-        """The model's variance schedule in MONAI's DDPM or DDIM scheduler."""
+    def make_scheduler(self):
+        """The model's variance schedule (MONAI's DDPM scheduler), which every sampler steps with."""
         hp = self.hparams
         return make_scheduler(
-            sampler,
             hp.num_train_timesteps,
             hp.beta_schedule,
             hp.beta_start,
@@ -113,14 +112,11 @@ class DiffusionSamplingMixin:
         )
 
     def sampling_description(self, sampler: str | None, steps: int | None) -> tuple[str, int]:
-        sampler = sampler or self.hparams.sampler
-        check_diffusion_options(sampler, self.hparams.prediction_type, self.hparams.ddim_eta)
-        if sampler == "ddpm":
-            return "ddpm", self.hparams.num_train_timesteps
-        steps = steps or self.hparams.sampling_steps
-        if not 1 <= steps <= self.hparams.num_train_timesteps:
-            raise DataError(None, f"DDIM steps must be in [1, {self.hparams.num_train_timesteps}], got {steps}")
-        return "ddim", steps
+        """(sampler, reverse steps) of ``denoise`` for these arguments (None: the model's defaults)."""
+        hp = self.hparams
+        sampler = sampler or hp.sampler
+        steps = check_sampling(sampler, steps or hp.sampling_steps, hp.ddim_eta, hp.num_train_timesteps)
+        return sampler, steps
 
     @torch.no_grad()
     def denoise(
@@ -131,19 +127,20 @@ class DiffusionSamplingMixin:
         generator: torch.Generator | None = None,
         progress: bool = False,
     ) -> Tensor:
-        """x_0 from x_T by the reverse process with the EMA weights (``self.ema``), see ``reverse_diffusion``;
-        clamped to [-1, 1] when ``clip_sample``."""
+        """x_0 from x_T by the reverse process with the EMA weights (``self.ema``), see
+        ``xraydiff.diffusion.sample``; clamped to [-1, 1] when ``clip_sample``."""
         sampler, steps = self.sampling_description(sampler, steps)
-        return reverse_diffusion(
+        return sample(
             lambda x, t: self.ema(x, timesteps=t),
             x_T,
-            self.make_scheduler(sampler),
+            self.scheduler,
+            sampler,
             steps,
+            self.hparams.ddim_eta,
             generator,
-            eta=self.hparams.ddim_eta if sampler == "ddim" else 0.0,
+            clip=self.clip_sample,
             progress=progress,
             desc=f"{sampler} x{x_T.shape[0]}",
-            clip=self.clip_sample,
         )
 
 

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from lightning_modules.generative import TaggedCheckpointMixin, WeightAverageMixin
 from lightning_modules.optim import adamw_with_schedule, check_lr_schedule
-from xraydiff.diffusion import check_diffusion_options, make_scheduler
+from xraydiff.diffusion import make_scheduler
 from xraydiff.errors import DataError
 from xraydiff.geometry import to_original_pixels
 from xraydiff.heatmaps import gaussian_heatmaps
@@ -161,9 +161,8 @@ class LandmarkDiffusion(WeightAverageMixin, TaggedCheckpointMixin, L.LightningMo
         check_lr_schedule(lr_schedule, warmup_fraction)
         self.inference_seed = seed
         check_blur(sigma_max, sigma_min)
-        check_inference(inference, ddim_steps, ensemble, num_train_timesteps)
-        check_inference(fit_validation, ddim_steps, 1, num_train_timesteps)
-        check_diffusion_options("ddim", "sample", ddim_eta)
+        check_inference(inference, ddim_steps, ensemble, num_train_timesteps, ddim_eta)
+        check_inference(fit_validation, ddim_steps, 1, num_train_timesteps, ddim_eta)
         self.image_size = (int(image_size[0]), int(image_size[1]))
         levels = len(channels)
         # Default: attention at the two lowest resolutions, as in the paper.
@@ -181,7 +180,7 @@ class LandmarkDiffusion(WeightAverageMixin, TaggedCheckpointMixin, L.LightningMo
         )
         self.init_weight_average("net", ema_decay, ema_warmup)
         self.scheduler = make_scheduler(
-            "ddpm", num_train_timesteps, beta_start=beta_start, beta_end=beta_end, prediction_type="sample"
+            num_train_timesteps, beta_start=beta_start, beta_end=beta_end, prediction_type="sample"
         )
 
     # ------------------------------------------------------------------------------ training
@@ -275,7 +274,7 @@ class LandmarkDiffusion(WeightAverageMixin, TaggedCheckpointMixin, L.LightningMo
             heatmaps, logits, calls = sample_heatmaps(
                 lambda x, t: network(images, x, t),
                 shape,
-                self.scheduler.alphas_cumprod.to(image.device),
+                self.scheduler,
                 settings["mode"],
                 generators,
                 image.device,

@@ -104,7 +104,7 @@ class LatentDiffusion(DiffusionSamplingMixin, WeightAverageMixin, GenerativeModu
     ):
         super().__init__()
         self.save_hyperparameters()
-        check_diffusion_options(sampler, prediction_type, ddim_eta)
+        check_diffusion_options(sampler, prediction_type, ddim_eta, sampling_steps, num_train_timesteps)
         if scale_images < 1:
             raise DataError(None, f"scale_images must be at least 1, got {scale_images}")
         self.image_size = (int(image_size[0]), int(image_size[1]))
@@ -157,7 +157,7 @@ class LatentDiffusion(DiffusionSamplingMixin, WeightAverageMixin, GenerativeModu
             use_flash_attention=use_flash_attention,
         )
         self.init_weight_average("unet", ema_decay, ema_warmup)
-        self.scheduler = self.make_scheduler("ddpm")
+        self.scheduler = self.make_scheduler()
         self._posterior_cache: tuple[Tensor, Tensor] | None = None  # (z_mu, z_sigma) by training index
 
     @staticmethod
@@ -213,7 +213,7 @@ class LatentDiffusion(DiffusionSamplingMixin, WeightAverageMixin, GenerativeModu
         z_0 = blend_denoise(
             lambda x, t: self.ema(x, timesteps=t),
             z_init,
-            self.make_scheduler("ddim"),
+            self.scheduler,
             steps,
             strength,
             generator,

@@ -67,7 +67,7 @@ class PairedDDPM(DiffusionSamplingMixin, WeightAverageMixin, PairedGenerativeMod
     ):
         super().__init__(image_size, heatmap_sigma)
         self.save_hyperparameters()
-        check_diffusion_options(sampler, prediction_type, ddim_eta)
+        check_diffusion_options(sampler, prediction_type, ddim_eta, sampling_steps, num_train_timesteps)
         self.unet = DiffusionModelUNet(
             spatial_dims=2,
             in_channels=2,
@@ -79,7 +79,7 @@ class PairedDDPM(DiffusionSamplingMixin, WeightAverageMixin, PairedGenerativeMod
             use_flash_attention=use_flash_attention,
         )
         self.init_weight_average("unet", ema_decay)
-        self.scheduler = self.make_scheduler("ddpm")
+        self.scheduler = self.make_scheduler()
 
     # ------------------------------------------------------------------------------ training
 

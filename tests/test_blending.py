@@ -87,7 +87,7 @@ def _oracle(scheduler, x0: torch.Tensor):
 
 
 def test_the_blend_starts_at_strength_times_T_and_takes_the_configured_steps():
-    scheduler = make_scheduler("ddim", 1000, clip_sample=False)
+    scheduler = make_scheduler(1000, clip_sample=False)
     timesteps = blend_timesteps(scheduler, 25, 0.5)
     assert len(timesteps) == 25
     # 50 DDIM steps spread over [0, 999] by linspace; the last 25 start at index 25
@@ -103,7 +103,7 @@ def test_the_blend_starts_at_strength_times_T_and_takes_the_configured_steps():
 def test_deterministic_ddim_from_the_blend_reaches_the_denoisers_clean_latent():
     """With eta 0 and a denoiser that knows x0, every DDIM step maps onto x0's trajectory: z_0 = x0 exactly
     (up to float error), whatever z_init and the strength."""
-    scheduler = make_scheduler("ddim", 1000, clip_sample=False)
+    scheduler = make_scheduler(1000, clip_sample=False)
     x0 = torch.randn(3, 4, 6, 8, generator=torch.Generator().manual_seed(1))
     z_init = torch.randn(3, 4, 6, 8, generator=torch.Generator().manual_seed(2))
     for strength in (0.3, 1.0):
@@ -112,7 +112,7 @@ def test_deterministic_ddim_from_the_blend_reaches_the_denoisers_clean_latent():
 
 
 def test_reimposition_keeps_the_labelled_structure_and_lets_the_rest_change():
-    scheduler = make_scheduler("ddim", 1000, clip_sample=False)
+    scheduler = make_scheduler(1000, clip_sample=False)
     z_a = torch.randn(4, 6, 8, generator=torch.Generator().manual_seed(3))
     z_u = torch.randn(2, 4, 6, 8, generator=torch.Generator().manual_seed(4))
     region = torch.zeros(6, 8)
@@ -131,11 +131,9 @@ def test_reimposition_keeps_the_labelled_structure_and_lets_the_rest_change():
 
 def test_the_default_strength_is_the_papers_steps_over_T():
     """Appendix A read literally: z_T = noise(z_init, T) with T = 25 denoising steps, then t = T .. 1."""
-    from monai.networks.schedulers import DDIMScheduler
-
     from xraydiff.blending import blend_timesteps, resolve_strength
 
-    scheduler = DDIMScheduler(num_train_timesteps=1000)
+    scheduler = make_scheduler(1000)
     assert resolve_strength(None, 25, 1000) == 0.025
     assert blend_timesteps(scheduler, 25, None).tolist() == list(range(24, -1, -1))
     # strength 0.5: MONAI's grid of round(25 / 0.5) = 50 DDIM steps, round(linspace(0, 999, 50)), its last 25

@@ -110,7 +110,7 @@ def test_study_trains_both_models_equally_evaluates_every_mode_and_resumes(cli, 
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"modes": {"bad": {"inference": "ddim", "ddim_steps": 30}}}, "DDIM steps k must be in [1, T = 20]"),
+        ({"modes": {"bad": {"inference": "ddim", "ddim_steps": 30}}}, "DDIM steps must be in [1, T = 20]"),
         ({"modes": {"bad": {"inference": "ddim", "ddim_steps": 3, "ensemble": 0}}}, "ensemble size M must be"),
         ({"modes": {"bad": {"inference": "multi", "sigma_min": 5.0}}}, "sigma_min <= sigma_max"),
         ({"modes": {"bad": {"inference": "sideways"}}}, "inference mode must be one of"),

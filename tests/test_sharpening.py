@@ -70,9 +70,10 @@ def test_the_landmark_diffusion_loss_sharpens_to_its_target(diffusion):
     # The logits the decoding used: x_T of image 0 at t = T - 1, or zeros at t = 0 for the baseline.
     with torch.no_grad():
         if diffusion:
-            from xraydiff.landmark_diffusion import item_generators, per_item_noise
+            from xraydiff.diffusion import draw_noise
+            from xraydiff.landmark_diffusion import item_generators
 
-            x_t = per_item_noise(item_generators(0, [0], 1), (1, *SIZE), "cpu")
+            x_t = draw_noise(item_generators(0, [0], 1), (1, 1, *SIZE), "cpu")
             logits = model.net(batch["image"], x_t, torch.tensor([19]))
         else:
             logits = model.net(batch["image"], torch.zeros(1, 1, *SIZE), torch.tensor([0]))

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from monai.networks.schedulers import DDIMScheduler
+from monai.networks.schedulers import DDPMScheduler
 from torch import Tensor
 from torchmetrics.functional.image import structural_similarity_index_measure
 
-from xraydiff.diffusion import Denoiser
+from xraydiff.diffusion import Denoiser, reverse_process, reverse_timesteps
 from xraydiff.errors import DataError
 
 
@@ -101,11 +101,11 @@ def resolve_strength(strength: float | None, steps: int, num_train_timesteps: in
     return steps / num_train_timesteps if strength is None else float(strength)
 
 
-def blend_timesteps(scheduler: DDIMScheduler, steps: int, strength: float | None) -> Tensor:
-    """The ``steps`` DDIM timesteps of a reverse process that starts at t_start ~ strength * T (SDEdit,
-    Meng et al. 2022): the scheduler is set to round(steps / strength) steps over [0, T) and the last
-    ``steps`` of them are kept, so the blend is always denoised in ``steps`` network calls (25 in Lim et
-    al.) and ``strength`` alone says how much of z_init is destroyed (1: all of it, pure sampling; None:
+def blend_timesteps(scheduler: DDPMScheduler, steps: int, strength: float | None) -> Tensor:
+    """The ``steps`` timesteps of a reverse process that starts at t_start ~ strength * T (SDEdit,
+    Meng et al. 2022): the grid of round(steps / strength) steps over [0, T) (``reverse_timesteps``) and
+    its last ``steps``, so the blend is always denoised in ``steps`` network calls (25 in Lim et al.) and
+    ``strength`` alone says how much of z_init is destroyed (1: all of it, pure sampling; None:
     ``resolve_strength``'s literal reading, the last ``steps`` timesteps of the chain, steps - 1 .. 0)."""
     if steps < 1:
         raise DataError(None, f"blending steps must be at least 1, got {steps}")
@@ -119,15 +119,14 @@ def blend_timesteps(scheduler: DDIMScheduler, steps: int, strength: float | None
             f"{steps} steps at strength {strength} need {total} DDIM steps, "
             f"more than T = {scheduler.num_train_timesteps}",
         )
-    scheduler.set_timesteps(total)
-    return scheduler.timesteps[-steps:]
+    return torch.tensor(reverse_timesteps(scheduler.num_train_timesteps, total)[-steps:])
 
 
 @torch.no_grad()
 def blend_denoise(
     denoiser: Denoiser,
     z_init: Tensor,
-    scheduler: DDIMScheduler,
+    scheduler: DDPMScheduler,
     steps: int,
     strength: float | None,
     generator: torch.Generator | None = None,
@@ -135,7 +134,7 @@ def blend_denoise(
     reimpose: tuple[Tensor, Tensor] | None = None,
 ) -> Tensor:
     """z_0 from the blended latent (Lim et al., Appendix A): z_t = noise(z_init, t_start), then ``steps``
-    DDIM steps (Song et al., eq. 12) down to t = 0.
+    DDIM steps (Song et al., eq. 12) down to t = 0 on ``xraydiff.diffusion.reverse_process``.
 
     ``reimpose`` = (z_a, region): after every step the structure region is replaced by z_a noised to the
     step's new t, z = m * noised(z_a, t) + (1 - m) * z (Blended Latent Diffusion, Avrahami et al. 2023,
@@ -143,28 +142,23 @@ def blend_denoise(
 
     z_init (N, C, h, w); z_a (C, h, w) or (N, C, h, w); region (h, w). Noise comes from ``generator``.
     """
-    timesteps = blend_timesteps(scheduler, steps, strength)
-    step_size = scheduler.num_train_timesteps // scheduler.num_inference_steps
+    timesteps = blend_timesteps(scheduler, steps, strength).tolist()
     noise = torch.randn(z_init.shape, generator=generator, device=z_init.device)
-    start = torch.full((z_init.shape[0],), int(timesteps[0]), device=z_init.device, dtype=torch.long)
+    start = torch.full((z_init.shape[0],), timesteps[0], device=z_init.device, dtype=torch.long)
     z = scheduler.add_noise(z_init.float(), noise, start)
+    reimposed = None
     if reimpose is not None:
-        z_a, region = reimpose
-        z_a = z_a.float().expand_as(z)
-        region = region.to(z.dtype)
-    for t in timesteps:
-        t = int(t)
-        batch_t = torch.full((z.shape[0],), t, device=z.device, dtype=torch.long)
-        z, _ = scheduler.step(denoiser(z, batch_t).float(), t, z, eta=eta, generator=generator)
-        if reimpose is not None:
-            previous = t - step_size
-            if previous >= 0:
-                fresh = torch.randn(z.shape, generator=generator, device=z.device)
-                known = scheduler.add_noise(z_a, fresh, torch.full_like(batch_t, previous))
-            else:
-                known = z_a
-            z = region * known + (1 - region) * z
-    return z
+        z_a = reimpose[0].float().expand_as(z)
+        region = reimpose[1].to(z.dtype)
+
+        def reimposed(x: Tensor, t_prev: int) -> Tensor:
+            if t_prev < 0:
+                return region * z_a + (1 - region) * x
+            fresh = torch.randn(x.shape, generator=generator, device=x.device)
+            known = scheduler.add_noise(z_a, fresh, torch.full((x.shape[0],), t_prev, device=x.device))
+            return region * known + (1 - region) * x
+
+    return reverse_process(denoiser, z, scheduler, timesteps, eta, generator, x_hook=reimposed)
 
 
 # ----------------------------------------------------------------------------- pixel space

@@ -24,8 +24,10 @@ from typing import Literal, get_args
 
 import torch
 from monai.networks.layers import gaussian_1d, separable_filtering
+from monai.networks.schedulers import DDPMScheduler
 from torch import Tensor
 
+from xraydiff.diffusion import check_sampling, draw_noise, reverse_process, reverse_timesteps
 from xraydiff.errors import DataError
 from xraydiff.localization import decode_landmarks, spatial_softmax_nll
 
@@ -37,12 +39,12 @@ BLUR_KERNEL_SIZE = 13
 X0Predictor = Callable[[Tensor, Tensor], Tensor]
 
 
-def check_inference(mode: str, steps: int | None, ensemble: int, num_train_timesteps: int) -> None:
-    """DataError for an unknown mode, DDIM steps outside [1, T] or an ensemble size below 1."""
+def check_inference(mode: str, steps: int | None, ensemble: int, num_train_timesteps: int, eta: float = 0.0) -> None:
+    """DataError for an unknown mode, DDIM steps outside [1, T], eta outside [0, 1] or an ensemble below 1."""
     if mode not in get_args(InferenceMode):
         raise DataError(None, f"inference mode must be one of {get_args(InferenceMode)}, got {mode!r}")
-    if mode == "ddim" and (steps is None or not 1 <= steps <= num_train_timesteps):
-        raise DataError(None, f"DDIM steps k must be in [1, T = {num_train_timesteps}], got {steps}")
+    if mode != "single":
+        check_sampling("ddim" if mode == "ddim" else "ddpm", steps, eta, num_train_timesteps)
     if ensemble < 1:
         raise DataError(None, f"ensemble size M must be at least 1, got {ensemble}")
 
@@ -138,44 +140,6 @@ def blur_heatmaps(x0: Tensor, sigma: float, kernel_size: int = BLUR_KERNEL_SIZE)
     return (blurred * 2.0 - 1.0).to(x0.dtype)
 
 
-def reverse_timesteps(num_train_timesteps: int, steps: int) -> list[int]:
-    """The sub-sequence tau of the reverse process, descending from T - 1 to 0 (Song et al., sect. 4.2):
-    MONAI's DDIM choice, round(linspace(T - 1, 0, k)); all of T - 1 .. 0 when k = T.
-
-    Each step goes to the next element (then to -1, i.e. x0). MONAI 1.6's ``DDIMScheduler.step``
-    instead steps to t - T // k, which is not the next of its own linspace timesteps unless k divides
-    T - 1, so this module steps with ``posterior_step`` and keeps MONAI's schedule arithmetic only.
-    """
-    return torch.linspace(num_train_timesteps - 1, 0, steps).round().long().tolist()
-
-
-def posterior_step(
-    x_t: Tensor, x0: Tensor, t: int, t_prev: int, alphas_cumprod: Tensor, eta: float, noise: Tensor
-) -> Tensor:
-    """x_{t_prev} from x_t and a prediction of x0 (Song et al. 2021, eq. 12):
-
-        x_prev = sqrt(abar_prev) x0 + sqrt(1 - abar_prev - s^2) eps_hat + s z,
-        eps_hat = (x_t - sqrt(abar_t) x0) / sqrt(1 - abar_t),
-        s^2 = eta^2 (1 - abar_prev) / (1 - abar_t) (1 - abar_t / abar_prev),
-
-    with abar_prev = 1 for t_prev < 0. With eta = 1 and t_prev = t - 1 this is a draw from the DDPM
-    posterior q(x_{t-1} | x_t, x0) of Ho et al. (eq. 6-7, variance beta~_t); eta = 0 is DDIM.
-    """
-    abar_t = alphas_cumprod[t].double()
-    abar_prev = alphas_cumprod[t_prev].double() if t_prev >= 0 else torch.tensor(1.0, dtype=torch.float64)
-    x_t, x0 = x_t.float(), x0.float()
-    eps_hat = (x_t - abar_t.sqrt().float() * x0) / (1 - abar_t).sqrt().float()
-    variance = eta**2 * (1 - abar_prev) / (1 - abar_t) * (1 - abar_t / abar_prev)
-    direction = (1 - abar_prev - variance).clamp_min(0).sqrt()
-    return abar_prev.sqrt().float() * x0 + direction.float() * eps_hat + variance.sqrt().float() * noise.float()
-
-
-def per_item_noise(generators: Sequence[torch.Generator], shape: Sequence[int], device: torch.device) -> Tensor:
-    """(len(generators), *shape) standard normal draws, row i from generators[i] (on the CPU, so the
-    numbers do not depend on the device)."""
-    return torch.stack([torch.randn(tuple(shape), generator=g) for g in generators]).to(device)
-
-
 def item_generators(seed: int, indices: Sequence[int], members: int) -> list[torch.Generator]:
     """One generator per (image, ensemble member), image-major: seeded from (seed, dataset index, m)."""
     return [
@@ -189,7 +153,7 @@ def item_generators(seed: int, indices: Sequence[int], members: int) -> list[tor
 def sample_heatmaps(
     predict_x0: X0Predictor,
     shape: Sequence[int],
-    alphas_cumprod: Tensor,
+    scheduler: DDPMScheduler,
     mode: InferenceMode,
     generators: Sequence[torch.Generator],
     device: torch.device,
@@ -205,25 +169,32 @@ def sample_heatmaps(
 
     * ``single``: x0_hat(x_T, T - 1) in one network call, unblurred.
     * ``multi``: the T-step DDPM chain, eta = 1 (every step: predict x0, blur by eq. 12, draw from the posterior).
-    * ``ddim``: k = ``steps`` steps (``reverse_timesteps``) with ``eta``, blurred likewise.
+    * ``ddim``: k = ``steps`` steps with ``eta``, blurred likewise.
 
-    ``shape`` is (N, H, W) per item; row i of the batch draws all its noise from ``generators[i]``.
+    The chains run on ``xraydiff.diffusion.reverse_process`` (``scheduler``: prediction type 'sample'), the
+    blur as its x0 hook. ``shape`` is (N, H, W) per item; row i draws all its noise from ``generators[i]``.
     """
-    num_train_timesteps = len(alphas_cumprod)
-    x = per_item_noise(generators, shape, device)
+    num_train_timesteps = scheduler.num_train_timesteps
+    x = draw_noise(generators, (len(generators), *shape), device)
     if mode == "single":
         t = torch.full((x.shape[0],), num_train_timesteps - 1, device=device, dtype=torch.long)
         logits = predict_x0(x, t).float()
         return estimate_x0(logits, x0_estimate), logits, 1
-    if mode == "multi":
-        steps, eta = num_train_timesteps, 1.0
+    sampler = "ddim" if mode == "ddim" else "ddpm"
+    steps = check_sampling(sampler, steps, eta, num_train_timesteps)
+    eta = 1.0 if mode == "multi" else eta
+    last: dict[str, Tensor] = {}
+
+    def network(x_t: Tensor, t: Tensor) -> Tensor:
+        last["logits"] = predict_x0(x_t, t).float()
+        return last["logits"]
+
+    def blurred(logits: Tensor, t: int) -> Tensor:
+        return blur_heatmaps(estimate_x0(logits, x0_estimate), blur_sigma(t, num_train_timesteps, sigma_max, sigma_min))
+
     timesteps = reverse_timesteps(num_train_timesteps, steps)
-    for t, t_prev in zip(timesteps, [*timesteps[1:], -1], strict=True):
-        logits = predict_x0(x, torch.full((x.shape[0],), t, device=device, dtype=torch.long)).float()
-        x0 = blur_heatmaps(estimate_x0(logits, x0_estimate), blur_sigma(t, num_train_timesteps, sigma_max, sigma_min))
-        noise = per_item_noise(generators, shape, device) if eta > 0 and t_prev >= 0 else torch.zeros_like(x)
-        x = posterior_step(x, x0, t, t_prev, alphas_cumprod, eta, noise)
-    return x.clamp(-1, 1), logits, len(timesteps)
+    x = reverse_process(network, x, scheduler, timesteps, eta, generators, x0_hook=blurred)
+    return x.clamp(-1, 1), last["logits"], len(timesteps)
 
 
 def decode_heatmaps(x0: Tensor, window: int = 5) -> Tensor:
@@ -273,9 +244,6 @@ __all__ = [
     "estimate_x0",
     "item_generators",
     "landmark_diffusion_loss",
-    "per_item_noise",
-    "posterior_step",
-    "reverse_timesteps",
     "sample_heatmaps",
     "softmax_heatmap",
 ]

@@ -13,9 +13,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -24,7 +21,7 @@ from commands import quiet
 from commands.lightning_cli import XrayCLI, data_parser
 from commands.parsing import ConfigParser, Parser, nearest, parsing
 from xraydiff.errors import DataError, Interrupted
-from xraydiff.imageio import atomic_directory, atomic_write_bytes, check_output_folder
+from xraydiff.imageio import check_output_folder
 from xraydiff.precision import AUTO
 
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
@@ -55,33 +52,10 @@ def data_summary(argv: list[str]) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier output of xraydiff in --out")
     parser.add_argument("--num_preview", type=int, default=16, help="augmented training samples in the preview")
     cfg = parser.parse_args(argv)
-    out: Path = cfg.out
-    check_output_folder(out, cfg.overwrite, "data summary")
-    datamodule = parser.instantiate_classes(cfg).data
-    datamodule.setup()
-    summary = datamodule.summary()
-    train = datamodule.dataset("train")
-    previews = [train[k] for k in range(min(cfg.num_preview, len(train)))]
-    from xraydiff.preview import landmark_grid, mask_grid
+    check_output_folder(cfg.out, cfg.overwrite, "data summary")
+    from commands.data import write_data_summary
 
-    inputs = [getattr(datamodule, "root", None)]
-    with atomic_directory(out, overwrite=cfg.overwrite, command="data summary", inputs=inputs) as staging:
-        atomic_write_bytes(staging / "summary.json", json.dumps(summary, indent=2).encode())
-        if hasattr(datamodule, "landmark_rows"):
-            buffer = io.StringIO()
-            writer = csv.writer(buffer, lineterminator="\n")
-            writer.writerow(["split", "id", "landmark", "x", "y", "mm_per_px"])
-            for split, sample_id, k, x, y, mm in datamodule.landmark_rows():
-                writer.writerow([split, sample_id, k, repr(x), repr(y), repr(mm)])
-            atomic_write_bytes(staging / "landmarks.csv", buffer.getvalue().encode())
-            if previews:
-                landmark_grid(
-                    previews, staging / "preview.png", title=f"{summary['anatomy']}: augmented training samples"
-                )
-        elif previews:
-            mask_grid(previews, staging / "preview.png", title=f"{summary['anatomy']}: augmented training samples")
-    print(json.dumps(summary, indent=2))
-    print(f"wrote {out}/")
+    write_data_summary(parser.instantiate_classes(cfg).data, cfg.out, cfg.overwrite, cfg.num_preview)
 
 
 # ------------------------------------------------------------------------------------- sample
@@ -214,7 +188,8 @@ def _load_landmark_data(parser: ConfigParser, cfg) -> Any:
 
 
 def acceptance_fit(argv: list[str]) -> None:
-    from xraydiff.acceptance import AcceptanceConfig, ShapeStatistics, check_statistics_output
+    from commands.acceptance import fit_statistics
+    from xraydiff.acceptance import AcceptanceConfig, check_statistics_output
 
     parser = _acceptance_data_parser(
         "xraydiff acceptance fit",
@@ -224,20 +199,11 @@ def acceptance_fit(argv: list[str]) -> None:
     parser.add_argument("--split", choices=("train", "val", "test"), default="train", help="split")
     cfg = parser.parse_args(argv)
     check_statistics_output(cfg.out, cfg.overwrite)
-    datamodule = _load_landmark_data(parser, cfg)
-    shapes, spacing, frame = datamodule.shape_table(cfg.split)
-    config = AcceptanceConfig(**vars(cfg.acceptance))
-    stats = ShapeStatistics.fit(shapes, spacing, datamodule.image_size, datamodule.anatomy, config, frame)
-    stats.save(cfg.out)
-    print(
-        f"{cfg.out}: {stats.num_shapes} shapes, {stats.num_landmarks} landmarks, {len(stats.edges)} MRF edges "
-        f"({stats.config.topology}), {len(stats.ssm.eigenvalues)} SSM modes, mm per pixel "
-        f"{stats.mm_per_px.round(4).tolist()} (x, y)"
-    )
+    fit_statistics(_load_landmark_data(parser, cfg), cfg.split, AcceptanceConfig(**vars(cfg.acceptance)), cfg.out)
 
 
 def acceptance_render(argv: list[str]) -> None:
-    from xraydiff.acceptance_run import render_ground_truth
+    from commands.acceptance import render_split
 
     parser = _acceptance_data_parser(
         "xraydiff acceptance render",
@@ -248,15 +214,7 @@ def acceptance_render(argv: list[str]) -> None:
     parser.add_argument("--split", choices=("train", "val", "test"), default="val", help="split")
     cfg = parser.parse_args(argv)
     check_output_folder(cfg.out, cfg.overwrite, "acceptance render")
-    datamodule = _load_landmark_data(parser, cfg)
-    items = datamodule.items[cfg.split]
-    if not items:
-        raise DataError(datamodule.root, f"the {cfg.split} split is empty")
-    source = {"data": datamodule.source, "split": cfg.split, "annotations_only": datamodule.annotations_only}
-    render_ground_truth(
-        items, datamodule.image_size, cfg.acceptance.heatmap_sigma, cfg.out, source, overwrite=cfg.overwrite
-    )
-    print(f"wrote {len(items)} ground-truth samples of the {cfg.split} split to {cfg.out}/")
+    render_split(_load_landmark_data(parser, cfg), cfg.split, cfg.acceptance.heatmap_sigma, cfg.out, cfg.overwrite)
 
 
 def acceptance_run(argv: list[str]) -> None:

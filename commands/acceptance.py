@@ -1,4 +1,4 @@
-"""``xraydiff acceptance rate``: the paper's acceptance-rate protocol on a checkpoint."""
+"""``xraydiff acceptance fit|render|rate``: the check's statistics, its calibration set, the paper's rate protocol."""
 
 from __future__ import annotations
 
@@ -7,8 +7,34 @@ from pathlib import Path
 import torch
 
 from commands.sampling import check_sampler_arguments
+from xraydiff.acceptance import AcceptanceConfig, ShapeStatistics
 from xraydiff.acceptance_rate import file_digest, measure_acceptance_rate
+from xraydiff.acceptance_run import render_ground_truth
+from xraydiff.errors import DataError
 from xraydiff.precision import resolve_precision, uses_cuda
+
+
+def fit_statistics(datamodule, split: str, config: AcceptanceConfig, out: Path) -> ShapeStatistics:
+    """Fit the MRF-SSM shape statistics on the landmarks of ``split`` and save them to ``out`` (JSON)."""
+    shapes, spacing, frame = datamodule.shape_table(split)
+    stats = ShapeStatistics.fit(shapes, spacing, datamodule.image_size, datamodule.anatomy, config, frame)
+    stats.save(out)
+    print(
+        f"{out}: {stats.num_shapes} shapes, {stats.num_landmarks} landmarks, {len(stats.edges)} MRF edges "
+        f"({stats.config.topology}), {len(stats.ssm.eigenvalues)} SSM modes, mm per pixel "
+        f"{stats.mm_per_px.round(4).tolist()} (x, y)"
+    )
+    return stats
+
+
+def render_split(datamodule, split: str, heatmap_sigma: float, out: Path, overwrite: bool) -> None:
+    """Write the ground-truth samples of ``split`` (the check's calibration set) to ``out``."""
+    items = datamodule.items[split]
+    if not items:
+        raise DataError(datamodule.root, f"the {split} split is empty")
+    source = {"data": datamodule.source, "split": split, "annotations_only": datamodule.annotations_only}
+    render_ground_truth(items, datamodule.image_size, heatmap_sigma, out, source, overwrite=overwrite)
+    print(f"wrote {len(items)} ground-truth samples of the {split} split to {out}/")
 
 
 def acceptance_rate_of_checkpoint(

@@ -1,0 +1,40 @@
+"""``xraydiff data summary``: every split of a DataModule loaded, counted and previewed."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+from xraydiff.imageio import atomic_directory, atomic_write_bytes
+
+
+def write_data_summary(datamodule, out: Path, overwrite: bool, num_preview: int) -> dict:
+    """Set ``datamodule`` up and write out/summary.json, out/landmarks.csv (landmark data) and out/preview.png
+    (``num_preview`` augmented training samples) in one atomic step; print and return the summary."""
+    from xraydiff.preview import landmark_grid, mask_grid
+
+    datamodule.setup()
+    summary = datamodule.summary()
+    train = datamodule.dataset("train")
+    previews = [train[k] for k in range(min(num_preview, len(train)))]
+    inputs = [getattr(datamodule, "root", None)]
+    with atomic_directory(out, overwrite=overwrite, command="data summary", inputs=inputs) as staging:
+        atomic_write_bytes(staging / "summary.json", json.dumps(summary, indent=2).encode())
+        if hasattr(datamodule, "landmark_rows"):
+            buffer = io.StringIO()
+            writer = csv.writer(buffer, lineterminator="\n")
+            writer.writerow(["split", "id", "landmark", "x", "y", "mm_per_px"])
+            for split, sample_id, k, x, y, mm in datamodule.landmark_rows():
+                writer.writerow([split, sample_id, k, repr(x), repr(y), repr(mm)])
+            atomic_write_bytes(staging / "landmarks.csv", buffer.getvalue().encode())
+            if previews:
+                landmark_grid(
+                    previews, staging / "preview.png", title=f"{summary['anatomy']}: augmented training samples"
+                )
+        elif previews:
+            mask_grid(previews, staging / "preview.png", title=f"{summary['anatomy']}: augmented training samples")
+    print(json.dumps(summary, indent=2))
+    print(f"wrote {out}/")
+    return summary

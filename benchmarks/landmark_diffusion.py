@@ -47,7 +47,7 @@ def train_worker(
     height: int, width: int, batch: int, steps: int, precision: str, channels: list[int], attention: str
 ) -> dict:
     model = _model(height, width, channels, attention)
-    optimizer = torch.optim.AdamW(model.net.parameters(), lr=1e-3, weight_decay=1e-4)
+    optimizer = torch.optim.AdamW(model.unet.parameters(), lr=1e-3, weight_decay=1e-4)
     generator = torch.Generator().manual_seed(0)
     data = {
         "image": torch.rand(batch, 1, height, width, generator=generator) * 2 - 1,
@@ -57,7 +57,7 @@ def train_worker(
     def step():
         optimizer.zero_grad()
         with _autocast(precision):
-            loss = model.loss(data, model.net)[0]
+            loss = model.loss(data, model.unet)[0]
         loss.backward()
         optimizer.step()
 
@@ -126,7 +126,7 @@ def main() -> None:
         modes = [("single", None, 1)] + [("ddim", k, 1) for k in args.ddim]
         modes.append(("ddim", args.ddim[0], args.ensemble))
         if size in args.multi_at:
-            modes.append(("multi", None, 1))
+            modes.append(("ddpm", None, 1))
         for mode, steps, members in modes:
             r = in_subprocess(
                 "infer", height=height, width=width, mode=mode, steps=steps, ensemble=members, precision=p, **net

@@ -243,6 +243,11 @@ def check_config_files(argv: list[str]) -> None:
     of ``model`` / ``data`` classes become DataErrors with file, line and the nearest valid key."""
     import importlib
 
+    for arg in argv:
+        key = arg.split("=", 1)[0].removeprefix("--model.init_args.") if arg.startswith("--model.init_args.") else None
+        for cls in _renaming_models():
+            if key in cls.renamed_parameters:
+                raise DataError(None, f"--model.init_args.{key} is now --model.init_args.{cls.renamed_parameters[key]}")
     for path in config_paths(argv):
         document = read_yaml(path)
         if not isinstance(document, dict):
@@ -262,7 +267,14 @@ def check_config_files(argv: list[str]) -> None:
             valid = init_parameters(cls)
             if valid is None:
                 continue
+            renamed = getattr(cls, "renamed_parameters", {})
             for key in spec.get("init_args") or {}:
+                if key in renamed and renamed[key] in valid:
+                    raise DataError(
+                        path,
+                        f"{section}.init_args.{key} is now '{renamed[key]}' ({name})",
+                        key_lines(path).get((section, "init_args", key)),
+                    )
                 if key not in valid:
                     close = nearest(key, valid)
                     hint = f"; did you mean '{close}'?" if close else f" (valid: {', '.join(sorted(valid))})"
@@ -271,6 +283,14 @@ def check_config_files(argv: list[str]) -> None:
                         f"{section}.init_args.{key}: {name} has no parameter '{key}'{hint}",
                         key_lines(path).get((section, "init_args", key)),
                     )
+
+
+def _renaming_models() -> list[type]:
+    """The model classes that declare ``renamed_parameters`` (old config key -> new)."""
+    import lightning_modules
+
+    classes = (getattr(lightning_modules, name) for name in dir(lightning_modules))
+    return [c for c in classes if isinstance(c, type) and getattr(c, "renamed_parameters", None)]
 
 
 # ------------------------------------------------------------------------------- data parser

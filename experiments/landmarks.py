@@ -29,6 +29,7 @@ from typing import Any
 from commands.lightning_cli import data_parser
 from commands.parsing import read_yaml
 from experiments.steps import StepRunner, read_experiment
+from lightning_modules.landmark_diffusion import LandmarkDiffusion
 from xraydiff.checkpoints import CHECKPOINT_KEY, read_checkpoint
 from xraydiff.errors import DataError
 from xraydiff.imageio import atomic_write_bytes
@@ -38,7 +39,7 @@ from xraydiff.metrics import paired_difference
 # What a mode may set: the inference options of LandmarkDiffusion, and how many evaluation images
 # an expensive mode (the T-step chain on a CPU) runs on.
 MODE_KEYS = (
-    "inference", "ddim_steps", "ddim_eta", "ensemble", "sigma_max", "sigma_min", "seed", "chain_decoding",
+    "sampler", "sampling_steps", "ddim_eta", "ensemble", "sigma_max", "sigma_min", "seed", "chain_decoding",
     "x0_estimate", "max_images",
 )  # fmt: skip
 MODELS = {"baseline": False, "diffusion": True}  # model name -> LandmarkDiffusion's ``diffusion``
@@ -112,8 +113,12 @@ def load_landmark_study_config(path: Path) -> LandmarkStudyConfig:
         raise DataError(path, "experiment.modes must name at least one inference mode", lines.get(("experiment",)))
     for name, mode in modes.items():
         where = lines.get(("experiment", "modes", name))
-        if not isinstance(mode, dict) or "inference" not in mode:
-            raise DataError(path, f"experiment.modes.{name} needs 'inference' (single, multi or ddim)", where)
+        renamed = LandmarkDiffusion.renamed_parameters
+        stale = sorted(set(mode) & set(renamed)) if isinstance(mode, dict) else []
+        if stale:
+            raise DataError(path, f"experiment.modes.{name}.{stale[0]} is now '{renamed[stale[0]]}'", where)
+        if not isinstance(mode, dict) or "sampler" not in mode:
+            raise DataError(path, f"experiment.modes.{name} needs 'sampler' (single, ddpm or ddim)", where)
         unknown = set(mode) - set(MODE_KEYS)
         if unknown:
             raise DataError(
@@ -121,8 +126,8 @@ def load_landmark_study_config(path: Path) -> LandmarkStudyConfig:
             )
         try:
             check_inference(
-                mode["inference"],
-                mode.get("ddim_steps"),
+                mode["sampler"],
+                mode.get("sampling_steps"),
                 int(mode.get("ensemble", 1)),
                 int(hparams["num_train_timesteps"]),
                 float(mode.get("ddim_eta", 0.0)),
@@ -253,7 +258,7 @@ class LandmarkStudy(StepRunner):
                 self.out, f"the models were trained with different budgets (steps, batch, images): {budgets}; "
                 "remove the study folder of the one that differs and rerun",
             )  # fmt: skip
-        rows = {"baseline": {"model": "baseline", "mode": {"inference": "baseline"}}}
+        rows = {"baseline": {"model": "baseline", "mode": {"sampler": "baseline"}}}
         rows.update({name: {"model": "diffusion", "mode": dict(mode)} for name, mode in c.modes.items()})
         for name, row in rows.items():
             checkpoint = models[row["model"]]["checkpoint"]
@@ -280,9 +285,9 @@ def row_label(name: str, row: dict) -> str:
     mode = row["mode"]
     if row["model"] == "baseline":
         return "baseline (no diffusion)"
-    kind = mode["inference"]
-    label = {"single": "single-step (x0 from x_T)", "multi": "multi-step (T steps)"}.get(
-        kind, f"DDIM k={mode.get('ddim_steps')}"
+    kind = mode["sampler"]
+    label = {"single": "single-step (x0 from x_T)", "ddpm": "multi-step (T steps)"}.get(
+        kind, f"DDIM k={mode.get('sampling_steps')}"
     )
     if int(mode.get("ensemble", 1)) > 1:
         label += f", ensemble M={mode['ensemble']}"

@@ -18,7 +18,7 @@ from xraydiff.geometry import to_original_pixels
 from xraydiff.heatmaps import gaussian_heatmaps
 from xraydiff.landmark_diffusion import (
     ChainDecoding,
-    InferenceMode,
+    LandmarkSampler,
     X0Estimate,
     as_x0,
     check_blur,
@@ -35,7 +35,8 @@ from xraydiff.localization import decode_landmarks
 from xraydiff.metrics import radial_errors_mm
 
 INFERENCE_OPTIONS = (
-    "inference", "ddim_steps", "ddim_eta", "ensemble", "seed", "sigma_max", "sigma_min", "chain_decoding", "x0_estimate"
+    "sampler", "sampling_steps", "ddim_eta", "ensemble", "seed", "sigma_max", "sigma_min", "chain_decoding",
+    "x0_estimate",
 )  # fmt: skip
 
 
@@ -69,10 +70,11 @@ class LandmarkDiffusion(WeightAverageMixin, TaggedCheckpointMixin, L.LightningMo
     ``diffusion`` False the same network and loss are trained without noise (zeros in place of x_t,
     t = 0): the paper's "no diffusion" baseline, image in, heatmaps out, one call at inference.
 
-    Inference (validate / test / predict, all from one checkpoint, set by ``inference``):
-    'single' (x0_hat from x_T in one call), 'multi' (the T-step chain with the shrinking blur of
-    eq. 12), 'ddim' (``ddim_steps`` steps, ``ddim_eta``). The baseline and 'single' are decoded from
-    the logits as the localizer decodes (arg-max, soft-argmax refinement); a chain from its final x0
+    Inference (validate / test / predict, all from one checkpoint, set by ``sampler``):
+    'single' (x0_hat from x_T in one call), 'ddpm' (the T-step chain with the shrinking blur of
+    eq. 12), 'ddim' (``sampling_steps`` steps, ``ddim_eta``): the names of the other diffusion models.
+    The baseline and 'single' are decoded from the logits as the localizer decodes (arg-max, soft-argmax
+    refinement); a chain from its final x0
     (``chain_decoding`` 'argmax': the same refinement on log x0; 'topk': the weighted mean of the 9
     highest pixels, the authors' framework). ``ensemble`` M > 1 runs M stochastic
     members in one batch and averages their decoded coordinates, the spread of the M predictions
@@ -91,7 +93,7 @@ class LandmarkDiffusion(WeightAverageMixin, TaggedCheckpointMixin, L.LightningMo
         heatmap_sigma: target Gaussian sigma in pixels (1 = the paper's few-hot map).
         lambda_nll, lambda_s: weights of eq. 11 (1 and 0.01).
         sigma_max, sigma_min: the blur of eq. 12 at t = T - 1 and t = 0 (14 and ``sigma_min``).
-        inference, ddim_steps, ddim_eta, ensemble, chain_decoding: the inference mode (see above).
+        sampler, sampling_steps, ddim_eta, ensemble, chain_decoding: the inference mode (see above).
         x0_estimate: what each reverse step takes as x0 from the logits: 'softmax' (the trained
             distribution as a heatmap, ``xraydiff.landmark_diffusion.softmax_heatmap``) or 'clamp'
             (clamp(logits, -1, 1), the paper's text read literally; README deviation table).
@@ -105,6 +107,9 @@ class LandmarkDiffusion(WeightAverageMixin, TaggedCheckpointMixin, L.LightningMo
             fixed 0.998 leaves 37 % of the weight on the untrained network after 500 steps.
         refine_window: window of the centre-of-mass refinement of each arg-max, in pixels.
     """
+
+    # Config keys of earlier versions, refused with the name that replaced them (commands.lightning_cli).
+    renamed_parameters = {"inference": "sampler", "ddim_steps": "sampling_steps"}
 
     def __init__(
         self,
@@ -126,13 +131,13 @@ class LandmarkDiffusion(WeightAverageMixin, TaggedCheckpointMixin, L.LightningMo
         lambda_s: float = 0.01,
         sigma_max: float = 14.0,
         sigma_min: float = 1.0,
-        inference: InferenceMode = "multi",
-        ddim_steps: int | None = None,
+        sampler: LandmarkSampler = "ddpm",
+        sampling_steps: int | None = None,
         ddim_eta: float = 0.0,
         ensemble: int = 1,
         chain_decoding: ChainDecoding = "argmax",
         x0_estimate: X0Estimate = "softmax",
-        fit_validation: InferenceMode = "single",
+        fit_validation: LandmarkSampler = "single",
         seed: int = 0,
         learning_rate: float = 1e-4,
         weight_decay: float = 1e-4,
@@ -145,11 +150,11 @@ class LandmarkDiffusion(WeightAverageMixin, TaggedCheckpointMixin, L.LightningMo
         super().__init__()
         # Inference options are choices of each validate / test / predict run, not properties of the
         # trained model: kept out of the checkpoint, so that LightningCLI (which restores a
-        # checkpoint's hyperparameters over the config) lets `--model.init_args.inference ...` apply.
+        # checkpoint's hyperparameters over the config) lets `--model.init_args.sampler ...` apply.
         self.save_hyperparameters(ignore=list(INFERENCE_OPTIONS))
         self.inference = {
-            "mode": inference,
-            "ddim_steps": ddim_steps,
+            "mode": sampler,
+            "sampling_steps": sampling_steps,
             "ddim_eta": ddim_eta,
             "ensemble": ensemble,
             "sigma_max": sigma_max,
@@ -161,14 +166,14 @@ class LandmarkDiffusion(WeightAverageMixin, TaggedCheckpointMixin, L.LightningMo
         check_lr_schedule(lr_schedule, warmup_fraction)
         self.inference_seed = seed
         check_blur(sigma_max, sigma_min)
-        check_inference(inference, ddim_steps, ensemble, num_train_timesteps, ddim_eta)
-        check_inference(fit_validation, ddim_steps, 1, num_train_timesteps, ddim_eta)
+        check_inference(sampler, sampling_steps, ensemble, num_train_timesteps, ddim_eta)
+        check_inference(fit_validation, sampling_steps, 1, num_train_timesteps, ddim_eta)
         self.image_size = (int(image_size[0]), int(image_size[1]))
         levels = len(channels)
         # Default: attention at the two lowest resolutions, as in the paper.
         default_attention = (False,) * max(levels - 2, 0) + (True,) * min(levels, 2)
         attention = tuple(attention_levels) if attention_levels is not None else default_attention
-        self.net = HeatmapDenoiser(
+        self.unet = HeatmapDenoiser(
             image_channels,
             num_landmarks,
             channels=tuple(channels),
@@ -178,7 +183,7 @@ class LandmarkDiffusion(WeightAverageMixin, TaggedCheckpointMixin, L.LightningMo
             num_head_channels=num_head_channels,
             use_flash_attention=use_flash_attention,
         )
-        self.init_weight_average("net", ema_decay, ema_warmup)
+        self.init_weight_average("unet", ema_decay, ema_warmup)
         self.scheduler = make_scheduler(
             num_train_timesteps, beta_start=beta_start, beta_end=beta_end, prediction_type="sample"
         )
@@ -213,7 +218,7 @@ class LandmarkDiffusion(WeightAverageMixin, TaggedCheckpointMixin, L.LightningMo
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         self._check(batch)
-        loss, nll, mse = self.loss(batch, self.net)
+        loss, nll, mse = self.loss(batch, self.unet)
         size = len(batch["image"])
         self.log("train/loss", loss, prog_bar=True, batch_size=size)
         self.log_dict({"train/nll": nll, "train/mse": mse}, batch_size=size)
@@ -223,7 +228,7 @@ class LandmarkDiffusion(WeightAverageMixin, TaggedCheckpointMixin, L.LightningMo
     def configure_optimizers(self):
         hp = self.hparams
         return adamw_with_schedule(
-            self.net.parameters(), hp.learning_rate, hp.weight_decay, hp.lr_schedule, self.trainer, hp.warmup_fraction
+            self.unet.parameters(), hp.learning_rate, hp.weight_decay, hp.lr_schedule, self.trainer, hp.warmup_fraction
         )
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
@@ -231,6 +236,9 @@ class LandmarkDiffusion(WeightAverageMixin, TaggedCheckpointMixin, L.LightningMo
         naming the file, before its weights are loaded."""
         saved = checkpoint.get("hyper_parameters", {})
         path = getattr(self._trainer, "ckpt_path", None) if self._trainer is not None else None
+        state = checkpoint.get("state_dict", {})
+        for key in [k for k in state if k.startswith("net.")]:  # checkpoints before the network was `unet`
+            state["unet." + key[len("net.") :]] = state.pop(key)
         for key in ("num_landmarks", "image_channels", "image_size", "num_train_timesteps"):
             if key in saved and list(np.atleast_1d(saved[key])) != list(np.atleast_1d(self.hparams[key])):
                 raise DataError(path, f"checkpoint has {key} {saved[key]}, the model config {self.hparams[key]}")
@@ -239,7 +247,7 @@ class LandmarkDiffusion(WeightAverageMixin, TaggedCheckpointMixin, L.LightningMo
 
     @property
     def inference_network(self) -> nn.Module:
-        return self.ema.module if self.ema is not None else self.net
+        return self.ema.module if self.ema is not None else self.unet
 
     def inference_settings(self) -> dict:
         """The mode this stage runs: mode, steps (network calls per member), ensemble size M."""
@@ -249,7 +257,7 @@ class LandmarkDiffusion(WeightAverageMixin, TaggedCheckpointMixin, L.LightningMo
         ensemble = 1 if fitting else self.inference["ensemble"]
         if not hp.diffusion:
             return {"mode": "baseline", "steps": 1, "ensemble": 1}
-        steps = {"single": 1, "multi": hp.num_train_timesteps, "ddim": self.inference["ddim_steps"]}[mode]
+        steps = {"single": 1, "ddpm": hp.num_train_timesteps, "ddim": self.inference["sampling_steps"]}[mode]
         return {"mode": mode, "steps": steps, "ensemble": ensemble}
 
     @torch.no_grad()

@@ -6,7 +6,7 @@ with the QC of ``callbacks.plausibility`` (fitted on the training annotations, a
 Prints how many of each the QC flags and the rules that failed.
 
     python scripts/qc_flipped_isbi.py runs/ceph_landmarks_cpu/diffusion/checkpoints/last.ckpt \
-        --mode ddim --steps 5 [--root ../shared/data/isbi2015] [--images 10]
+        --sampler ddim --steps 5 [--root ../shared/data/isbi2015] [--images 10]
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("checkpoint", type=Path)
     parser.add_argument("--root", type=Path, default=DATA, help="ISBI 2015 in the challenge layout")
     parser.add_argument("--images", type=int, default=10, help="the first N Test1 images")
-    parser.add_argument("--mode", choices=["single", "ddim", "multi"], default="ddim", help="diffusion models only")
+    parser.add_argument("--sampler", choices=["single", "ddim", "ddpm"], default="ddim", help="diffusion models only")
     parser.add_argument("--steps", type=int, default=5, help="DDIM steps k")
     args = parser.parse_args(argv)
     if not args.root.is_dir():
@@ -41,8 +41,8 @@ def main(argv: list[str] | None = None) -> None:
     dm.setup()
     checker = fit_prediction_checker(dm)
     batch = next(iter(dm.make_loader(dm.dataset("val", augment=False))))
-    steps = {"single": 1, "ddim": args.steps, "multi": model.hparams.num_train_timesteps}[args.mode]
-    mode = args.mode if model.hparams.diffusion else "baseline"
+    steps = {"single": 1, "ddim": args.steps, "ddpm": model.hparams.num_train_timesteps}[args.sampler]
+    mode = args.sampler if model.hparams.diffusion else "baseline"
     settings = {"mode": mode, "steps": steps if model.hparams.diffusion else 1, "ensemble": 1}
     print(f"{args.checkpoint}: {settings['mode']} ({steps} calls), QC fitted on {checker.stats.num_shapes} shapes")
     for name, image in (("as they are", batch["image"]), ("flipped left-right", batch["image"].flip(-1))):

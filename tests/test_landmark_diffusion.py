@@ -56,7 +56,7 @@ def test_blur_schedule_is_eq_12_and_the_kernel_is_13_by_13_gaussian():
         alphas = make_scheduler(10, prediction_type="sample")
         generators = ld.item_generators(0, [0], 1)
         zeros = lambda x, t: torch.zeros_like(x)  # noqa: E731
-        ld.sample_heatmaps(zeros, (1, 8, 8), alphas, "multi", generators, "cpu", None, 0.0, 6.0, 0.5)
+        ld.sample_heatmaps(zeros, (1, 8, 8), alphas, "ddpm", generators, "cpu", None, 0.0, 6.0, 0.5)
     finally:
         ld.blur_heatmaps = original
     assert used[0] == 6.0 and used[-1] == 0.5 and len(used) == 10
@@ -98,8 +98,8 @@ def test_sampling_noise_is_per_image_not_per_batch():
     [
         ("ddim", 300, 1, r"DDIM steps must be in \[1, T = 200\]"),
         ("ddim", None, 1, "DDIM steps"),
-        ("multi", None, 0, "ensemble size M must be at least 1"),
-        ("fast", None, 1, "inference mode must be one of"),
+        ("ddpm", None, 0, "ensemble size M must be at least 1"),
+        ("fast", None, 1, "sampler must be one of"),
     ],
 )
 def test_bad_inference_settings_are_refused(mode, steps, ensemble, message):
@@ -125,8 +125,8 @@ def _test(root, *args, devices: list[str] = ()) -> dict:
 
 
 def test_multi_step_sampling_beats_pure_noise(trained):
-    multi = _test(trained, "--model.init_args.inference", "multi")
-    assert multi["inference"]["mode"] == "multi" and multi["inference"]["network_calls_per_image"] == 20
+    multi = _test(trained, "--model.init_args.sampler", "ddpm")
+    assert multi["inference"]["mode"] == "ddpm" and multi["inference"]["network_calls_per_image"] == 20
     assert multi["inference"]["seconds_per_image"] > 0 and multi["n_images"] == 5
     # Pure noise: decoding x_T itself puts each landmark at an arbitrary pixel of the 32 x 32 image.
     from datamodules import CephalometricDataModule
@@ -142,9 +142,9 @@ def test_multi_step_sampling_beats_pure_noise(trained):
 
 
 def test_ensemble_uncertainty_and_ddp_give_the_same_metrics(trained):
-    one = _test(trained, "--model.init_args.inference", "ddim", "--model.init_args.ensemble", "1")
+    one = _test(trained, "--model.init_args.sampler", "ddim", "--model.init_args.ensemble", "1")
     assert "uncertainty" not in one and one["inference"]["network_calls_per_image"] == 4
-    args = ["--model.init_args.inference", "ddim", "--model.init_args.ensemble", "3", "--model.init_args.ddim_eta", "1"]
+    args = ["--model.init_args.sampler", "ddim", "--model.init_args.ensemble", "3", "--model.init_args.ddim_eta", "1"]
     single = _test(trained, *args)
     assert single["inference"]["ensemble"] == 3 and single["inference"]["network_calls_per_image"] == 12
     assert single["uncertainty"]["mean_spread_mm"] > 0 and -1 <= single["uncertainty"]["spearman"] <= 1
@@ -186,7 +186,7 @@ def test_baseline_is_the_same_network_without_noise(trained, tmp_path):
 
 def test_mismatched_checkpoint_and_data_are_refused(trained, cli):
     test = ["test", *TINY, "--trainer.default_root_dir", trained, "--ckpt_path", "last"]
-    code, _, err = cli(*test, "--model.init_args.ddim_steps", "30")
+    code, _, err = cli(*test, "--model.init_args.sampling_steps", "30")
     assert code != 0 and "DDIM steps must be in [1, T = 20]" in err
     code, _, err = cli(*test, "--model.init_args.sigma_min", "20")
     assert code != 0 and "sigma_min <= sigma_max" in err
@@ -198,3 +198,25 @@ def test_mismatched_checkpoint_and_data_are_refused(trained, cli):
     model = LandmarkDiffusion(num_landmarks=18, image_size=(32, 32), channels=(16, 32, 32), num_train_timesteps=20)
     with pytest.raises(DataError, match="checkpoint has num_landmarks 19, the model config 18"):
         model.on_load_checkpoint(torch.load(trained / "checkpoints/last.ckpt", weights_only=False))
+
+
+def test_old_names_are_refused_with_the_new_ones_and_old_checkpoints_load(trained, cli, tmp_path):
+    from lightning_modules import LandmarkDiffusion, load_model
+
+    test = ["test", *TINY, "--trainer.default_root_dir", trained, "--ckpt_path", "last"]
+    code, _, err = cli(*test, "--model.init_args.ddim_steps", "3")
+    assert code != 0 and "--model.init_args.ddim_steps is now --model.init_args.sampling_steps" in err
+    config = tmp_path / "old.yaml"
+    config.write_text(
+        "model:\n  class_path: lightning_modules.LandmarkDiffusion\n  init_args:\n    num_landmarks: 19\n"
+        "    inference: multi\n"
+    )
+    code, _, err = cli("test", "--config", config, "--trainer.default_root_dir", tmp_path / "r")
+    assert code != 0 and "model.init_args.inference is now 'sampler'" in err and "old.yaml:5" in err
+    # A checkpoint saved when the network was called `net` loads into `unet`.
+    checkpoint = torch.load(trained / "checkpoints/last.ckpt", weights_only=False)
+    state = checkpoint["state_dict"]
+    checkpoint["state_dict"] = {("net." + k[5:] if k.startswith("unet.") else k): v for k, v in state.items()}
+    torch.save(checkpoint, tmp_path / "old.ckpt")
+    model = load_model(tmp_path / "old.ckpt", LandmarkDiffusion)
+    torch.testing.assert_close(model.unet.state_dict(), {k[5:]: v for k, v in state.items() if k.startswith("unet.")})

@@ -24,10 +24,10 @@ ARGS = [
     "--trainer.enable_progress_bar", "false",
 ]  # fmt: skip
 MODES = {
-    "single": {"inference": "single"},
-    "ddim3": {"inference": "ddim", "ddim_steps": 3},
-    "ensemble3x2": {"inference": "ddim", "ddim_steps": 3, "ensemble": 2, "ddim_eta": 1.0},
-    "multi": {"inference": "multi", "max_images": 2},
+    "single": {"sampler": "single"},
+    "ddim3": {"sampler": "ddim", "sampling_steps": 3},
+    "ensemble3x2": {"sampler": "ddim", "sampling_steps": 3, "ensemble": 2, "ddim_eta": 1.0},
+    "multi": {"sampler": "ddpm", "max_images": 2},
 }
 # (network calls per image, images evaluated on Test1 / Test2) known from the modes and the data:
 # batch 2, 4 Test1 and 3 Test2 phantoms; max_images 2 = one batch.
@@ -110,18 +110,19 @@ def test_study_trains_both_models_equally_evaluates_every_mode_and_resumes(cli, 
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"modes": {"bad": {"inference": "ddim", "ddim_steps": 30}}}, "DDIM steps must be in [1, T = 20]"),
-        ({"modes": {"bad": {"inference": "ddim", "ddim_steps": 3, "ensemble": 0}}}, "ensemble size M must be"),
-        ({"modes": {"bad": {"inference": "multi", "sigma_min": 5.0}}}, "sigma_min <= sigma_max"),
-        ({"modes": {"bad": {"inference": "sideways"}}}, "inference mode must be one of"),
-        ({"modes": {"bad": {"inference": "single", "temperature": 2}}}, "unknown key(s) ['temperature']"),
-        ({"modes": {"bad": {"inference": "multi", "max_images": 0}}}, "max_images must be a positive integer"),
+        ({"modes": {"bad": {"sampler": "ddim", "sampling_steps": 30}}}, "DDIM steps must be in [1, T = 20]"),
+        ({"modes": {"bad": {"sampler": "ddim", "sampling_steps": 3, "ensemble": 0}}}, "ensemble size M must be"),
+        ({"modes": {"bad": {"sampler": "ddpm", "sigma_min": 5.0}}}, "sigma_min <= sigma_max"),
+        ({"modes": {"bad": {"sampler": "sideways"}}}, "sampler must be one of"),
+        ({"modes": {"bad": {"inference": "ddim", "ddim_steps": 3}}}, "modes.bad.ddim_steps is now 'sampling_steps'"),
+        ({"modes": {"bad": {"sampler": "single", "temperature": 2}}}, "unknown key(s) ['temperature']"),
+        ({"modes": {"bad": {"sampler": "ddpm", "max_images": 0}}}, "max_images must be a positive integer"),
         (
-            {"modes": {"bad": {"inference": "ddim", "ddim_steps": 3, "x0_estimate": "tanh"}}},
+            {"modes": {"bad": {"sampler": "ddim", "sampling_steps": 3, "x0_estimate": "tanh"}}},
             "x0 estimate must be one of",
         ),
         (
-            {"modes": {"bad": {"inference": "ddim", "ddim_steps": 3, "chain_decoding": "mean"}}},
+            {"modes": {"bad": {"sampler": "ddim", "sampling_steps": 3, "chain_decoding": "mean"}}},
             "chain_decoding must be",
         ),
         ({"max_steps": 0}, "max_steps must be a positive integer"),
@@ -146,7 +147,7 @@ def test_the_shipped_study_configs_are_valid():
         config = load_landmark_study_config(path)
         assert len(config.modes) == rows and config.max_steps > 0
         multi = config.modes["multi"]
-        assert multi["inference"] == "multi" and math.isfinite(multi.get("max_images", math.inf))
+        assert multi["sampler"] == "ddpm" and math.isfinite(multi.get("max_images", math.inf))
 
 
 def test_paired_difference_is_the_mean_per_image_difference_with_a_bootstrap_interval():

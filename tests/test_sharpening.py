@@ -63,7 +63,7 @@ def test_the_landmark_diffusion_loss_sharpens_to_its_target(diffusion):
         norm_num_groups=8, diffusion=diffusion, num_train_timesteps=20, beta_end=0.2, ema_decay=None,
     )  # fmt: skip
     batch = _example()
-    _fit(model.net.parameters(), lambda b: model.loss(b, model.net)[0], batch, steps=300)
+    _fit(model.unet.parameters(), lambda b: model.loss(b, model.unet)[0], batch, steps=300)
     model.eval()
     settings = {"mode": "single", "steps": 1, "ensemble": 1} if diffusion else None
     result = model.infer(batch["image"], torch.tensor([0]), settings)
@@ -74,9 +74,9 @@ def test_the_landmark_diffusion_loss_sharpens_to_its_target(diffusion):
             from xraydiff.landmark_diffusion import item_generators
 
             x_t = draw_noise(item_generators(0, [0], 1), (1, 1, *SIZE), "cpu")
-            logits = model.net(batch["image"], x_t, torch.tensor([19]))
+            logits = model.unet(batch["image"], x_t, torch.tensor([19]))
         else:
-            logits = model.net(batch["image"], torch.zeros(1, 1, *SIZE), torch.tensor([0]))
+            logits = model.unet(batch["image"], torch.zeros(1, 1, *SIZE), torch.tensor([0]))
     _check_sharp(logits, result["members"])
 
 

@@ -198,7 +198,7 @@ LANDMARK_DIFFUSION = [
     "20",
     "--model.init_args.beta_end",  # sum of betas 2.0 as for the paper's T = 200 to 0.02: the same abar_T
     "0.2",
-    "--model.init_args.ddim_steps",
+    "--model.init_args.sampling_steps",
     "4",
     "--model.init_args.sigma_max",
     "3.0",

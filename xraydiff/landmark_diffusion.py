@@ -31,7 +31,7 @@ from xraydiff.diffusion import check_sampling, draw_noise, reverse_process, reve
 from xraydiff.errors import DataError
 from xraydiff.localization import decode_landmarks, spatial_softmax_nll
 
-InferenceMode = Literal["single", "multi", "ddim"]
+LandmarkSampler = Literal["single", "ddpm", "ddim"]  # one call, the T-step chain, k DDIM steps
 X0Estimate = Literal["softmax", "clamp"]
 ChainDecoding = Literal["argmax", "topk"]
 BLUR_KERNEL_SIZE = 13
@@ -41,10 +41,10 @@ X0Predictor = Callable[[Tensor, Tensor], Tensor]
 
 def check_inference(mode: str, steps: int | None, ensemble: int, num_train_timesteps: int, eta: float = 0.0) -> None:
     """DataError for an unknown mode, DDIM steps outside [1, T], eta outside [0, 1] or an ensemble below 1."""
-    if mode not in get_args(InferenceMode):
-        raise DataError(None, f"inference mode must be one of {get_args(InferenceMode)}, got {mode!r}")
+    if mode not in get_args(LandmarkSampler):
+        raise DataError(None, f"sampler must be one of {get_args(LandmarkSampler)}, got {mode!r}")
     if mode != "single":
-        check_sampling("ddim" if mode == "ddim" else "ddpm", steps, eta, num_train_timesteps)
+        check_sampling(mode, steps, eta, num_train_timesteps)
     if ensemble < 1:
         raise DataError(None, f"ensemble size M must be at least 1, got {ensemble}")
 
@@ -154,7 +154,7 @@ def sample_heatmaps(
     predict_x0: X0Predictor,
     shape: Sequence[int],
     scheduler: DDPMScheduler,
-    mode: InferenceMode,
+    mode: LandmarkSampler,
     generators: Sequence[torch.Generator],
     device: torch.device,
     steps: int | None = None,
@@ -168,7 +168,7 @@ def sample_heatmaps(
     Each call's logits enter as ``estimate_x0(logits, x0_estimate)``.
 
     * ``single``: x0_hat(x_T, T - 1) in one network call, unblurred.
-    * ``multi``: the T-step DDPM chain, eta = 1 (every step: predict x0, blur by eq. 12, draw from the posterior).
+    * ``ddpm``: the T-step DDPM chain, eta = 1 (every step: predict x0, blur by eq. 12, draw from the posterior).
     * ``ddim``: k = ``steps`` steps with ``eta``, blurred likewise.
 
     The chains run on ``xraydiff.diffusion.reverse_process`` (``scheduler``: prediction type 'sample'), the
@@ -180,9 +180,8 @@ def sample_heatmaps(
         t = torch.full((x.shape[0],), num_train_timesteps - 1, device=device, dtype=torch.long)
         logits = predict_x0(x, t).float()
         return estimate_x0(logits, x0_estimate), logits, 1
-    sampler = "ddim" if mode == "ddim" else "ddpm"
-    steps = check_sampling(sampler, steps, eta, num_train_timesteps)
-    eta = 1.0 if mode == "multi" else eta
+    steps = check_sampling(mode, steps, eta, num_train_timesteps)
+    eta = 1.0 if mode == "ddpm" else eta
     last: dict[str, Tensor] = {}
 
     def network(x_t: Tensor, t: Tensor) -> Tensor:
@@ -230,7 +229,7 @@ def ensemble_statistics(positions: Tensor) -> tuple[Tensor, Tensor]:
 __all__ = [
     "BLUR_KERNEL_SIZE",
     "ChainDecoding",
-    "InferenceMode",
+    "LandmarkSampler",
     "X0Estimate",
     "as_x0",
     "blur_heatmaps",

@@ -6,9 +6,8 @@
 * ``xraydiff sample --ckpt_path CKPT --num_samples N --out DIR``: generate image/heatmap pairs (or LDM images).
 * ``xraydiff acceptance fit|render|run|rate``: the MRF-SSM quality control of generated pairs.
 * ``xraydiff blend --ldm CKPT --config DATA --top_k K --out DIR``: synthetic pairs by latent blending.
-* ``xraydiff experiment augment --config ... --out DIR``: the synthetic-augmentation study.
-* ``xraydiff experiment landmarks --config ... --out DIR``: landmark diffusion vs. its no-diffusion baseline.
-* ``xraydiff experiment blend --config ... --out DIR``: latent blending for segmentation (Lim et al.).
+* ``xraydiff experiment NAME --config ... --out DIR``: the study module ``experiments/NAME.py`` (each
+  registers itself with ``STUDY``: augment, landmarks, blend).
 """
 
 from __future__ import annotations
@@ -20,6 +19,7 @@ from typing import Any
 from commands import quiet
 from commands.lightning_cli import XrayCLI, data_parser
 from commands.parsing import ConfigParser, Parser, nearest, parsing
+from experiments import studies, study
 from xraydiff.errors import DataError, Interrupted
 from xraydiff.imageio import check_output_folder
 from xraydiff.precision import AUTO
@@ -35,9 +35,7 @@ commands:
   sample                            generate image/heatmap pairs (or LDM images) from a checkpoint
   acceptance fit|render|run|rate    MRF-SSM quality control of generated pairs
   blend                             synthetic image/mask pairs by anatomy-guided latent blending
-  experiment augment                the synthetic-augmentation study, end to end
-  experiment landmarks              landmark diffusion vs. the same network without diffusion
-  experiment blend                  latent-blending augmentation of a segmenter (Lim et al., Table 1)
+{experiments}
 
 Each command has its own --help.
 """
@@ -259,58 +257,6 @@ def acceptance_rate(argv: list[str]) -> None:
     print(result["table"])
 
 
-def experiment_augment(argv: list[str]) -> None:
-    from experiments.augment import Study, load_study_config, tables
-
-    parser = Parser(
-        prog="xraydiff experiment augment",
-        description="The synthetic-augmentation study of Hadzic et al.: generators, acceptance, localizer; resumable.",
-    )
-    parser.add_argument("--config", type=Path, required=True, help="YAML with an 'experiment' section")
-    parser.add_argument("--out", type=Path, required=True, help="study folder (rerun to resume)")
-    args = parser.parse_args(argv)
-    config = load_study_config(args.config)
-    results = Study(config, args.out).run()
-    table1, table2 = tables(results, config)
-    print("\nTable 1: acceptance rate\n" + table1 + "\n\nTable 2: localizer on the test set\n" + table2)
-    print(f"\nreport: {args.out / 'results.md'}")
-
-
-def experiment_landmarks(argv: list[str]) -> None:
-    from experiments.landmarks import LandmarkStudy, load_landmark_study_config
-
-    parser = Parser(
-        prog="xraydiff experiment landmarks",
-        description="Landmark diffusion vs. the same network without diffusion at equal budget (the paper's "
-        "Table 1): train both, evaluate every inference mode; resumable.",
-    )
-    parser.add_argument("--config", type=Path, required=True, help="YAML with an 'experiment' section")
-    parser.add_argument("--out", type=Path, required=True, help="study folder (rerun to resume)")
-    args = parser.parse_args(argv)
-    config = load_landmark_study_config(args.config)
-    LandmarkStudy(config, args.out).run()
-    print("\n" + (args.out / "results.md").read_text())
-    print(f"report: {args.out / 'results.md'}")
-
-
-def experiment_blend(argv: list[str]) -> None:
-    from experiments.blend import BlendStudy, load_blend_study_config, table
-
-    parser = Parser(
-        prog="xraydiff experiment blend",
-        description="Lim et al.'s Table 1: generators, latent blending for each k, the segmenter on real, "
-        "synthetic and real + synthetic pairs, tested on the hold-out set. Resumable: finished steps are kept.",
-    )
-    parser.add_argument("--config", type=Path, required=True, help="YAML with an 'experiment' section")
-    parser.add_argument("--out", type=Path, required=True, help="study folder (new, or an earlier run to resume)")
-    args = parser.parse_args(argv)
-    results = BlendStudy(load_blend_study_config(args.config), args.out).run()
-    print(table(results))
-    print(f"wrote {args.out}/results.md and results.json")
-
-
-EXPERIMENTS = {"augment": experiment_augment, "landmarks": experiment_landmarks, "blend": experiment_blend}
-
 ACCEPTANCE_COMMANDS = {
     "fit": acceptance_fit,
     "render": acceptance_render,
@@ -322,13 +268,18 @@ ACCEPTANCE_COMMANDS = {
 # --------------------------------------------------------------------------------------- main
 
 
-GROUPS = {"data": {"summary": None}, "acceptance": ACCEPTANCE_COMMANDS, "experiment": EXPERIMENTS}
+def _groups() -> dict:
+    from experiments import studies
+
+    return {"data": {"summary": None}, "acceptance": ACCEPTANCE_COMMANDS, "experiment": studies()}
+
+
 COMMANDS = (*LIGHTNING_SUBCOMMANDS, "data", "sample", "blend", "acceptance", "experiment")
 
 
 def _unknown(argv: list[str]) -> None:
     """Exit 2 with the subcommands of a group named alone, or the command nearest an unknown one."""
-    group = GROUPS.get(argv[0])
+    group = _groups().get(argv[0])
     if group is not None and (len(argv) == 1 or argv[1] in ("-h", "--help")):
         print(
             f"usage: xraydiff {argv[0]} {{{','.join(group)}}} [options]",
@@ -361,12 +312,13 @@ def main(argv: list[str] | None = None) -> None:
             sample(argv[1:])
         elif argv[:1] == ["blend"]:
             blend(argv[1:])
-        elif argv[:1] == ["experiment"] and len(argv) > 1 and argv[1] in EXPERIMENTS:
-            EXPERIMENTS[argv[1]](argv[2:])
+        elif argv[:1] == ["experiment"] and len(argv) > 1 and argv[1] in studies():
+            study(argv[1]).main(argv[2:])
         elif argv[:1] == ["acceptance"] and len(argv) > 1 and argv[1] in ACCEPTANCE_COMMANDS:
             ACCEPTANCE_COMMANDS[argv[1]](argv[2:])
         elif not argv or argv[0] in ("-h", "--help"):
-            print(USAGE, file=sys.stdout if argv else sys.stderr)
+            listed = "\n".join(f"  experiment {name:<23}{summary}" for name, summary in studies().items())
+            print(USAGE.format(experiments=listed), file=sys.stdout if argv else sys.stderr)
             sys.exit(0 if argv else 2)
         else:
             _unknown(argv)

@@ -27,7 +27,7 @@ import torch
 from commands.acceptance import acceptance_rate_of_checkpoint
 from commands.lightning_cli import data_parser
 from commands.sampling import generate_samples
-from experiments.steps import StepRunner, read_experiment
+from experiments.steps import StepRunner, StudyCommand, read_experiment
 from xraydiff.checkpoints import CHECKPOINT_KEY, read_checkpoint
 from xraydiff.errors import DataError
 from xraydiff.imageio import atomic_write_bytes
@@ -498,3 +498,20 @@ def _jsonable(value):
     if isinstance(value, np.generic):
         return value.item()
     raise TypeError(type(value))
+
+
+def _run(config_path: Path, out: Path) -> str:
+    config = load_study_config(config_path)
+    table1, table2 = tables(Study(config, out).run(), config)
+    return (
+        "\nTable 1: acceptance rate\n" + table1 + "\n\nTable 2: localizer on the test set\n" + table2
+        + f"\n\nreport: {out / 'results.md'}"
+    )  # fmt: skip
+
+
+STUDY = StudyCommand(
+    name="augment",
+    summary="the synthetic-augmentation study, end to end",
+    description="The synthetic-augmentation study of Hadzic et al.: generators, acceptance, localizer; resumable.",
+    run=_run,
+)

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from commands.lightning_cli import data_parser
-from experiments.steps import StepRunner, read_experiment
+from experiments.steps import StepRunner, StudyCommand, read_experiment
 from xraydiff.blending import COMPOSITES
 from xraydiff.checkpoints import CHECKPOINT_KEY, read_checkpoint
 from xraydiff.errors import DataError
@@ -442,3 +442,17 @@ def write_report(out: Path, results: dict) -> None:
     ]
     atomic_write_bytes(out / "results.md", "\n".join(text).encode())
     atomic_write_bytes(out / "results.json", json.dumps(results, indent=1).encode())
+
+
+def _run(config_path: Path, out: Path) -> str:
+    results = BlendStudy(load_blend_study_config(config_path), out).run()
+    return table(results) + f"\nwrote {out}/results.md and results.json"
+
+
+STUDY = StudyCommand(
+    name="blend",
+    summary="latent-blending augmentation of a segmenter (Lim et al., Table 1)",
+    description="Lim et al.'s Table 1: generators, latent blending for each k, the segmenter on real, "
+    "synthetic and real + synthetic pairs, tested on the hold-out set. Resumable: finished steps are kept.",
+    run=_run,
+)

@@ -28,7 +28,7 @@ from typing import Any
 
 from commands.lightning_cli import data_parser
 from commands.parsing import read_yaml
-from experiments.steps import StepRunner, read_experiment
+from experiments.steps import StepRunner, StudyCommand, read_experiment
 from lightning_modules.landmark_diffusion import LandmarkDiffusion
 from xraydiff.checkpoints import CHECKPOINT_KEY, read_checkpoint
 from xraydiff.errors import DataError
@@ -412,3 +412,17 @@ def write_report(out: Path, results: dict, config: LandmarkStudyConfig) -> None:
     ]
     atomic_write_bytes(out / "results.md", "\n".join(text).encode())
     atomic_write_bytes(out / "results.json", json.dumps(results, indent=1).encode())
+
+
+def _run(config_path: Path, out: Path) -> str:
+    LandmarkStudy(load_landmark_study_config(config_path), out).run()
+    return "\n" + (out / "results.md").read_text() + f"\nreport: {out / 'results.md'}"
+
+
+STUDY = StudyCommand(
+    name="landmarks",
+    summary="landmark diffusion vs. the same network without diffusion",
+    description="Landmark diffusion vs. the same network without diffusion at equal budget (the paper's "
+    "Table 1): train both, evaluate every inference mode; resumable.",
+    run=_run,
+)

@@ -10,16 +10,36 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from commands.lightning_cli import XrayCLI
-from commands.parsing import key_lines, read_yaml
+from commands.parsing import Parser, key_lines, read_yaml
 from xraydiff.errors import DataError
 from xraydiff.imageio import atomic_write_bytes, check_output_folder, mark_output
 
 MARKER = "done.json"
 # Sub-runs of a study log to CSV inside their step folder (no W&B run per step).
 CSV_LOGGER = '{"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "."}}'
+
+
+@dataclass(frozen=True)
+class StudyCommand:
+    """What ``xraydiff experiment NAME --config YAML --out DIR`` runs: ``run(config, out)`` runs (or resumes)
+    the study and returns the report to print."""
+
+    name: str
+    summary: str
+    description: str
+    run: Callable[[Path, Path], str]
+
+    def main(self, argv: list[str]) -> None:
+        parser = Parser(prog=f"xraydiff experiment {self.name}", description=self.description)
+        parser.add_argument("--config", type=Path, required=True, help="YAML with an 'experiment' section")
+        parser.add_argument("--out", type=Path, required=True, help="study folder (new, or an earlier run to resume)")
+        args = parser.parse_args(argv)
+        print(self.run(args.config, args.out))
 
 
 def read_experiment(path: Path, known: set[str], required: tuple[str, ...]) -> tuple[dict, dict]:

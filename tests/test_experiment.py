@@ -179,3 +179,22 @@ def test_demo_study_runs_at_smoke_size(cli, tmp_path):
     path.write_text(yaml.safe_dump(demo))
     code, _, err = cli("experiment", "augment", "--config", path, "--out", tmp_path / "other")
     assert code != 0 and "train_images: 2000 vs 200" in err and "trained on another training set" in err
+
+
+def test_a_study_module_registers_itself_without_an_edit_of_the_cli(monkeypatch, tmp_path, capsys):
+    import experiments
+    from cli import main
+
+    assert set(experiments.studies()) == {"augment", "blend", "landmarks"}
+    (tmp_path / "registered.py").write_text(
+        "from experiments.steps import StudyCommand\n\n"
+        "STUDY = StudyCommand(name='registered', summary='a study found by its module', description='d',\n"
+        "                     run=lambda config, out: f'ran {config} into {out}')\n"
+    )
+    monkeypatch.setattr(experiments, "__path__", [*experiments.__path__, str(tmp_path)])
+    assert experiments.studies()["registered"] == "a study found by its module"
+    main(["experiment", "registered", "--config", "c.yaml", "--out", "o"])
+    assert "ran c.yaml into o" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "experiment registered" in capsys.readouterr().out

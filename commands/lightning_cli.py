@@ -243,9 +243,11 @@ def check_config_files(argv: list[str]) -> None:
     of ``model`` / ``data`` classes become DataErrors with file, line and the nearest valid key."""
     import importlib
 
-    for arg in argv:
-        key = arg.split("=", 1)[0].removeprefix("--model.init_args.") if arg.startswith("--model.init_args.") else None
-        for cls in _renaming_models():
+    flags = [
+        arg.split("=", 1)[0].removeprefix("--model.init_args.") for arg in argv if arg.startswith("--model.init_args.")
+    ]
+    for cls in _renaming_models() if flags else ():
+        for key in flags:
             if key in cls.renamed_parameters:
                 raise DataError(None, f"--model.init_args.{key} is now --model.init_args.{cls.renamed_parameters[key]}")
     for path in config_paths(argv):

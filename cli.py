@@ -20,8 +20,8 @@ from commands import quiet
 from commands.lightning_cli import XrayCLI, data_parser
 from commands.parsing import ConfigParser, Parser, nearest, parsing
 from experiments import studies, study
+from xraydiff.data.imageio import check_output_folder
 from xraydiff.errors import DataError, Interrupted
-from xraydiff.imageio import check_output_folder
 from xraydiff.precision import AUTO
 
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
@@ -128,7 +128,7 @@ def blend(argv: list[str]) -> None:
     parser.add_argument(
         "--reimpose", action="store_true", help="re-impose the structure at every step (Blended Latent Diffusion)"
     )
-    from xraydiff.blending import COMPOSITES
+    from xraydiff.diffusion.blending import COMPOSITES
 
     parser.add_argument(
         "--composite",
@@ -162,7 +162,7 @@ def blend(argv: list[str]) -> None:
 
 
 def _acceptance_data_parser(prog: str, description: str) -> ConfigParser:
-    from xraydiff.acceptance import AcceptanceConfig
+    from xraydiff.acceptance.config import AcceptanceConfig
 
     parser = data_parser(prog, description, uses=("acceptance",))
     parser.add_class_arguments(AcceptanceConfig, "acceptance")
@@ -187,7 +187,8 @@ def _load_landmark_data(parser: ConfigParser, cfg) -> Any:
 
 def acceptance_fit(argv: list[str]) -> None:
     from commands.acceptance import fit_statistics
-    from xraydiff.acceptance import AcceptanceConfig, check_statistics_output
+    from xraydiff.acceptance.config import AcceptanceConfig
+    from xraydiff.acceptance.statistics import check_statistics_output
 
     parser = _acceptance_data_parser(
         "xraydiff acceptance fit",
@@ -216,7 +217,7 @@ def acceptance_render(argv: list[str]) -> None:
 
 
 def acceptance_run(argv: list[str]) -> None:
-    from xraydiff.acceptance_run import run_acceptance
+    from xraydiff.acceptance.run import run_acceptance
 
     parser = Parser(
         prog="xraydiff acceptance run",

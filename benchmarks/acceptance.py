@@ -20,9 +20,11 @@ import numpy as np
 import torch
 
 from datamodules import HandDataModule
-from xraydiff.acceptance import AcceptanceChecker, AcceptanceConfig, ShapeStatistics
-from xraydiff.heatmaps import gaussian_heatmaps
-from xraydiff.mrf import max_sum_bp, pgmpy_map
+from xraydiff.acceptance.checker import AcceptanceChecker
+from xraydiff.acceptance.config import AcceptanceConfig
+from xraydiff.acceptance.mrf import max_sum_bp, pgmpy_map
+from xraydiff.acceptance.statistics import ShapeStatistics
+from xraydiff.landmarks.heatmaps import gaussian_heatmaps
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "hand_dha"
 
@@ -56,7 +58,7 @@ def main() -> None:
         accepted = sum(v.accepted for v in verdicts)
     ours = statistics.median(rates)
 
-    problem = checker.build_mrf((heatmaps[: args.mplp_samples] + 1) / 2)
+    problem = checker.labeller.build_mrf((heatmaps[: args.mplp_samples] + 1) / 2)
     labels = max_sum_bp(problem.unary, problem.pairwise, problem.edges).labels.numpy()
     start = time.perf_counter()
     agree = 0

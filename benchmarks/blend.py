@@ -22,7 +22,7 @@ from benchmarks.ldm import in_subprocess as ldm_in_subprocess
 
 
 def ranking_worker(height: int, width: int, pool: int, repeats: int) -> dict:
-    from xraydiff.blending import top_k_partners
+    from xraydiff.diffusion.blending import top_k_partners
 
     generator = torch.Generator().manual_seed(0)
     latents = torch.randn(pool, 4, height // 8, width // 8, generator=generator)

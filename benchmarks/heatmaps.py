@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from xraydiff.heatmaps import gaussian_heatmaps
+from xraydiff.landmarks.heatmaps import gaussian_heatmaps
 
 
 def timed(fn, repeats: int) -> float:

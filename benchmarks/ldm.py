@@ -24,6 +24,8 @@ from pathlib import Path
 import torch
 import yaml
 
+from xraydiff.diffusion.latent import FIRST_STAGE_ARCHITECTURE, PosteriorCache
+
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "panoramic"
 
 
@@ -39,11 +41,11 @@ def _autoencoder(height: int, width: int):
 
 
 def _ldm(height: int, width: int):
-    from lightning_modules.latent_diffusion import ARCHITECTURE, LatentDiffusion
+    from lightning_modules.latent_diffusion import LatentDiffusion
 
     autoencoder = _autoencoder(height, width)
     args = {k: v for k, v in _init_args("ldm_cpu.yaml").items() if k != "autoencoder_ckpt"}
-    architecture = {k: autoencoder.hparams[k] for k in ARCHITECTURE}
+    architecture = {k: autoencoder.hparams[k] for k in FIRST_STAGE_ARCHITECTURE}
     torch.manual_seed(0)
     model = LatentDiffusion(**{**args, "image_size": (height, width)}, autoencoder=architecture)
     model.scale_factor.fill_(1.0)
@@ -88,7 +90,7 @@ def train_worker(height: int, width: int, batch: int, repeats: int, model: str) 
         optimizer = torch.optim.AdamW(module.unet.parameters(), lr=1e-4)
         if model == "denoiser (cached latents)":  # cache_latents: true, the posteriors encoded once
             with torch.no_grad():
-                module._posterior_cache = module.first_stage.posterior(images)
+                module.posterior_cache = PosteriorCache(*module.first_stage.posterior(images))
             batch = {"index": torch.arange(batch)}
 
             def loss():

@@ -24,8 +24,10 @@ import torch
 
 from commands.lightning_cli import data_parser
 from lightning_modules.generative import load_model
-from xraydiff.acceptance import AcceptanceChecker, AcceptanceConfig, ShapeStatistics
-from xraydiff.acceptance_rate import generate_heatmaps
+from xraydiff.acceptance.checker import AcceptanceChecker
+from xraydiff.acceptance.config import AcceptanceConfig
+from xraydiff.acceptance.rate import generate_heatmaps
+from xraydiff.acceptance.statistics import ShapeStatistics
 from xraydiff.precision import autocast_dtype, describe_hardware, resolve_precision
 
 SAMPLERS = ["ddpm"] + [f"ddim{k}-eta{eta}" for k in (10, 20, 50, 100) for eta in (0, 1)]

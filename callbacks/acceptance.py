@@ -10,11 +10,13 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import WandbLogger
 
-from xraydiff.acceptance import AcceptanceChecker, AcceptanceConfig, ShapeStatistics
-from xraydiff.acceptance_run import summarize
+from xraydiff.acceptance.checker import AcceptanceChecker
+from xraydiff.acceptance.config import AcceptanceConfig
+from xraydiff.acceptance.run import summarize
+from xraydiff.acceptance.statistics import ShapeStatistics
+from xraydiff.data.preview import acceptance_grid
+from xraydiff.data.samples import batch_seed, sample_id
 from xraydiff.errors import DataError
-from xraydiff.preview import acceptance_grid
-from xraydiff.samples import batch_seed, sample_id
 
 
 class AcceptanceCallback(Callback):

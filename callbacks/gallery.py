@@ -10,7 +10,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import WandbLogger
 
-from xraydiff.preview import pairs_grid
+from xraydiff.data.preview import pairs_grid
 
 
 class SampleGallery(Callback):

@@ -11,9 +11,10 @@ import torch
 
 from callbacks.evaluation import StageEvaluation
 from callbacks.plausibility import fit_prediction_checker
-from xraydiff.acceptance import AcceptanceChecker
-from xraydiff.imageio import atomic_write_bytes
-from xraydiff.metrics import (
+from xraydiff.acceptance.checker import AcceptanceChecker
+from xraydiff.data.imageio import atomic_write_bytes
+from xraydiff.data.preview import error_bar_chart, error_spread_figure, worst_cases_figure
+from xraydiff.landmarks.metrics import (
     HAND_OUTLIER_RADII_MM,
     SDR_RADII_MM,
     LandmarkErrors,
@@ -24,7 +25,6 @@ from xraydiff.metrics import (
     spread_error_correlation,
     summarize_errors,
 )
-from xraydiff.preview import error_bar_chart, error_spread_figure, worst_cases_figure
 
 
 class LandmarkEvaluation(StageEvaluation):
@@ -43,7 +43,7 @@ class LandmarkEvaluation(StageEvaluation):
     When the batches carry several annotators' landmarks (``observers``, e.g. ISBI 2015's senior and
     junior doctor), the JSON gets ``observers``: the MRE to each annotator (named by the DataModule's
     ``observer_names``), the mean inter-observer distance and the percentage of predictions within
-    the inter-observer distance of the nearer annotator (``xraydiff.metrics.observer_agreement``).
+    the inter-observer distance of the nearer annotator (``xraydiff.landmarks.metrics.observer_agreement``).
 
     With ``plausibility`` (default), every predicted configuration is checked with shape statistics
     fitted on the training split (``callbacks.plausibility``: SSM aligned by RANSAC, shape rules);

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from lightning.pytorch.utilities import rank_zero_info
 
-from xraydiff.acceptance import AcceptanceChecker, AcceptanceConfig, ShapeStatistics
+from xraydiff.acceptance.checker import AcceptanceChecker
+from xraydiff.acceptance.config import AcceptanceConfig
+from xraydiff.acceptance.statistics import ShapeStatistics
 from xraydiff.errors import DataError
 
 

@@ -11,8 +11,8 @@ import torch.distributed as dist
 from lightning.pytorch.callbacks import BasePredictionWriter
 
 from callbacks.plausibility import fit_prediction_checker
-from xraydiff.acceptance import AcceptanceChecker
-from xraydiff.imageio import atomic_write_bytes
+from xraydiff.acceptance.checker import AcceptanceChecker
+from xraydiff.data.imageio import atomic_write_bytes
 
 
 class LandmarkPredictionWriter(BasePredictionWriter):

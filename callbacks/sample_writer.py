@@ -8,8 +8,8 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-from xraydiff.imageio import mark_output, replace_directory
-from xraydiff.samples import write_manifest, write_sample
+from xraydiff.data.imageio import mark_output, replace_directory
+from xraydiff.data.samples import write_manifest, write_sample
 
 
 class SampleWriter(BasePredictionWriter):

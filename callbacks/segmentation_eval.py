@@ -8,9 +8,9 @@ from pathlib import Path
 import lightning as L
 
 from callbacks.evaluation import StageEvaluation
-from xraydiff.imageio import atomic_write_bytes
+from xraydiff.data.imageio import atomic_write_bytes
+from xraydiff.data.preview import segmentation_cases_figure
 from xraydiff.metrics import SEGMENTATION_SCORES, IndexedRows, summarize_segmentation
-from xraydiff.preview import segmentation_cases_figure
 
 
 class SegmentationEvaluation(StageEvaluation):

@@ -7,9 +7,10 @@ from pathlib import Path
 import torch
 
 from commands.sampling import check_sampler_arguments
-from xraydiff.acceptance import AcceptanceConfig, ShapeStatistics
-from xraydiff.acceptance_rate import file_digest, measure_acceptance_rate
-from xraydiff.acceptance_run import render_ground_truth
+from xraydiff.acceptance.config import AcceptanceConfig
+from xraydiff.acceptance.rate import file_digest, measure_acceptance_rate
+from xraydiff.acceptance.run import render_ground_truth
+from xraydiff.acceptance.statistics import ShapeStatistics
 from xraydiff.errors import DataError
 from xraydiff.precision import resolve_precision, uses_cuda
 

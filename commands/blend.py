@@ -8,7 +8,7 @@ images S_a labelled G_a. ``--composite pixel`` keeps the decoded blend only insi
 the partner's own pixels outside; ``--composite copy_paste`` is the control without diffusion (the guide's
 pixels inside the dilated region pasted into the partner). Guides whose mask holds no pixel of the
 structure are skipped (named in the log and the manifest's ``skipped_empty_guides``). For every pair the
-manifest records how much of the guide's anatomy survived (``xraydiff.blending.anatomy_survival``: r with
+manifest records how much of the guide's anatomy survived (``xraydiff.diffusion.blending.anatomy_survival``: r with
 the guide's reconstruction inside its mask against outside the region), summarised in ``survival``.
 All k partners of a guide go through the LDM together (in chunks of ``--batch_size``).
 
@@ -27,7 +27,9 @@ import numpy as np
 import torch
 
 from commands.sampling import interruptible
-from xraydiff.blending import (
+from xraydiff.checkpoints import CHECKPOINT_KEY, read_checkpoint
+from xraydiff.data.imageio import atomic_directory, atomic_write_bytes, check_output_folder, write_png
+from xraydiff.diffusion.blending import (
     COMPOSITES,
     anatomy_survival,
     blend_latents,
@@ -39,10 +41,8 @@ from xraydiff.blending import (
     survival_summary,
     top_k_partners,
 )
-from xraydiff.blending import composite as alpha_composite
-from xraydiff.checkpoints import CHECKPOINT_KEY, read_checkpoint
+from xraydiff.diffusion.blending import composite as alpha_composite
 from xraydiff.errors import DataError
-from xraydiff.imageio import atomic_directory, atomic_write_bytes, check_output_folder, write_png
 from xraydiff.precision import resolve_precision
 
 MASK_VALUE = 255
@@ -120,7 +120,7 @@ def run_blend(
 
     from lightning_modules.generative import load_model
     from lightning_modules.latent_diffusion import LatentDiffusion
-    from xraydiff.preview import mask_grid
+    from xraydiff.data.preview import mask_grid
 
     out = Path(out)
     inputs = (ldm, autoencoder, getattr(datamodule, "root", None))

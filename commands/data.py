@@ -7,13 +7,13 @@ import io
 import json
 from pathlib import Path
 
-from xraydiff.imageio import atomic_directory, atomic_write_bytes
+from xraydiff.data.imageio import atomic_directory, atomic_write_bytes
 
 
 def write_data_summary(datamodule, out: Path, overwrite: bool, num_preview: int) -> dict:
     """Set ``datamodule`` up and write out/summary.json, out/landmarks.csv (landmark data) and out/preview.png
     (``num_preview`` augmented training samples) in one atomic step; print and return the summary."""
-    from xraydiff.preview import landmark_grid, mask_grid
+    from xraydiff.data.preview import landmark_grid, mask_grid
 
     datamodule.setup()
     summary = datamodule.summary()

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from lightning.fabric.utilities.rank_zero import _get_rank
 
+from xraydiff.data.imageio import check_output_folder
 from xraydiff.errors import DataError, Interrupted
-from xraydiff.imageio import check_output_folder
 from xraydiff.precision import resolve_precision
 
 

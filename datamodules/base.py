@@ -8,7 +8,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from xraydiff.datasets import EpochSampler
+from xraydiff.data.datasets import EpochSampler
 from xraydiff.errors import DataError
 
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from datamodules.landmarks import LandmarkDataModule
-from xraydiff.phantoms import PhantomSample, ceph_phantom
-from xraydiff.readers import (
+from xraydiff.data.phantoms import PhantomSample, ceph_phantom
+from xraydiff.data.readers import (
     CEPH_FOLDERS,
     CEPH_MM_PER_PX,
     CEPH_NUM_LANDMARKS,
@@ -32,7 +32,7 @@ class CephalometricDataModule(LandmarkDataModule):
         folders: split name -> folder under RawImage.
         mm_per_px: pixel spacing of the original images.
         **kwargs: see ``LandmarkDataModule``; the default augmentation is the published recipe
-            (``xraydiff.augment.CEPH_RECIPE``).
+            (``xraydiff.data.transforms.CEPH_RECIPE``).
     """
 
     anatomy = "ceph"

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from datamodules.landmarks import LandmarkDataModule
+from xraydiff.data.phantoms import PhantomSample, hand_phantom
+from xraydiff.data.readers import HAND_NUM_LANDMARKS, LandmarkRecord, read_hand_dataset, wrist_width_mm_per_px
 from xraydiff.errors import DataError
-from xraydiff.phantoms import PhantomSample, hand_phantom
-from xraydiff.readers import HAND_NUM_LANDMARKS, LandmarkRecord, read_hand_dataset, wrist_width_mm_per_px
 
 # Annotations-only frame: each original image size is estimated from the landmark extent times
 # these margins (x, y), the mean ratio over the images present (scripts/calibrate_annotation_frame.py).

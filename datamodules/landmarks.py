@@ -11,8 +11,7 @@ import numpy as np
 from torch.utils.data import DataLoader
 
 from datamodules.base import CachedSplitsDataModule
-from xraydiff.augment import AugmentationSpec, build_augmentation
-from xraydiff.datasets import (
+from xraydiff.data.datasets import (
     LandmarkDataset,
     LandmarkItem,
     annotation_item,
@@ -21,10 +20,11 @@ from xraydiff.datasets import (
     shape_table,
     training_subset,
 )
+from xraydiff.data.geometry import to_original_pixels
+from xraydiff.data.phantoms import PhantomSample
+from xraydiff.data.readers import LandmarkRecord, read_synthetic_dataset
+from xraydiff.data.transforms import AugmentationSpec, build_augmentation
 from xraydiff.errors import DataError
-from xraydiff.geometry import to_original_pixels
-from xraydiff.phantoms import PhantomSample
-from xraydiff.readers import LandmarkRecord, read_synthetic_dataset
 
 SPLITS = ("train", "val", "test")
 # Phantoms rendered in this process, by (renderer, seed, render): the steps of a study load the same
@@ -71,7 +71,7 @@ class LandmarkDataModule(CachedSplitsDataModule):
             statistics and ground-truth renderings when the images are not at hand.
         original_size: (H0, W0) assumed for every image in annotations-only mode; None estimates
             each one from its landmark extent times ``extent_margin`` (x, y)
-            (``xraydiff.geometry.estimate_original_size``).
+            (``xraydiff.data.geometry.estimate_original_size``).
         extent_margin: see ``original_size``.
         extra_train_dirs: folders of synthetic training pairs in the layout ``xraydiff acceptance
             run`` exports (``accepted/``); never used for validation or testing.

@@ -11,8 +11,7 @@ from typing import Literal
 import numpy as np
 
 from datamodules.base import CachedSplitsDataModule
-from xraydiff.augment import AugmentationSpec, build_augmentation
-from xraydiff.datasets import (
+from xraydiff.data.datasets import (
     SegmentationDataset,
     SegmentationItem,
     binary_target,
@@ -20,9 +19,10 @@ from xraydiff.datasets import (
     load_segmentation_item,
     parallel_map,
 )
+from xraydiff.data.phantoms import CANAL_LABEL, panoramic_phantom
+from xraydiff.data.readers import SegmentationRecord, read_panoramic_dataset
+from xraydiff.data.transforms import AugmentationSpec, build_augmentation
 from xraydiff.errors import DataError
-from xraydiff.phantoms import CANAL_LABEL, panoramic_phantom
-from xraydiff.readers import SegmentationRecord, read_panoramic_dataset
 
 SPLITS = ("train", "val", "test")
 # Splits of images only: the whole unlabelled pool, its part reserved for synthesis, the generators' training set.

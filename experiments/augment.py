@@ -29,8 +29,8 @@ from commands.lightning_cli import data_parser
 from commands.sampling import generate_samples
 from experiments.steps import StepRunner, StudyCommand, read_experiment
 from xraydiff.checkpoints import CHECKPOINT_KEY, read_checkpoint
+from xraydiff.data.imageio import atomic_write_bytes
 from xraydiff.errors import DataError
-from xraydiff.imageio import atomic_write_bytes
 from xraydiff.precision import resolve_precision
 
 # What identifies a training set: a generator row's checkpoint must agree with its row on all of these.
@@ -218,7 +218,8 @@ class Study(StepRunner):
 
     def fit_statistics(self, folder: Path, spec: GeneratorSpec, fraction: float, checkpoint: str) -> dict:
         from lightning_modules.generative import load_model
-        from xraydiff.acceptance import AcceptanceConfig, ShapeStatistics
+        from xraydiff.acceptance.config import AcceptanceConfig
+        from xraydiff.acceptance.statistics import ShapeStatistics
 
         model = load_model(checkpoint)
         # Annotations only: the true image sizes still frame the landmarks where the images are present.
@@ -260,8 +261,8 @@ class Study(StepRunner):
     def rate_from_samples(self, folder: Path, report: Path) -> dict:
         """The acceptance rate of ``rate_runs`` consecutive runs of ``rate_samples`` of the augmentation
         draw's verdicts (``rate_source: augmentation``): mean and SD over the runs, per rule set."""
-        from xraydiff.acceptance import RULE_SETS
-        from xraydiff.acceptance_rate import rate_statistics
+        from xraydiff.acceptance.config import RULE_SETS
+        from xraydiff.acceptance.rate import rate_statistics
 
         c = self.config
         verdicts = json.loads(Path(report).read_text())["samples"]
@@ -292,8 +293,8 @@ class Study(StepRunner):
         return self.config.sampler, self.config.steps if self.config.sampler == "ddim" else None
 
     def sample_and_accept(self, folder: Path, checkpoint: str, stats: str) -> dict:
-        from xraydiff.acceptance_rate import file_digest, sample_cache_key
-        from xraydiff.acceptance_run import run_acceptance
+        from xraydiff.acceptance.rate import file_digest, sample_cache_key
+        from xraydiff.acceptance.run import run_acceptance
 
         c = self.config
         sampler, steps = self._sampling(checkpoint)

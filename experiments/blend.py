@@ -32,10 +32,10 @@ import torch
 
 from commands.lightning_cli import data_parser
 from experiments.steps import StepRunner, StudyCommand, read_experiment
-from xraydiff.blending import COMPOSITES
 from xraydiff.checkpoints import CHECKPOINT_KEY, read_checkpoint
+from xraydiff.data.imageio import atomic_write_bytes
+from xraydiff.diffusion.blending import COMPOSITES
 from xraydiff.errors import DataError
-from xraydiff.imageio import atomic_write_bytes
 from xraydiff.metrics import SEGMENTATION_SCORES, paired_difference, summarize_segmentation
 
 # options of ``commands.blend.run_blend`` a study sets, shared (``blend``) or per variant (``variants``)

@@ -31,9 +31,9 @@ from commands.parsing import read_yaml
 from experiments.steps import StepRunner, StudyCommand, read_experiment
 from lightning_modules.landmark_diffusion import LandmarkDiffusion
 from xraydiff.checkpoints import CHECKPOINT_KEY, read_checkpoint
+from xraydiff.data.imageio import atomic_write_bytes
+from xraydiff.diffusion.landmark import check_blur, check_decoding, check_inference
 from xraydiff.errors import DataError
-from xraydiff.imageio import atomic_write_bytes
-from xraydiff.landmark_diffusion import check_blur, check_decoding, check_inference
 from xraydiff.metrics import paired_difference
 
 # What a mode may set: the inference options of LandmarkDiffusion, and how many evaluation images

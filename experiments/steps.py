@@ -16,8 +16,8 @@ from pathlib import Path
 
 from commands.lightning_cli import XrayCLI
 from commands.parsing import Parser, key_lines, read_yaml
+from xraydiff.data.imageio import atomic_write_bytes, check_output_folder, mark_output
 from xraydiff.errors import DataError
-from xraydiff.imageio import atomic_write_bytes, check_output_folder, mark_output
 
 MARKER = "done.json"
 # Sub-runs of a study log to CSV inside their step folder (no W&B run per step).

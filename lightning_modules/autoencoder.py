@@ -2,27 +2,31 @@
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from monai.losses import PatchAdversarialLoss
 from monai.networks.nets import PatchDiscriminator
 from torch import Tensor
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
-from lightning_modules.generative import GenerativeModule
-from xraydiff.errors import DataError
-from xraydiff.latent import (
+from lightning_modules.generative import GenerativeModule, model_class
+from xraydiff.checkpoints import read_checkpoint
+from xraydiff.diffusion.latent import (
+    FIRST_STAGE_ARCHITECTURE,
     Float32Autoencoder,
     autoencoder_kl,
     autoencoder_loss,
     compression_factor,
     latent_shape,
 )
+from xraydiff.errors import DataError
 
 
 class LatentAutoencoder(GenerativeModule):
     """MONAI ``AutoencoderKL`` trained as the first stage of Rombach et al. (sect. 3.1), as in Medfusion's VAE.
 
-    Loss of the autoencoder (``xraydiff.latent.autoencoder_loss``):
+    Loss of the autoencoder (``xraydiff.diffusion.latent.autoencoder_loss``):
         L = |x - x_hat|_1 + kl_weight KL(q(z|x) || N(0, I))
             [+ perceptual_weight LPIPS(x, x_hat)] [+ adversarial_weight * -log D(x_hat) (least squares)]
     The adversarial term uses MONAI's ``PatchDiscriminator`` / ``PatchAdversarialLoss`` (least squares)
@@ -31,7 +35,7 @@ class LatentAutoencoder(GenerativeModule):
     optimizer step in ``global_step``: with the adversarial term active, a batch adds 2 to it (and thus to
     ``max_steps``); the warm-up counts the autoencoder's own steps (``autoencoder_steps``).
 
-    The autoencoder always runs in float32 (``xraydiff.latent.Float32Autoencoder``); the discriminator
+    The autoencoder always runs in float32 (``xraydiff.diffusion.latent.Float32Autoencoder``); the discriminator
     follows the trainer's precision. Validation/test log the L1 error and the reconstruction PSNR / SSIM of
     the posterior mean (mean over images; images in [-1, 1], data range 2), synchronised across DDP ranks.
 
@@ -229,3 +233,20 @@ class LatentAutoencoder(GenerativeModule):
 
     def sampling_description(self, sampler, steps):
         raise DataError(None, "a LatentAutoencoder does not generate: sample from a LatentDiffusion checkpoint")
+
+
+def read_first_stage(path: str | None) -> tuple[dict, dict]:
+    """(architecture, weights) of the ``LatentAutoencoder`` checkpoint ``path``; DataError naming the file.
+
+    Read from the checkpoint's dictionaries, not by instantiating the autoencoder: no discriminator or
+    perceptual network is built, and Lightning's hyperparameter capture stays with the model that loads it."""
+    if path is None:
+        raise DataError(None, "a new LatentDiffusion needs --model.init_args.autoencoder_ckpt PATH")
+    model_class(path, expected=LatentAutoencoder)
+    checkpoint = read_checkpoint(path)
+    saved = checkpoint.get("hyper_parameters", {})
+    defaults = inspect.signature(LatentAutoencoder.__init__).parameters
+    architecture = {k: saved.get(k, defaults[k].default) for k in FIRST_STAGE_ARCHITECTURE}
+    prefix = "autoencoder."
+    weights = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
+    return architecture, weights

@@ -12,10 +12,11 @@ from torch import Tensor
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from xraydiff.checkpoints import CHECKPOINT_KEY, checkpoint_model_class, class_path
-from xraydiff.diffusion import check_sampling, make_scheduler, sample
+from xraydiff.data.samples import batch_seed, sample_id
+from xraydiff.diffusion.engine import check_sampling, sample
+from xraydiff.diffusion.objectives import make_scheduler
 from xraydiff.errors import DataError
-from xraydiff.heatmaps import gaussian_heatmaps
-from xraydiff.samples import batch_seed, sample_id
+from xraydiff.landmarks.heatmaps import gaussian_heatmaps
 
 
 def model_class(path: str | Path, expected: type | None = None) -> type:
@@ -128,7 +129,7 @@ class DiffusionSamplingMixin:
         progress: bool = False,
     ) -> Tensor:
         """x_0 from x_T by the reverse process with the EMA weights (``self.ema``), see
-        ``xraydiff.diffusion.sample``; clamped to [-1, 1] when ``clip_sample``."""
+        ``xraydiff.diffusion.engine.sample``; clamped to [-1, 1] when ``clip_sample``."""
         sampler, steps = self.sampling_description(sampler, steps)
         return sample(
             lambda x, t: self.ema(x, timesteps=t),

@@ -12,11 +12,8 @@ from torch import Tensor, nn
 
 from lightning_modules.generative import TaggedCheckpointMixin, WeightAverageMixin
 from lightning_modules.optim import adamw_with_schedule, check_lr_schedule
-from xraydiff.diffusion import make_scheduler
-from xraydiff.errors import DataError
-from xraydiff.geometry import to_original_pixels
-from xraydiff.heatmaps import gaussian_heatmaps
-from xraydiff.landmark_diffusion import (
+from xraydiff.data.geometry import to_original_pixels
+from xraydiff.diffusion.landmark import (
     ChainDecoding,
     LandmarkSampler,
     X0Estimate,
@@ -31,8 +28,11 @@ from xraydiff.landmark_diffusion import (
     landmark_diffusion_loss,
     sample_heatmaps,
 )
-from xraydiff.localization import decode_landmarks
-from xraydiff.metrics import radial_errors_mm
+from xraydiff.diffusion.objectives import make_scheduler
+from xraydiff.errors import DataError
+from xraydiff.landmarks.heatmaps import gaussian_heatmaps
+from xraydiff.landmarks.localization import decode_landmarks
+from xraydiff.landmarks.metrics import radial_errors_mm
 
 INFERENCE_OPTIONS = (
     "sampler", "sampling_steps", "ddim_eta", "ensemble", "seed", "sigma_max", "sigma_min", "chain_decoding",
@@ -95,7 +95,7 @@ class LandmarkDiffusion(WeightAverageMixin, TaggedCheckpointMixin, L.LightningMo
         sigma_max, sigma_min: the blur of eq. 12 at t = T - 1 and t = 0 (14 and ``sigma_min``).
         sampler, sampling_steps, ddim_eta, ensemble, chain_decoding: the inference mode (see above).
         x0_estimate: what each reverse step takes as x0 from the logits: 'softmax' (the trained
-            distribution as a heatmap, ``xraydiff.landmark_diffusion.softmax_heatmap``) or 'clamp'
+            distribution as a heatmap, ``xraydiff.diffusion.landmark.softmax_heatmap``) or 'clamp'
             (clamp(logits, -1, 1), the paper's text read literally; README deviation table).
         fit_validation: inference mode of the validation inside ``fit``.
         seed: seed of the per-image noise of inference (a prediction depends on it and the image only).

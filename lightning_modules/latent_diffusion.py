@@ -2,31 +2,25 @@
 
 from __future__ import annotations
 
-import inspect
 import math
 
 import torch
 from monai.networks.nets import DiffusionModelUNet
 from torch import Tensor
 
-from lightning_modules.autoencoder import LatentAutoencoder
-from lightning_modules.generative import DiffusionSamplingMixin, GenerativeModule, WeightAverageMixin, model_class
-from xraydiff.blending import blend_denoise
-from xraydiff.checkpoints import read_checkpoint
-from xraydiff.diffusion import PredictionType, Sampler, check_diffusion_options, diffusion_loss
-from xraydiff.errors import DataError
-from xraydiff.latent import (
-    Float32Autoencoder,
-    autoencoder_kl,
-    compression_factor,
-    latent_moments,
-    latent_shape,
+from lightning_modules.autoencoder import read_first_stage
+from lightning_modules.generative import DiffusionSamplingMixin, GenerativeModule, WeightAverageMixin
+from xraydiff.diffusion.blending import blend_denoise
+from xraydiff.diffusion.engine import Sampler, check_diffusion_options
+from xraydiff.diffusion.latent import (
+    PosteriorCache,
+    check_first_stage,
+    first_stage_from_architecture,
+    posterior_moments,
     scale_factor_from_moments,
 )
-
-# The autoencoder hyperparameters that fix its architecture (copied into the LDM's own hyperparameters).
-ARCHITECTURE = ("image_size", "channels", "num_res_blocks", "latent_channels", "attention_levels", "mid_attention",
-                "norm_num_groups")  # fmt: skip
+from xraydiff.diffusion.objectives import PredictionType, diffusion_loss
+from xraydiff.errors import DataError
 
 
 class LatentDiffusion(DiffusionSamplingMixin, WeightAverageMixin, GenerativeModule):
@@ -110,37 +104,11 @@ class LatentDiffusion(DiffusionSamplingMixin, WeightAverageMixin, GenerativeModu
         self.image_size = (int(image_size[0]), int(image_size[1]))
         weights = None
         if autoencoder is None:
-            autoencoder, weights = self._read_autoencoder(autoencoder_ckpt)
+            autoencoder, weights = read_first_stage(autoencoder_ckpt)
             self.hparams["autoencoder"] = autoencoder
-        factor = compression_factor(len(autoencoder["channels"]))
         source = autoencoder_ckpt or "the autoencoder"
-        if latent_channels != autoencoder["latent_channels"]:
-            raise DataError(
-                source,
-                f"the autoencoder's latents have {autoencoder['latent_channels']} channels, "
-                f"the LDM's latent_channels is {latent_channels}",
-            )
-        trained = latent_shape(tuple(autoencoder["image_size"]), latent_channels, factor)
-        try:
-            self.latent_shape = latent_shape(self.image_size, latent_channels, factor)
-        except DataError as err:
-            raise DataError(source, f"{err.reason} of the autoencoder") from None
-        if self.latent_shape != trained:
-            raise DataError(
-                source,
-                f"the autoencoder was trained on {tuple(autoencoder['image_size'])} images (latent {trained}); "
-                f"the LDM's image_size {self.image_size} gives latents {self.latent_shape}",
-            )
-        self.first_stage = Float32Autoencoder(
-            autoencoder_kl(
-                autoencoder["latent_channels"],
-                autoencoder["channels"],
-                autoencoder["num_res_blocks"],
-                autoencoder["attention_levels"],
-                autoencoder["mid_attention"],
-                autoencoder["norm_num_groups"],
-            )
-        )
+        self.latent_shape = check_first_stage(autoencoder, self.image_size, latent_channels, source)
+        self.first_stage = first_stage_from_architecture(autoencoder)
         if weights is not None:
             self.first_stage.load_state_dict(weights)
         self.first_stage.requires_grad_(False).eval()
@@ -158,24 +126,7 @@ class LatentDiffusion(DiffusionSamplingMixin, WeightAverageMixin, GenerativeModu
         )
         self.init_weight_average("unet", ema_decay, ema_warmup)
         self.scheduler = self.make_scheduler()
-        self._posterior_cache: tuple[Tensor, Tensor] | None = None  # (z_mu, z_sigma) by training index
-
-    @staticmethod
-    def _read_autoencoder(path: str | None) -> tuple[dict, dict]:
-        """(architecture, weights) of the ``LatentAutoencoder`` in ``path``; DataError naming the file.
-
-        Read from the checkpoint's dictionaries, not by instantiating the autoencoder: no discriminator or
-        perceptual network is built, and Lightning's hyperparameter capture stays with this model."""
-        if path is None:
-            raise DataError(None, "a new LatentDiffusion needs --model.init_args.autoencoder_ckpt PATH")
-        model_class(path, expected=LatentAutoencoder)
-        checkpoint = read_checkpoint(path)
-        saved = checkpoint.get("hyper_parameters", {})
-        defaults = inspect.signature(LatentAutoencoder.__init__).parameters
-        architecture = {k: saved.get(k, defaults[k].default) for k in ARCHITECTURE}
-        prefix = "autoencoder."
-        weights = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
-        return architecture, weights
+        self.posterior_cache: PosteriorCache | None = None  # the training posteriors (cache_latents)
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -209,7 +160,7 @@ class LatentDiffusion(DiffusionSamplingMixin, WeightAverageMixin, GenerativeModu
     ) -> Tensor:
         """Images (N, 1, H, W) in [-1, 1] from blended latents z_init (N, C, h, w): noised to strength * T
         (None: steps / T, Lim et al. read literally), ``steps`` DDIM steps with the EMA weights, decoded; see
-        ``xraydiff.blending.blend_denoise``."""
+        ``xraydiff.diffusion.blending.blend_denoise``."""
         z_0 = blend_denoise(
             lambda x, t: self.ema(x, timesteps=t),
             z_init,
@@ -222,43 +173,18 @@ class LatentDiffusion(DiffusionSamplingMixin, WeightAverageMixin, GenerativeModu
         )
         return self.decode(z_0)
 
-    @torch.no_grad()
     def estimate_scale_factor(self) -> float:
         """s = 1 / std of the latents of the first ``scale_images`` training images (this rank's share),
         from the moments summed over all ranks."""
         trainer = self.trainer
         quota = math.ceil(self.hparams.scale_images / trainer.world_size)
-        moments = torch.zeros(3, dtype=torch.float64, device=self.device)
-        seen = 0
-        for batch in trainer.datamodule.train_dataloader():
-            images = self._images(batch)[: quota - seen].to(self.device)
-            z_mu, z_sigma = self.first_stage.posterior(images)
-            moments += latent_moments(z_mu, z_sigma)
-            seen += images.shape[0]
-            if seen >= quota:
-                break
-        moments = trainer.strategy.reduce(moments, reduce_op="sum")
+        batches = (self._images(batch).to(self.device) for batch in trainer.datamodule.train_dataloader())
+        moments = trainer.strategy.reduce(posterior_moments(self.first_stage, batches, quota), reduce_op="sum")
         return scale_factor_from_moments(moments)
 
     def _ensure_scale_factor(self) -> None:
         if float(self.scale_factor) == 0.0:
             self.scale_factor.fill_(self.estimate_scale_factor())
-
-    @torch.no_grad()
-    def cache_posteriors(self, dataset, batch_size: int) -> tuple[Tensor, Tensor]:
-        """(z_mu, z_sigma) (N, C, h, w) of every item of ``dataset`` in index order, unscaled.
-
-        Encoded in fixed batches in index order, so that a resumed run caches the very same values."""
-        mus, sigmas = [], []
-        for start in range(0, len(dataset), batch_size):
-            items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
-            if any(item["index"] != start + k for k, item in enumerate(items)):
-                raise DataError(None, "cache_latents needs a training set whose items carry their own index")
-            images = self._images({"image": torch.stack([item["image"] for item in items])}).to(self.device)
-            z_mu, z_sigma = self.first_stage.posterior(images)
-            mus.append(z_mu)
-            sigmas.append(z_sigma)
-        return torch.cat(mus), torch.cat(sigmas)
 
     def on_fit_start(self) -> None:
         # After a resumed run's weights are restored (the stored value stays) and before the sanity check.
@@ -273,11 +199,13 @@ class LatentDiffusion(DiffusionSamplingMixin, WeightAverageMixin, GenerativeModu
                     "an augmented image has another latent at every step",
                 )
             loader = datamodule.train_dataloader()
-            self._posterior_cache = self.cache_posteriors(loader.dataset, loader.batch_size)
-            self.print(f"xraydiff: cached the latents of {len(self._posterior_cache[0])} training images")
+            self.posterior_cache = PosteriorCache.encode(
+                self.first_stage, loader.dataset, loader.batch_size, self.device
+            )
+            self.print(f"xraydiff: cached the latents of {len(self.posterior_cache)} training images")
 
     def on_fit_end(self) -> None:
-        self._posterior_cache = None
+        self.posterior_cache = None
 
     def on_validation_start(self) -> None:
         self._ensure_scale_factor()
@@ -293,12 +221,9 @@ class LatentDiffusion(DiffusionSamplingMixin, WeightAverageMixin, GenerativeModu
 
     def _training_latents(self, batch: dict) -> Tensor:
         """s z, z ~ q(z | x) of the batch: from the encoder, or from the cached posteriors (the same draw)."""
-        if self._posterior_cache is None:
+        if self.posterior_cache is None:
             return self.encode(self._images(batch))
-        index = batch["index"].to(self._posterior_cache[0].device)
-        z_mu, z_sigma = self._posterior_cache[0][index], self._posterior_cache[1][index]
-        eps = torch.randn(z_mu.shape, device=z_mu.device)
-        return (z_mu + z_sigma * eps) * self.scale_factor
+        return self.posterior_cache.draw(batch["index"]) * self.scale_factor
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         loss = self.diffusion_loss(self._training_latents(batch))

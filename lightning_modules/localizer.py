@@ -7,10 +7,10 @@ from torch import Tensor
 
 from lightning_modules.generative import TaggedCheckpointMixin, WeightAverageMixin
 from lightning_modules.optim import adamw_with_schedule, check_lr_schedule
+from xraydiff.data.geometry import to_original_pixels
 from xraydiff.errors import DataError
-from xraydiff.geometry import to_original_pixels
-from xraydiff.localization import decode_landmarks, heatmap_mse, spatial_softmax_nll, target_distributions
-from xraydiff.metrics import radial_errors_mm
+from xraydiff.landmarks.localization import decode_landmarks, heatmap_mse, spatial_softmax_nll, target_distributions
+from xraydiff.landmarks.metrics import radial_errors_mm
 from xraydiff.networks import heatmap_unet
 
 

@@ -7,7 +7,8 @@ from monai.networks.nets import DiffusionModelUNet
 from torch import Tensor, nn
 
 from lightning_modules.generative import DiffusionSamplingMixin, PairedGenerativeModule, WeightAverageMixin
-from xraydiff.diffusion import PredictionType, Sampler, check_diffusion_options, diffusion_loss
+from xraydiff.diffusion.engine import Sampler, check_diffusion_options
+from xraydiff.diffusion.objectives import PredictionType, diffusion_loss
 
 
 class PairedDDPM(DiffusionSamplingMixin, WeightAverageMixin, PairedGenerativeModule):

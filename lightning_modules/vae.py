@@ -7,7 +7,7 @@ from monai.networks.nets import VarAutoEncoder
 from torch import Tensor
 
 from lightning_modules.generative import PairedGenerativeModule
-from xraydiff.diffusion import vae_loss
+from xraydiff.diffusion.objectives import vae_loss
 
 
 class PairedVAE(PairedGenerativeModule):

@@ -3,7 +3,7 @@ ones it rejects (the README's "Measured" paragraph of the quality-control sectio
 
 Statistics from the 597 training annotations of CV set 1 of the Digital Hand Atlas (no validation
 hold-out, as in the paper), the 298 set-1 test hands rendered as sigma-1 heatmaps at 256 x 256, each
-as it is and under every corruption of ``xraydiff.corruptions`` (swapped fingers, a sixth finger, a
+as it is and under every corruption of ``xraydiff.acceptance.corruptions`` (swapped fingers, a sixth finger, a
 thumb stretched by 50 %, the wrist shifted by 20 mm, three blobs missing). Prints, per case, the share
 accepted (real) or rejected (corrupted) by the strict and by the paper's rule set.
 
@@ -19,8 +19,10 @@ from pathlib import Path
 import numpy as np
 
 from datamodules import HandDataModule
-from xraydiff.acceptance import AcceptanceChecker, AcceptanceConfig, ShapeStatistics
-from xraydiff.corruptions import KINDS, corrupted, render
+from xraydiff.acceptance.checker import AcceptanceChecker
+from xraydiff.acceptance.config import AcceptanceConfig
+from xraydiff.acceptance.corruptions import KINDS, corrupted, render
+from xraydiff.acceptance.statistics import ShapeStatistics
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "hand_dha"
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from xraydiff.readers import read_hand_dataset
+from xraydiff.data.readers import read_hand_dataset
 
 
 def main() -> None:

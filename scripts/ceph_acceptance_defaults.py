@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from xraydiff.readers import read_ceph_dataset
-from xraydiff.shape import apply_similarity, generalized_procrustes, similarity_fit
+from xraydiff.data.readers import read_ceph_dataset
+from xraydiff.landmarks.shape import apply_similarity, generalized_procrustes, similarity_fit
 
 NAMES = [
     "sella",

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from xraydiff.imageio import atomic_write_bytes
+from xraydiff.data.imageio import atomic_write_bytes
 
 
 def describe_training_set(config: Path, overrides: list[str]) -> dict:

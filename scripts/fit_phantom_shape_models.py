@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from xraydiff.imageio import atomic_write_bytes
-from xraydiff.readers import read_ceph_annotation, read_ceph_dataset, read_hand_annotations, read_hand_dataset
-from xraydiff.shape import PointDistributionModel, generalized_procrustes, similarity_fit
+from xraydiff.data.imageio import atomic_write_bytes
+from xraydiff.data.readers import read_ceph_annotation, read_ceph_dataset, read_hand_annotations, read_hand_dataset
+from xraydiff.landmarks.shape import PointDistributionModel, generalized_procrustes, similarity_fit
 
 ASSETS = Path(__file__).resolve().parents[1] / "xraydiff" / "assets"
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from callbacks.plausibility import fit_prediction_checker
 from datamodules import CephalometricDataModule
-from xraydiff.acceptance import SHAPE_CALIBRATIONS
+from xraydiff.acceptance.config import SHAPE_CALIBRATIONS
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "isbi2015"
 

@@ -11,16 +11,12 @@ import pytest
 from conftest import SHARED_DATA, requires_shared_data
 
 from datamodules import HandDataModule
-from xraydiff.acceptance import (
-    CEPH_SHARED_PAIRS,
-    AcceptanceChecker,
-    AcceptanceConfig,
-    ShapeStatistics,
-    defaults_for,
-)
-from xraydiff.corruptions import KINDS, corrupted, render, sixth_finger, stretch_thumb
+from xraydiff.acceptance.checker import AcceptanceChecker
+from xraydiff.acceptance.config import CEPH_SHARED_PAIRS, AcceptanceConfig, defaults_for
+from xraydiff.acceptance.corruptions import KINDS, corrupted, render, sixth_finger, stretch_thumb
+from xraydiff.acceptance.mrf import max_sum_bp, pgmpy_map
+from xraydiff.acceptance.statistics import ShapeStatistics
 from xraydiff.errors import DataError
-from xraydiff.mrf import max_sum_bp, pgmpy_map
 
 
 def _phantom_split(split: str, count: int, seed: int = 0):
@@ -110,31 +106,31 @@ def test_each_rule_on_labelled_configurations(phantom_stats, phantom_test):
     checker = AcceptanceChecker(phantom_stats)
     shape = phantom_test[0]
     index = np.arange(37)
-    assert checker.apply_rules(shape, index, shape) == []
+    assert checker.rules.failed(shape, index, shape) == []
     # Rule (i): two landmarks on one candidate; the configured pair 2-3 may.
     shared = index.copy()
     shared[10] = shared[11]
-    assert checker.apply_rules(shape, shared, shape) == ["shared_coordinate"]
+    assert checker.rules.failed(shape, shared, shape) == ["shared_coordinate"]
     pair = index.copy()
     pair[3] = pair[2]
-    assert "shared_coordinate" not in checker.apply_rules(shape, pair, shape)
+    assert "shared_coordinate" not in checker.rules.failed(shape, pair, shape)
     # Rule (ii): three wrist landmarks 25 mm off while RANSAC aligns on the rest.
     moved = shape.copy()
     moved[[0, 1, 6]] += 25.0 / phantom_stats.mm_per_px * np.array([1.0, 0.0])
-    assert "stable_landmarks" in checker.apply_rules(moved, index, moved)
+    assert "stable_landmarks" in checker.rules.failed(moved, index, moved)
     # 10 mm is within the paper's 16 mm.
     near = shape.copy()
     near[[0, 1, 6]] += 10.0 / phantom_stats.mm_per_px * np.array([1.0, 0.0])
-    assert "stable_landmarks" not in checker.apply_rules(near, index, near)
+    assert "stable_landmarks" not in checker.rules.failed(near, index, near)
     # Strict: shape parameters outside the training distribution (a 50 % longer thumb).
-    assert "shape_parameters" in checker.apply_rules(stretch_thumb(shape), index, stretch_thumb(shape))
+    assert "shape_parameters" in checker.rules.failed(stretch_thumb(shape), index, stretch_thumb(shape))
     box = AcceptanceChecker(
         dataclasses.replace(phantom_stats, config=dataclasses.replace(phantom_stats.config, shape_rule="box"))
     )
-    assert "shape_parameters" in box.apply_rules(stretch_thumb(shape, 1.8), index, stretch_thumb(shape, 1.8))
+    assert "shape_parameters" in box.rules.failed(stretch_thumb(shape, 1.8), index, stretch_thumb(shape, 1.8))
     # Strict: a strong blob nobody took.
     blobs = np.concatenate([shape, [[5.0, 5.0]]])
-    assert checker.apply_rules(shape, index, blobs) == ["unassigned_blob"]
+    assert checker.rules.failed(shape, index, blobs) == ["unassigned_blob"]
 
 
 def test_checks_are_deterministic_and_shape_checked(phantom_stats, phantom_test):
@@ -152,7 +148,7 @@ def test_bp_agrees_with_pgmpy_mplp_on_random_loopy_cases(phantom_stats, phantom_
     rng = np.random.default_rng(5)
     cases = [shape + rng.normal(0, 1.0, shape.shape) for shape in phantom_test[:30]]
     extras = [rng.uniform(20, 230, (1, 2)) if k % 3 == 0 else None for k in range(30)]
-    problem = AcceptanceChecker(phantom_stats).build_mrf((render(cases, extras=extras) + 1) / 2)
+    problem = AcceptanceChecker(phantom_stats).labeller.build_mrf((render(cases, extras=extras) + 1) / 2)
     assert (problem.available.sum(-1) > 1).any(-1).float().mean() > 0.5  # most samples hold real choices
     ours = max_sum_bp(problem.unary, problem.pairwise, problem.edges).labels.numpy()
     agree = [
@@ -248,7 +244,7 @@ def test_leave_one_out_calibration_passes_new_shapes_at_its_nominal_rate():
     about its nominal share (a new draw is exchangeable with the 50 left-out ones, so it passes with
     probability about 49.75 / 51 = 97.5 %, up to the spread of a quantile this far out). New shapes
     are judged here by their own alignment and distance."""
-    from xraydiff.acceptance import align_to_mean, shape_distance
+    from xraydiff.acceptance.statistics import align_to_mean, shape_distance
 
     rng = np.random.default_rng(0)
     mean = rng.uniform(20, 100, size=(19, 2))

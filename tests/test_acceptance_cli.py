@@ -10,7 +10,7 @@ import pytest
 from tiny import DDPM
 
 from datamodules import HandDataModule
-from xraydiff.samples import write_sample
+from xraydiff.data.samples import write_sample
 
 HAND = [
     "--config",
@@ -233,9 +233,9 @@ def test_rate_mean_and_sd_match_a_hand_computed_case(tmp_path, fitted):
 
     import torch
 
-    from xraydiff.acceptance import ShapeStatistics
-    from xraydiff.acceptance_rate import measure_acceptance_rate
-    from xraydiff.heatmaps import gaussian_heatmaps
+    from xraydiff.acceptance.rate import measure_acceptance_rate
+    from xraydiff.acceptance.statistics import ShapeStatistics
+    from xraydiff.landmarks.heatmaps import gaussian_heatmaps
 
     stats = ShapeStatistics.load(fitted / "stats.json")
     real = [np.load(p)["landmarks"] for p in sorted((fitted / "gt").glob("*.npz"))[:3]]

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from xraydiff.augment import CEPH_RECIPE, apply_augmentation, build_augmentation, visible_landmarks
+from xraydiff.data.transforms import CEPH_RECIPE, apply_augmentation, build_augmentation, visible_landmarks
 from xraydiff.errors import DataError
 
 

@@ -213,7 +213,7 @@ def test_a_file_is_read_by_its_signature_not_its_extension(cli, tmp_path):
     import cv2
     import numpy as np
 
-    from xraydiff.imageio import read_image
+    from xraydiff.data.imageio import read_image
 
     root = make_hand(tmp_path / "d")
     images = root / "images"

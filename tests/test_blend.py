@@ -15,7 +15,7 @@ from torchmetrics.functional.image import structural_similarity_index_measure
 
 from datamodules import PanoramicDataModule
 from lightning_modules import LatentDiffusion
-from xraydiff.imageio import read_image
+from xraydiff.data.imageio import read_image
 from xraydiff.metrics import segmentation_scores
 
 DATA = ["--config", "configs/demo/panoramic_ldm.yaml", *PANORAMIC_DATA]

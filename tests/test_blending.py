@@ -9,7 +9,7 @@ import pytest
 import torch
 from torchmetrics.functional.image import structural_similarity_index_measure
 
-from xraydiff.blending import (
+from xraydiff.diffusion.blending import (
     blend_denoise,
     blend_latents,
     blend_timesteps,
@@ -17,7 +17,7 @@ from xraydiff.blending import (
     latent_ssim,
     top_k_partners,
 )
-from xraydiff.diffusion import make_scheduler
+from xraydiff.diffusion.objectives import make_scheduler
 
 
 def test_the_blend_takes_the_region_from_the_labelled_latent_and_the_rest_from_the_unlabelled():
@@ -131,7 +131,7 @@ def test_reimposition_keeps_the_labelled_structure_and_lets_the_rest_change():
 
 def test_the_default_strength_is_the_papers_steps_over_T():
     """Appendix A read literally: z_T = noise(z_init, T) with T = 25 denoising steps, then t = T .. 1."""
-    from xraydiff.blending import blend_timesteps, resolve_strength
+    from xraydiff.diffusion.blending import blend_timesteps, resolve_strength
 
     scheduler = make_scheduler(1000)
     assert resolve_strength(None, 25, 1000) == 0.025
@@ -143,7 +143,7 @@ def test_the_default_strength_is_the_papers_steps_over_T():
 
 
 def test_anatomy_survival_is_pearsons_r_inside_the_mask_against_outside():
-    from xraydiff.blending import anatomy_survival, survival_summary
+    from xraydiff.diffusion.blending import anatomy_survival, survival_summary
 
     rng = np.random.default_rng(0)
     reference, synthetic = rng.normal(size=(2, 16, 32))
@@ -167,7 +167,7 @@ def test_anatomy_survival_is_pearsons_r_inside_the_mask_against_outside():
 def test_the_feathered_region_keeps_the_structure_and_fades_to_zero():
     from scipy.ndimage import gaussian_filter
 
-    from xraydiff.blending import feathered, latent_mask, pixel_region
+    from xraydiff.diffusion.blending import feathered, latent_mask, pixel_region
 
     mask = torch.zeros(32, 64)
     mask[13:15, 30:33] = 1

@@ -14,7 +14,7 @@ import pytest
 import torch
 from tiny import AUTOENCODER, DDP_TWO_CPU_PROCESSES, DDPM, DDPM_WANDB, LDM, XRAYDIFF, run
 
-from xraydiff.samples import read_sample
+from xraydiff.data.samples import read_sample
 
 
 def test_ddp_fit_and_sample_with_two_cpu_processes(tmp_path):

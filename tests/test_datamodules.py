@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from datamodules import CephalometricDataModule, HandDataModule, PanoramicDataModule
+from xraydiff.data.geometry import to_original_pixels
 from xraydiff.errors import DataError
-from xraydiff.geometry import to_original_pixels
 
 
 @pytest.mark.parametrize("cls,count", [(HandDataModule, 37), (CephalometricDataModule, 19)])

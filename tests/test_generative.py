@@ -10,8 +10,8 @@ import torch
 from tiny import DDPM, VAE
 
 from lightning_modules import PairedDDPM, PairedVAE, load_model
-from xraydiff.diffusion import predict_x0
-from xraydiff.samples import read_sample
+from xraydiff.data.samples import read_sample
+from xraydiff.diffusion.engine import predict_x0
 
 
 def fit(cli, root, base, *extra):

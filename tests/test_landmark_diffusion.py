@@ -13,10 +13,11 @@ from scipy.ndimage import gaussian_filter
 from tiny import DDP_TWO_CPU_PROCESSES, run
 from tiny import LANDMARK_DIFFUSION as TINY
 
-import xraydiff.landmark_diffusion as ld
-from xraydiff.diffusion import draw_noise, make_scheduler
+import xraydiff.diffusion.landmark as ld
+from xraydiff.diffusion.engine import draw_noise
+from xraydiff.diffusion.objectives import make_scheduler
 from xraydiff.errors import DataError
-from xraydiff.heatmaps import gaussian_heatmaps
+from xraydiff.landmarks.heatmaps import gaussian_heatmaps
 
 
 def test_loss_equals_a_hand_computed_case():

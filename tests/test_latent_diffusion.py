@@ -13,6 +13,7 @@ from tiny import AUTOENCODER, DDP_TWO_CPU_PROCESSES, LDM, run
 
 from datamodules import PanoramicDataModule
 from lightning_modules import LatentAutoencoder, LatentDiffusion, load_model
+from xraydiff.diffusion.latent import PosteriorCache
 
 
 def fit(cli, root, base, *extra):
@@ -197,7 +198,7 @@ def test_cached_latents_are_the_encoders_draws_and_resume_exactly(
         phantom_counts={"train": 2, "val": 2, "test": 2, "unlabelled": 12},
     )
     dataset = dm.dataset("generator", augment=False)
-    model._posterior_cache = model.cache_posteriors(dataset, batch_size=3)
+    model.posterior_cache = PosteriorCache.encode(model.first_stage, dataset, 3, model.device)
     batch = {"index": torch.tensor([5, 0, 2]), "image": torch.stack([dataset[k]["image"] for k in (5, 0, 2)])}
     torch.manual_seed(7)
     cached = model._training_latents(batch)

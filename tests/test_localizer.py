@@ -12,15 +12,12 @@ import torch
 from tiny import DDP_TWO_CPU_PROCESSES, LOCALIZER, REPO, run
 
 from datamodules import HandDataModule
-from xraydiff.datasets import EpochSampler
+from xraydiff.data.datasets import EpochSampler
 from xraydiff.errors import DataError
-from xraydiff.localization import decode_landmarks, spatial_softmax_nll, target_distributions
-from xraydiff.metrics import (
+from xraydiff.landmarks.localization import decode_landmarks, spatial_softmax_nll, target_distributions
+from xraydiff.landmarks.metrics import (
     LandmarkErrors,
-    OutlierCount,
-    PerLandmarkError,
-    RadialError,
-    SuccessDetectionRate,
+    check_radii,
     observer_agreement,
     observer_errors_mm,
     radial_errors_mm,
@@ -51,25 +48,11 @@ def test_metrics_match_hand_computed_values():
     target = torch.tensor([[[3.0, 4.0], [10.0, 0.0]], [[3.0, 4.0], [0.0, 30.0]]])
     errors = radial_errors_mm(predicted, target, torch.tensor([0.5, 1.0]))
     torch.testing.assert_close(errors, torch.tensor([[2.5, 0.0], [0.0, 30.0]]))
-    indices = torch.tensor([0, 1])
-    radial = RadialError()
-    radial.update(errors, indices)
-    values = radial.compute()
-    assert values["mean"].item() == pytest.approx(8.125)
-    assert values["sd"].item() == pytest.approx(np.std([2.5, 0, 0, 30]))
-    assert values["median"].item() in (0.0, 2.5)
-    sdr = SuccessDetectionRate([2.0, 2.5])
-    sdr.update(errors, indices)
-    assert {r: v.item() for r, v in sdr.compute().items()} == {2.0: 50.0, 2.5: 75.0}
-    outliers = OutlierCount([2.0, 20.0])
-    outliers.update(errors, indices)
-    assert {r: int(v) for r, v in outliers.compute().items()} == {2.0: 2, 20.0: 1}
-    per = PerLandmarkError()
-    per.update(errors, indices)
-    torch.testing.assert_close(per.compute(), torch.tensor([1.25, 15.0]))
     summary = summarize_errors(errors, [2, 2.5], [2, 20])
     assert summary["mre_mm"] == pytest.approx(8.125) and summary["sdr"] == {"2": 50.0, "2.5": 75.0}
     assert summary["outliers"] == {"2": 2, "20": 1} and summary["n_images"] == 2 and summary["n_landmarks"] == 2
+    assert summary["mre_sd_mm"] == pytest.approx(np.std([2.5, 0, 0, 30])) and summary["median_mm"] in (0.0, 2.5)
+    assert summary["per_landmark_mm"] == pytest.approx([1.25, 15.0])
 
 
 def test_two_doctor_metrics_match_hand_computed_values():
@@ -99,7 +82,7 @@ def test_repeated_images_count_once():
 @pytest.mark.parametrize("radii,message", [([], "must not be empty"), ([2, -1], "must be positive")])
 def test_bad_radii_are_refused(radii, message):
     with pytest.raises(DataError, match=message):
-        SuccessDetectionRate(radii)
+        check_radii(radii, "success detection rate")
     from callbacks.landmark_eval import LandmarkEvaluation
 
     with pytest.raises(DataError, match=message):
@@ -176,9 +159,10 @@ def test_ddp_metrics_equal_single_process(tmp_path):
 
 
 def test_synthetic_folders_join_training_only(tmp_path):
-    from xraydiff.acceptance import AcceptanceConfig, ShapeStatistics
-    from xraydiff.acceptance_run import write_accepted_dataset
-    from xraydiff.corruptions import render
+    from xraydiff.acceptance.config import AcceptanceConfig
+    from xraydiff.acceptance.corruptions import render
+    from xraydiff.acceptance.run import write_accepted_dataset
+    from xraydiff.acceptance.statistics import ShapeStatistics
 
     dm = HandDataModule(image_size=(64, 64), annotations_only=True, phantom_counts={"train": 20, "test": 4})
     shapes, spacing, frame = dm.shape_table("train")
@@ -277,9 +261,10 @@ def test_ceph_test_split_runs_when_present_and_is_named_when_missing(cli, tmp_pa
 def test_ddp_epochs_draw_different_synthetic_subsets(tmp_path):
     """Under DDP (2 processes) Lightning must call set_epoch on the training sampler: each epoch draws
     its own synthetic subset, every real image once, and the two ranks never share an item."""
-    from xraydiff.acceptance import AcceptanceConfig, ShapeStatistics
-    from xraydiff.acceptance_run import write_accepted_dataset
-    from xraydiff.corruptions import render
+    from xraydiff.acceptance.config import AcceptanceConfig
+    from xraydiff.acceptance.corruptions import render
+    from xraydiff.acceptance.run import write_accepted_dataset
+    from xraydiff.acceptance.statistics import ShapeStatistics
 
     dm = HandDataModule(image_size=(64, 64), annotations_only=True, phantom_counts={"train": 20, "test": 8})
     shapes, spacing, frame = dm.shape_table("train")

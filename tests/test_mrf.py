@@ -10,7 +10,7 @@ import torch
 from scipy import ndimage
 from scipy import stats as scipy_stats
 
-from xraydiff.mrf import (
+from xraydiff.acceptance.mrf import (
     Candidates,
     delaunay_edges,
     energy,

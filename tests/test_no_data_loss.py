@@ -8,7 +8,7 @@ import shutil
 import pytest
 from tiny import LOCALIZER, run
 
-from xraydiff.imageio import OUTPUT_MARKER, read_marker
+from xraydiff.data.imageio import OUTPUT_MARKER, read_marker
 
 HAND = ["--config", "configs/data/hand_phantom.yaml", "--data.init_args.phantom_counts",
         '{"train": 20, "val": 2, "test": 6}']  # fmt: skip

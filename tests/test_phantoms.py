@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 from conftest import SHARED_DATA, requires_shared_data
 
-from xraydiff.geometry import inside_image, to_original_pixels
-from xraydiff.phantoms import PhantomShapeModel, ceph_phantom, hand_phantom, panoramic_phantom
-from xraydiff.readers import read_ceph_dataset, read_hand_annotations, wrist_width_mm_per_px
-from xraydiff.shape import generalized_procrustes
+from xraydiff.data.geometry import inside_image, to_original_pixels
+from xraydiff.data.phantoms import PhantomShapeModel, ceph_phantom, hand_phantom, panoramic_phantom
+from xraydiff.data.readers import read_ceph_dataset, read_hand_annotations, wrist_width_mm_per_px
+from xraydiff.landmarks.shape import generalized_procrustes
 
 
 @pytest.mark.parametrize("render,size,count", [(hand_phantom, (64, 48), 37), (ceph_phantom, (80, 64), 19)])

@@ -7,8 +7,8 @@ import pytest
 from conftest import SHARED_DATA, requires_shared_data
 
 from datamodules import HandDataModule, PanoramicDataModule
-from xraydiff.geometry import to_original_pixels
-from xraydiff.readers import read_ceph_dataset, read_hand_annotations, read_panoramic_dataset
+from xraydiff.data.geometry import to_original_pixels
+from xraydiff.data.readers import read_ceph_dataset, read_hand_annotations, read_panoramic_dataset
 
 pytestmark = requires_shared_data
 HAND = SHARED_DATA / "hand_dha"
@@ -64,7 +64,7 @@ def test_hand_images_decode_and_landmarks_map_back():
 
 
 def test_hand_train_fraction_draws_the_reduced_dataset_reproducibly():
-    from xraydiff.readers import read_hand_dataset
+    from xraydiff.data.readers import read_hand_dataset
 
     records = read_hand_dataset(HAND, split_dir="setup/cv/set1", require_images=False)
     assert len(records["train"]) == 597

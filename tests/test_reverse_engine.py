@@ -1,4 +1,4 @@
-"""The one reverse engine (``xraydiff.diffusion.reverse_process``) against exact denoisers and MONAI."""
+"""The one reverse engine (``xraydiff.diffusion.engine.reverse_process``) against exact denoisers and MONAI."""
 
 from __future__ import annotations
 
@@ -6,15 +6,15 @@ import pytest
 import torch
 from monai.networks.schedulers import DDIMScheduler
 
-from xraydiff.diffusion import (
+from xraydiff.diffusion.engine import (
     check_sampling,
     draw_noise,
-    make_scheduler,
     posterior_step,
     reverse_process,
     reverse_timesteps,
     sample,
 )
+from xraydiff.diffusion.objectives import make_scheduler
 from xraydiff.errors import DataError
 
 T = 800

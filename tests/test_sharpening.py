@@ -70,8 +70,8 @@ def test_the_landmark_diffusion_loss_sharpens_to_its_target(diffusion):
     # The logits the decoding used: x_T of image 0 at t = T - 1, or zeros at t = 0 for the baseline.
     with torch.no_grad():
         if diffusion:
-            from xraydiff.diffusion import draw_noise
-            from xraydiff.landmark_diffusion import item_generators
+            from xraydiff.diffusion.engine import draw_noise
+            from xraydiff.diffusion.landmark import item_generators
 
             x_t = draw_noise(item_generators(0, [0], 1), (1, 1, *SIZE), "cpu")
             logits = model.unet(batch["image"], x_t, torch.tensor([19]))

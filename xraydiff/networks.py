@@ -1,4 +1,5 @@
-"""Network builders shared by models (MONAI building blocks)."""
+"""The heatmap U-Net shared by the landmark localizer and the segmenter (MONAI building blocks); the
+denoisers build MONAI's ``DiffusionModelUNet`` in their LightningModules."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ def heatmap_unet(
     """A MONAI residual U-Net mapping (B, in, H, W) to (B, out, H, W) heatmap logits.
 
     ``strides`` defaults to 2 between consecutive levels; H and W must be divisible by their product.
-    Used by the landmark localizer (and the landmark-diffusion model's denoiser backbone).
+    Used by the landmark localizer and by the segmenter's 'unet' backbone.
     """
     strides = tuple(strides) if strides is not None else (2,) * (len(channels) - 1)
     return UNet(

@@ -15,7 +15,8 @@ from monai.networks.schedulers import DDPMScheduler
 from torch import Tensor
 from torchmetrics.functional.image import structural_similarity_index_measure
 
-from xraydiff.diffusion import Denoiser, reverse_process, reverse_timesteps
+from xraydiff.diffusion.engine import reverse_process, reverse_timesteps
+from xraydiff.diffusion.objectives import Denoiser
 from xraydiff.errors import DataError
 
 
@@ -134,7 +135,7 @@ def blend_denoise(
     reimpose: tuple[Tensor, Tensor] | None = None,
 ) -> Tensor:
     """z_0 from the blended latent (Lim et al., Appendix A): z_t = noise(z_init, t_start), then ``steps``
-    DDIM steps (Song et al., eq. 12) down to t = 0 on ``xraydiff.diffusion.reverse_process``.
+    DDIM steps (Song et al., eq. 12) down to t = 0 on ``xraydiff.diffusion.engine.reverse_process``.
 
     ``reimpose`` = (z_a, region): after every step the structure region is replaced by z_a noised to the
     step's new t, z = m * noised(z_a, t) + (1 - m) * z (Blended Latent Diffusion, Avrahami et al. 2023,

@@ -13,8 +13,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from xraydiff.imageio import atomic_write_bytes  # noqa: E402
-from xraydiff.samples import side_by_side  # noqa: E402
+from xraydiff.data.imageio import atomic_write_bytes  # noqa: E402
+from xraydiff.data.samples import side_by_side  # noqa: E402
 
 
 def _grid(count: int, columns: int, aspect: float, tile: float = 3.0):

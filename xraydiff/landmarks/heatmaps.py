@@ -47,8 +47,3 @@ def gaussian_heatmaps(
     else:
         heatmaps = gy.unsqueeze(-1) * gx.unsqueeze(-2)
     return heatmaps * 2.0 - 1.0 if normalize else heatmaps
-
-
-def denormalize(heatmap: Tensor) -> Tensor:
-    """Inverse of ``normalize``: [-1, 1] -> [0, 1], clamped."""
-    return ((heatmap + 1.0) * 0.5).clamp(0.0, 1.0)

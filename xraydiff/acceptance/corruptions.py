@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from xraydiff.heatmaps import gaussian_heatmaps
+from xraydiff.landmarks.heatmaps import gaussian_heatmaps
 
 # Finger rays of the 37 hand landmarks: (knuckle, phalanx landmarks base to tip).
 FINGERS = {

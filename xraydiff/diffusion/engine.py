@@ -1,11 +1,6 @@
-"""Diffusion and VAE maths shared by xraydiff's generative models, framework-free.
-
-The forward process, the training objectives and the one reverse engine of every sampler
-(``reverse_process``: paired DDPM, LDM, blending, landmark diffusion) of a DDPM (Ho et al. 2020). MONAI's
-schedulers hold the variance schedule and the forward noising; the engine does the stepping. The
-LightningModules only wrap these with networks, optimizers and logging. A ``denoiser`` is any callable
-``(x_t, t) -> prediction`` whose prediction is of the scheduler's ``prediction_type`` (epsilon, v or x0),
-so conditional models close over their condition.
+"""The one reverse engine of every xraydiff sampler (paired DDPM, LDM, blending, landmark diffusion):
+a timestep sequence, the DDPM/DDIM posterior step of Song et al. (eq. 12), x0 and x hooks, per-item noise.
+MONAI's scheduler supplies the schedule (alphas_cumprod); the engine does the stepping.
 """
 
 from __future__ import annotations
@@ -14,16 +9,14 @@ from collections.abc import Callable, Sequence
 from typing import Literal, get_args
 
 import torch
-import torch.nn.functional as F
 from monai.networks.schedulers import DDPMScheduler
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from xraydiff.diffusion.objectives import Denoiser, PredictionType
 from xraydiff.errors import DataError
 
 Sampler = Literal["ddpm", "ddim"]
-PredictionType = Literal["epsilon", "v_prediction", "sample"]
-Denoiser = Callable[[Tensor, Tensor], Tensor]
 
 
 def check_diffusion_options(
@@ -33,49 +26,6 @@ def check_diffusion_options(
     if prediction_type not in get_args(PredictionType):
         raise DataError(None, f"prediction_type must be one of {get_args(PredictionType)}, got {prediction_type!r}")
     check_sampling(sampler, steps, ddim_eta, num_train_timesteps)
-
-
-def make_scheduler(
-    num_train_timesteps: int,
-    beta_schedule: str = "linear_beta",
-    beta_start: float = 1e-4,
-    beta_end: float = 0.02,
-    prediction_type: PredictionType = "epsilon",
-    clip_sample: bool = True,
-) -> DDPMScheduler:
-    """MONAI's scheduler holding the variance schedule beta_1..beta_T (linear in the papers), its
-    alphas_cumprod and the forward noising; ``reverse_process`` steps with it whatever the sampler."""
-    return DDPMScheduler(
-        num_train_timesteps=num_train_timesteps,
-        schedule=beta_schedule,
-        beta_start=beta_start,
-        beta_end=beta_end,
-        clip_sample=clip_sample,
-        prediction_type=prediction_type,
-    )
-
-
-def regression_target(scheduler: DDPMScheduler, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
-    """What the network regresses: eps, v = sqrt(abar_t) eps - sqrt(1 - abar_t) x0 (Salimans & Ho 2022,
-    sect. 4) or x0, by the scheduler's ``prediction_type``."""
-    prediction_type = scheduler.prediction_type
-    if prediction_type == "v_prediction":
-        return scheduler.get_velocity(x0, noise, t)
-    return x0 if prediction_type == "sample" else noise
-
-
-def diffusion_loss(
-    denoiser: Denoiser, x0: Tensor, scheduler: DDPMScheduler, generator: torch.Generator | None = None
-) -> Tensor:
-    """E_{t, x0, eps} ||target - f_theta(sqrt(abar_t) x0 + sqrt(1 - abar_t) eps, t)||^2 (Ho et al., eq. 14;
-    Hadzic et al., eq. 4), with t ~ U{0, T - 1} and the target of ``regression_target``.
-
-    The squared error is taken in float32 whatever the autocast dtype of the network.
-    """
-    noise = torch.randn(x0.shape, generator=generator, device=x0.device)
-    t = torch.randint(0, scheduler.num_train_timesteps, (x0.shape[0],), generator=generator, device=x0.device)
-    xt = scheduler.add_noise(x0, noise, t)
-    return F.mse_loss(denoiser(xt, t).float(), regression_target(scheduler, x0, noise, t))
 
 
 def check_sampling(sampler: str, steps: int | None, eta: float, num_train_timesteps: int) -> int:
@@ -213,18 +163,3 @@ def sample(
     timesteps = reverse_timesteps(scheduler.num_train_timesteps, steps)
     x = reverse_process(denoiser, x_T, scheduler, timesteps, eta, noise, hook, progress=progress, desc=desc)
     return x.clamp(-1.0, 1.0) if clip else x
-
-
-def gaussian_kl(mu: Tensor, logvar: Tensor) -> Tensor:
-    """KL(N(mu, exp(logvar)) || N(0, I)) per sample, summed over the latent (Kingma & Welling, appendix B)."""
-    mu, logvar = mu.float(), logvar.float()
-    return -0.5 * (1 + logvar - mu**2 - logvar.exp()).flatten(1).sum(dim=1)
-
-
-def vae_loss(reconstruction: Tensor, x0: Tensor, mu: Tensor, logvar: Tensor, kl_weight: float = 1.0):
-    """(total, reconstruction, KL), each per element of a sample: ||x - x_hat||^2 / D + kl_weight KL / D,
-    the negative ELBO of a Gaussian decoder up to a constant when kl_weight = 1 (D = elements per sample)."""
-    elements = x0[0].numel()
-    recon = F.mse_loss(reconstruction.float(), x0.float())
-    kl = gaussian_kl(mu, logvar).mean() / elements
-    return recon + kl_weight * kl, recon, kl

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from xraydiff.data.imageio import atomic_write_bytes, write_png
 from xraydiff.errors import DataError
-from xraydiff.imageio import atomic_write_bytes, write_png
 
 MANIFEST = "manifest.json"
 

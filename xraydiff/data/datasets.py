@@ -27,11 +27,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, DistributedSampler
 
-from xraydiff.augment import apply_augmentation, visible_landmarks
+from xraydiff.data.geometry import estimate_original_size, resize_scale, to_model_pixels
+from xraydiff.data.imageio import normalize_intensity, read_image, read_label_map, resize_image, resize_label_map
+from xraydiff.data.readers import LandmarkRecord, SegmentationRecord
+from xraydiff.data.transforms import apply_augmentation, visible_landmarks
 from xraydiff.errors import DataError
-from xraydiff.geometry import estimate_original_size, resize_scale, to_model_pixels
-from xraydiff.imageio import normalize_intensity, read_image, read_label_map, resize_image, resize_label_map
-from xraydiff.readers import LandmarkRecord, SegmentationRecord
 
 T = TypeVar("T")
 R = TypeVar("R")

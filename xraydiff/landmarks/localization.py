@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from xraydiff.heatmaps import gaussian_heatmaps
+from xraydiff.landmarks.heatmaps import gaussian_heatmaps
 
 
 def target_distributions(landmarks: Tensor, size: tuple[int, int], sigma: float) -> Tensor:

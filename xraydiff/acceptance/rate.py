@@ -14,12 +14,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from xraydiff.acceptance import RULE_SETS, AcceptanceChecker, ShapeStatistics
-from xraydiff.acceptance_run import summarize
+from xraydiff.acceptance.checker import AcceptanceChecker
+from xraydiff.acceptance.config import RULE_SETS
+from xraydiff.acceptance.run import summarize
+from xraydiff.acceptance.statistics import ShapeStatistics
+from xraydiff.data.imageio import atomic_write_bytes
+from xraydiff.data.samples import batch_seed, sample_id
 from xraydiff.errors import DataError
-from xraydiff.imageio import atomic_write_bytes
 from xraydiff.precision import autocast_dtype
-from xraydiff.samples import batch_seed, sample_id
 
 
 def file_digest(path: Path) -> str:

@@ -27,9 +27,9 @@ from monai.networks.layers import gaussian_1d, separable_filtering
 from monai.networks.schedulers import DDPMScheduler
 from torch import Tensor
 
-from xraydiff.diffusion import check_sampling, draw_noise, reverse_process, reverse_timesteps
+from xraydiff.diffusion.engine import check_sampling, draw_noise, reverse_process, reverse_timesteps
 from xraydiff.errors import DataError
-from xraydiff.localization import decode_landmarks, spatial_softmax_nll
+from xraydiff.landmarks.localization import decode_landmarks, spatial_softmax_nll
 
 LandmarkSampler = Literal["single", "ddpm", "ddim"]  # one call, the T-step chain, k DDIM steps
 X0Estimate = Literal["softmax", "clamp"]
@@ -171,7 +171,7 @@ def sample_heatmaps(
     * ``ddpm``: the T-step DDPM chain, eta = 1 (every step: predict x0, blur by eq. 12, draw from the posterior).
     * ``ddim``: k = ``steps`` steps with ``eta``, blurred likewise.
 
-    The chains run on ``xraydiff.diffusion.reverse_process`` (``scheduler``: prediction type 'sample'), the
+    The chains run on ``xraydiff.diffusion.engine.reverse_process`` (``scheduler``: prediction type 'sample'), the
     blur as its x0 hook. ``shape`` is (N, H, W) per item; row i draws all its noise from ``generators[i]``.
     """
     num_train_timesteps = scheduler.num_train_timesteps

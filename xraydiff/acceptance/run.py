@@ -22,11 +22,13 @@ from pathlib import Path
 
 import numpy as np
 
-from xraydiff.acceptance import RULE_SETS, STRICT_RULES, AcceptanceChecker, ShapeStatistics, Verdict
+from xraydiff.acceptance.checker import AcceptanceChecker, Verdict
+from xraydiff.acceptance.config import RULE_SETS, STRICT_RULES
+from xraydiff.acceptance.statistics import ShapeStatistics
+from xraydiff.data.imageio import atomic_directory, atomic_write_bytes, check_output_folder, write_png
+from xraydiff.data.preview import acceptance_grid
+from xraydiff.data.samples import list_samples, read_sample, write_manifest, write_sample
 from xraydiff.errors import DataError
-from xraydiff.imageio import atomic_directory, atomic_write_bytes, check_output_folder, write_png
-from xraydiff.preview import acceptance_grid
-from xraydiff.samples import list_samples, read_sample, write_manifest, write_sample
 
 
 def load_samples(
@@ -154,12 +156,12 @@ def run_acceptance(
 def render_ground_truth(
     items: Sequence, image_size: tuple[int, int], sigma: float, out: Path, source: dict, overwrite: bool = False
 ) -> None:
-    """Write landmark items (``xraydiff.datasets.LandmarkItem``) in the sample format: the image (zeros
+    """Write landmark items (``xraydiff.data.datasets.LandmarkItem``) in the sample format: the image (zeros
     when annotations only), the combined heatmap of sigma ``sigma`` and the ``landmarks`` array, plus a
     manifest naming ``source``. The calibration set of the check."""
     import torch
 
-    from xraydiff.heatmaps import gaussian_heatmaps
+    from xraydiff.landmarks.heatmaps import gaussian_heatmaps
 
     with atomic_directory(out, overwrite=overwrite, command="acceptance render") as staging:
         for item in items:

@@ -22,9 +22,9 @@ import numpy as np
 from scipy import ndimage
 from skimage.draw import polygon2mask
 
-from xraydiff.geometry import resize_scale, to_model_pixels
-from xraydiff.readers import wrist_width_mm_per_px
-from xraydiff.shape import PointDistributionModel
+from xraydiff.data.geometry import resize_scale, to_model_pixels
+from xraydiff.data.readers import wrist_width_mm_per_px
+from xraydiff.landmarks.shape import PointDistributionModel
 
 CANAL_LABEL = 1
 

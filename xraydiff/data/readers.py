@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
+from xraydiff.data.geometry import inside_image
+from xraydiff.data.imageio import find_image, list_images, read_image_size
 from xraydiff.errors import DataError
-from xraydiff.geometry import inside_image
-from xraydiff.imageio import find_image, list_images, read_image_size
 
 HAND_NUM_LANDMARKS = 37
 HAND_WRIST_LANDMARKS = (1, 5)

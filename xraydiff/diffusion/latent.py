@@ -1,5 +1,6 @@
-"""Latent diffusion maths (Rombach et al. 2022), framework-free: the first-stage autoencoder's losses,
-float32 encode / decode, and the latent scale factor.
+"""Latent diffusion maths (Rombach et al. 2022), framework-free: the first-stage autoencoder (built from
+its recorded architecture), its losses, float32 encode / decode, the latent scale factor and a cache of the
+training posteriors.
 
 The autoencoder is MONAI's ``AutoencoderKL``; its encoder gives a diagonal Gaussian posterior
 q(z | x) = N(z_mu, diag(z_sigma^2)) over a latent of ``latent_channels`` x H/f x W/f, f = 2^(levels - 1).
@@ -7,13 +8,19 @@ q(z | x) = N(z_mu, diag(z_sigma^2)) over a latent of ``latent_channels`` x H/f x
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+
 import torch
 import torch.nn.functional as F
 from monai.networks.nets import AutoencoderKL
 from torch import Tensor, nn
 
-from xraydiff.diffusion import gaussian_kl
+from xraydiff.diffusion.objectives import gaussian_kl
 from xraydiff.errors import DataError
+
+# The hyperparameters of a first stage that fix its architecture (an LDM records them in its own).
+FIRST_STAGE_ARCHITECTURE = ("image_size", "channels", "num_res_blocks", "latent_channels", "attention_levels",
+                            "mid_attention", "norm_num_groups")  # fmt: skip
 
 
 def compression_factor(channels_per_level: int) -> int:
@@ -125,3 +132,94 @@ def scale_factor_from_moments(moments: Tensor) -> float:
     if not variance > 0:
         raise DataError(None, f"the training latents have no spread (variance {variance}): is the autoencoder trained?")
     return float(variance**-0.5)
+
+
+def first_stage_from_architecture(architecture: dict) -> Float32Autoencoder:
+    """The frozen-to-be first stage of an LDM from its recorded ``FIRST_STAGE_ARCHITECTURE``."""
+    return Float32Autoencoder(
+        autoencoder_kl(
+            architecture["latent_channels"],
+            architecture["channels"],
+            architecture["num_res_blocks"],
+            architecture["attention_levels"],
+            architecture["mid_attention"],
+            architecture["norm_num_groups"],
+        )
+    )
+
+
+def check_first_stage(
+    architecture: dict, image_size: tuple[int, int], latent_channels: int, source: str
+) -> tuple[int, int, int]:
+    """The latent shape (C, h, w) of the LDM's (H, W) images; DataError naming ``source`` (the autoencoder's
+    file) when the LDM's latent channels or image size do not fit the autoencoder's."""
+    if latent_channels != architecture["latent_channels"]:
+        raise DataError(
+            source,
+            f"the autoencoder's latents have {architecture['latent_channels']} channels, "
+            f"the LDM's latent_channels is {latent_channels}",
+        )
+    factor = compression_factor(len(architecture["channels"]))
+    trained = latent_shape(tuple(architecture["image_size"]), latent_channels, factor)
+    try:
+        shape = latent_shape(image_size, latent_channels, factor)
+    except DataError as err:
+        raise DataError(source, f"{err.reason} of the autoencoder") from None
+    if shape != trained:
+        raise DataError(
+            source,
+            f"the autoencoder was trained on {tuple(architecture['image_size'])} images (latent {trained}); "
+            f"the LDM's image_size {tuple(image_size)} gives latents {shape}",
+        )
+    return shape
+
+
+@torch.no_grad()
+def posterior_moments(first_stage: Float32Autoencoder, batches: Iterable[Tensor], quota: int) -> Tensor:
+    """Summed ``latent_moments`` of the posteriors of the first ``quota`` images of ``batches`` (B, 1, H, W)."""
+    moments, seen = None, 0
+    for images in batches:
+        z_mu, z_sigma = first_stage.posterior(images[: quota - seen])
+        part = latent_moments(z_mu, z_sigma)
+        moments = part if moments is None else moments + part
+        seen += min(images.shape[0], quota - seen)
+        if seen >= quota:
+            break
+    if moments is None:
+        raise DataError(None, "no training images to estimate the latent scale factor from")
+    return moments
+
+
+class PosteriorCache:
+    """The posteriors q(z | x) = N(z_mu, z_sigma^2) (N, C, h, w) of a training set, by dataset index: a step
+    draws z ~ q(z | x) from them instead of running the encoder (the same latent distribution)."""
+
+    def __init__(self, z_mu: Tensor, z_sigma: Tensor):
+        self.z_mu, self.z_sigma = z_mu, z_sigma
+
+    def __len__(self) -> int:
+        return len(self.z_mu)
+
+    @classmethod
+    @torch.no_grad()
+    def encode(
+        cls, first_stage: Float32Autoencoder, dataset: Sequence[dict], batch_size: int, device: torch.device
+    ) -> PosteriorCache:
+        """Encode every item of ``dataset`` (dicts with 'image' and their own 'index') in fixed batches in
+        index order, so that a resumed run caches the very same values."""
+        mus, sigmas = [], []
+        for start in range(0, len(dataset), batch_size):
+            items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+            if any(item["index"] != start + k for k, item in enumerate(items)):
+                raise DataError(None, "cache_latents needs a training set whose items carry their own index")
+            z_mu, z_sigma = first_stage.posterior(torch.stack([item["image"] for item in items]).float().to(device))
+            mus.append(z_mu)
+            sigmas.append(z_sigma)
+        return cls(torch.cat(mus), torch.cat(sigmas))
+
+    def draw(self, index: Tensor) -> Tensor:
+        """z = z_mu + z_sigma eps (unscaled) of the items ``index`` (B,), eps from the global random state as
+        ``Float32Autoencoder.encode`` draws it."""
+        index = index.to(self.z_mu.device)
+        z_mu, z_sigma = self.z_mu[index], self.z_sigma[index]
+        return z_mu + z_sigma * torch.randn(z_mu.shape, device=z_mu.device)

@@ -17,8 +17,8 @@ import numpy as np
 from albumentations.augmentations.geometric.distortion import BaseDistortion
 from scipy import ndimage
 
+from xraydiff.data.geometry import inside_image
 from xraydiff.errors import DataError
-from xraydiff.geometry import inside_image
 
 AugmentationSpec = str | Sequence[dict[str, Any]] | None
 

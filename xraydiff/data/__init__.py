@@ -1,0 +1,2 @@
+"""Data: image I/O, pixel geometry, dataset readers (hand, ISBI 2015, panoramic), in-memory datasets,
+augmentation transforms, phantoms, the folder format of generated samples and its figures."""

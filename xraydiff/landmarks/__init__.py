@@ -1,0 +1,1 @@
+"""Landmarks: Gaussian heatmaps, localisation losses and decoding, shape models, error metrics."""

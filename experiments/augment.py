@@ -19,7 +19,7 @@ import json
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -27,7 +27,8 @@ import torch
 from commands.acceptance import acceptance_rate_of_checkpoint
 from commands.lightning_cli import data_parser
 from commands.sampling import generate_samples
-from experiments.steps import StepRunner, StudyCommand, read_experiment
+from experiments.schema import fail, option, read_study_config
+from experiments.steps import StepRunner, StudyCommand
 from xraydiff.checkpoints import CHECKPOINT_KEY, read_checkpoint
 from xraydiff.data.imageio import atomic_write_bytes
 from xraydiff.errors import DataError
@@ -49,113 +50,68 @@ class GeneratorSpec:
     checkpoint records its training set, which the study checks); sets without one are trained here.
     """
 
-    config: list[str]
-    args: list[str] = field(default_factory=list)
-    ckpt: dict[str, str] = field(default_factory=dict)
+    config: list[str] = option(nonempty=True, file=True)  # its data section is the study's
+    args: list[Any] = option(default_factory=list, pairs=True)
+    ckpt: dict[str, str] | str = option(default_factory=dict, file=True)
     sets: list[str] | None = None  # the training sets this generator is run on (default: all)
+
+    def __post_init__(self):
+        self.args = [str(a) for a in self.args]
 
 
 @dataclass
 class StudyConfig:
     data: dict[str, Any]  # overrides of every sub-config's data.init_args (root, split_dir, ...)
-    generators: dict[str, GeneratorSpec]
-    localizer: GeneratorSpec
-    training_sets: dict[str, float] = field(default_factory=lambda: {"full": 1.0, "reduced": 0.1})
-    num_samples: int = 400
-    sampler: str | None = "ddim"
-    steps: int | None = 50
-    batch_size: int = 16
-    rate_runs: int = 10
-    rate_samples: int = 100
+    generators: dict[str, GeneratorSpec] = option(nonempty=True)
+    localizer: GeneratorSpec = option()
+    training_sets: dict[str, float] = option(
+        default_factory=lambda: {"full": 1.0, "reduced": 0.1}, nonempty=True, above=0, max=1
+    )
+    num_samples: int = option(400, min=1)
+    sampler: Literal["ddpm", "ddim"] | None = "ddim"
+    steps: int | None = option(50, min=1)
+    batch_size: int = option(16, min=1)
+    rate_runs: int = option(10, min=1)
+    rate_samples: int = option(100, min=1)
     # "runs": the paper's protocol, rate_runs separate draws of rate_samples; "augmentation": the
     # augmentation draw's verdicts split into rate_runs consecutive runs of rate_samples (no extra
     # sampling; each batch has its own seed, so the runs are still independent draws)
-    rate_source: str = "runs"
+    rate_source: Literal["runs", "augmentation"] = "runs"
     synthetic_share: float | None = None
     acceptance: dict[str, Any] = field(default_factory=dict)
-    outlier_radii: list[float] = field(default_factory=lambda: [2.0, 4.0, 10.0, 20.0])
+    outlier_radii: list[float] = option(default_factory=lambda: [2.0, 4.0, 10.0, 20.0], nonempty=True, above=0)
     seed: int = 0
     precision: str = "auto"  # of sampling: bf16 autocast where the hardware has native bf16, else 32-bit
 
 
 def load_study_config(path: Path) -> StudyConfig:
-    """Read and check an ``experiment:`` config; errors name the file and line."""
-    path = Path(path)
-    section, lines = read_experiment(path, set(StudyConfig.__dataclass_fields__), ("data", "generators", "localizer"))
-
-    def spec(value, where) -> GeneratorSpec:
-        if not isinstance(value, dict):
-            raise DataError(path, f"{where} must be a mapping with config, args, ckpt", lines.get(where))
-        unknown = set(value) - {"config", "args", "ckpt", "sets"}
-        if unknown:
-            raise DataError(path, f"unknown key(s) {sorted(unknown)} in {'.'.join(where)}", lines.get(where))
-        configs = value.get("config") or []
-        configs = [configs] if isinstance(configs, str) else list(configs)
-        for config in configs:
-            if not Path(config).is_file():
-                raise DataError(path, f"{'.'.join(where)}: config {config} not found", lines.get((*where, "config")))
-        ckpt = value.get("ckpt") or {}
-        if isinstance(ckpt, str):
-            if len(training_sets) != 1:
-                raise DataError(
-                    path,
-                    f"{'.'.join(where)}.ckpt: a checkpoint is trained on one training set; map each training set "
-                    f"to its own checkpoint ({{{', '.join(f'{s}: ...' for s in training_sets)}}})",
-                    lines.get((*where, "ckpt")),
-                )
-            ckpt = {next(iter(training_sets)): ckpt}
-        for set_name, file in ckpt.items():
-            if set_name not in training_sets:
-                raise DataError(
-                    path, f"{'.'.join(where)}.ckpt: no training set '{set_name}'", lines.get((*where, "ckpt", set_name))
-                )
-            if not Path(file).is_file():
-                raise DataError(
-                    path, f"{'.'.join(where)}: checkpoint {file} not found", lines.get((*where, "ckpt", set_name))
-                )
-        if not configs:
-            raise DataError(path, f"{'.'.join(where)} needs a config (its data section)", lines.get(where))
-        sets = value.get("sets")
-        for set_name in sets or []:
-            if set_name not in training_sets:
-                raise DataError(
-                    path, f"{'.'.join(where)}.sets: no training set '{set_name}'", lines.get((*where, "sets"))
-                )
-        args = [str(a) for a in value.get("args") or []]
-        return GeneratorSpec(configs, args, {k: str(v) for k, v in ckpt.items()}, None if sets is None else list(sets))
-
-    training_sets = section.get("training_sets") or StudyConfig.__dataclass_fields__["training_sets"].default_factory()
-    generators = {
-        name: spec(value, ("experiment", "generators", name)) for name, value in (section["generators"] or {}).items()
-    }
-    values = {k: v for k, v in section.items() if k not in ("generators", "localizer")}
-    config = StudyConfig(
-        **{**values, "generators": generators, "localizer": spec(section["localizer"], ("experiment", "localizer"))}
-    )
-    if not config.generators:
-        raise DataError(path, "experiment.generators is empty", lines.get(("experiment", "generators")))
-    for name, fraction in config.training_sets.items():
-        if not 0 < float(fraction) <= 1:
-            raise DataError(
-                path,
-                f"training set {name}: fraction must be in (0, 1], got {fraction}",
-                lines.get(("experiment", "training_sets", name)),
-            )
-    for name in ("num_samples", "rate_runs", "rate_samples", "batch_size"):
-        if int(getattr(config, name)) < 1:
-            raise DataError(path, f"experiment.{name} must be at least 1", lines.get(("experiment", name)))
-    where = lines.get(("experiment", "rate_source"))
-    if config.rate_source not in ("runs", "augmentation"):
-        raise DataError(
-            path, f"experiment.rate_source must be 'runs' or 'augmentation', got {config.rate_source!r}", where
-        )
+    """Read and check an ``experiment:`` config (``experiments.schema``), then what relates its keys: the
+    training sets a generator's checkpoints and sets name, and the augmentation draw's size."""
+    config, lines = read_study_config(path, StudyConfig)
+    for name, spec in [
+        *(((("generators", n), g) for n, g in config.generators.items())),
+        (("localizer",), config.localizer),
+    ]:
+        key = ("experiment", *name)
+        where = ".".join(key)
+        if isinstance(spec.ckpt, str):
+            if len(config.training_sets) != 1:
+                fail(
+                    path, lines, (*key, "ckpt"),
+                    f"{where}.ckpt: a checkpoint is trained on one training set; map each training set to its own "
+                    f"checkpoint ({{{', '.join(f'{s}: ...' for s in config.training_sets)}}})",
+                )  # fmt: skip
+            spec.ckpt = {next(iter(config.training_sets)): spec.ckpt}
+        for field_name, names in (("ckpt", spec.ckpt), ("sets", spec.sets or [])):
+            for set_name in names:
+                if set_name not in config.training_sets:
+                    fail(path, lines, (*key, field_name), f"{where}.{field_name}: no training set '{set_name}'")
     if config.rate_source == "augmentation" and config.rate_runs * config.rate_samples > config.num_samples:
-        raise DataError(
-            path,
+        fail(
+            path, lines, ("experiment", "rate_source"),
             f"rate_source 'augmentation' splits the {config.num_samples} augmentation samples into runs: "
             f"rate_runs x rate_samples ({config.rate_runs} x {config.rate_samples}) must not exceed num_samples",
-            where,
-        )
+        )  # fmt: skip
     return config
 
 

@@ -22,24 +22,22 @@ Each training, blend and test is a step with its own folder (``experiments.steps
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import torch
 
 from commands.lightning_cli import data_parser
-from experiments.steps import StepRunner, StudyCommand, read_experiment
+from experiments.schema import Named, fail, option, read_study_config
+from experiments.steps import StepRunner, StudyCommand
 from xraydiff.checkpoints import CHECKPOINT_KEY, read_checkpoint
 from xraydiff.data.imageio import atomic_write_bytes
 from xraydiff.diffusion.blending import COMPOSITES
 from xraydiff.errors import DataError
 from xraydiff.metrics import SEGMENTATION_SCORES, paired_difference, summarize_segmentation
 
-# options of ``commands.blend.run_blend`` a study sets, shared (``blend``) or per variant (``variants``)
-BLEND_KEYS = ("steps", "strength", "dilation", "mask_mode", "batch_size", "seed", "composite", "reimpose")
 # without ``variants``: one blend of the shared ``blend`` options (its strength, or run_blend's default steps / T,
 # Lim et al.'s Appendix A read literally); a variant never overrides what it does not name
 DEFAULT_VARIANTS = ({"name": "blend"},)
@@ -49,146 +47,78 @@ DEFAULT_VARIANTS = ({"name": "blend"},)
 class ModelSpec:
     """A model of the study: its LightningCLI config(s), overrides, and optionally a ready checkpoint."""
 
-    config: list[str]
-    args: list[str] = field(default_factory=list)
-    ckpt: str | None = None
+    config: list[str] = option(default_factory=list, file=True)
+    args: list[Any] = option(default_factory=list, pairs=True)
+    ckpt: str | None = option(None, file=True)
+
+    def __post_init__(self):
+        self.args = [str(a) for a in self.args]
+
+
+@dataclass
+class BlendOptions(Named):
+    """Options of ``commands.blend.run_blend`` a study sets, shared (``blend``) or per variant."""
+
+    steps: int = option(25, min=1)
+    strength: float | None = option(None, above=0, max=1)  # null: steps / T
+    dilation: int = option(1, min=0)
+    mask_mode: Literal["max", "area"] = "max"
+    batch_size: int = option(16, min=1)
+    seed: int = 0
+    composite: Literal[COMPOSITES] = "latent"
+    reimpose: bool = False
+
+
+@dataclass(kw_only=True)
+class Variant(BlendOptions):
+    name: str = option(pattern=r"[A-Za-z0-9_.-]+")
 
 
 @dataclass
 class BlendStudyConfig:
-    autoencoder: ModelSpec | None  # None: the autoencoder inside the given LDM checkpoint
     ldm: ModelSpec
     segmenter: ModelSpec
-    top_k: list[int]
-    segmenter_steps: int
+    top_k: list[int] = option(nonempty=True, distinct=True, min=1)
+    segmenter_steps: int = option(min=1)
+    autoencoder: ModelSpec | None = None  # None: the autoencoder inside the given LDM checkpoint
     data: dict[str, Any] = field(default_factory=dict)  # overrides of every config's data.init_args
-    blend: dict[str, Any] = field(default_factory=dict)  # BLEND_KEYS shared by every variant
-    # one blend per k and variant: {name, BLEND_KEYS overriding ``blend``}
-    variants: list[dict[str, Any]] = field(default_factory=lambda: [dict(v) for v in DEFAULT_VARIANTS])
-    seeds: list[int] = field(default_factory=lambda: [0])  # of the segmenter (seed_everything), one run each
+    blend: BlendOptions = field(default_factory=dict)  # shared by every variant
+    # one blend per k and variant: its name and the options overriding ``blend``
+    variants: list[Variant] = option(default_factory=lambda: [dict(v) for v in DEFAULT_VARIANTS], nonempty=True)
+    seeds: list[int] = option(default_factory=lambda: [0], nonempty=True, distinct=True)  # of the segmenter
     synthetic_only: bool = True  # the paper's "synthetic only" rows (not for re-imposed or copy-paste blends)
     # of real + synthetic epochs: a fixed half, so that a real image is seen as often whatever k is (null:
     # every pair once per epoch, 83 % synthetic at k = 5 with 22 guides)
-    synthetic_share: float | None = 0.5
+    synthetic_share: float | None = option(0.5, min=0, below=1)
     precision: str = "auto"  # of the blending
+
+    retired: ClassVar[dict[str, str]] = {
+        "reimpose_k": "is gone: a re-imposed blend is a variant, e.g. "
+        "variants: [{name: paper}, {name: reimposed, reimpose: true}] (for every k of top_k)"
+    }
 
     def blend_options(self, variant: dict) -> dict:
         """The ``run_blend`` options of one variant: the shared ``blend`` with what the variant names on top."""
         return {**self.blend, **{key: v for key, v in variant.items() if key != "name"}}
 
 
-def check_blend_options(options: dict, path: Path, line: int | None, where: str) -> None:
-    """DataError naming the file and line for an unknown or ill-typed blend option of the study config."""
-    if not isinstance(options, dict):
-        raise DataError(path, f"{where} must be a mapping of {BLEND_KEYS}", line)
-    unknown = set(options) - set(BLEND_KEYS)
-    if unknown:
-        raise DataError(path, f"{where}: unknown key(s) {sorted(unknown)} (known: {BLEND_KEYS})", line)
-    strength = options.get("strength")
-    if strength is not None and (
-        isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0 < strength <= 1
-    ):
-        raise DataError(path, f"{where}: strength must be in (0, 1] or null (steps / T), got {strength!r}", line)
-    if options.get("composite", "latent") not in COMPOSITES:
-        raise DataError(path, f"{where}: composite must be one of {COMPOSITES}, got {options['composite']!r}", line)
-
-
 def load_blend_study_config(path: Path) -> BlendStudyConfig:
-    """Read and check an ``experiment:`` config of the blend study; errors name the file and line."""
-    path = Path(path)
-    fields = set(BlendStudyConfig.__dataclass_fields__)
-    section, lines = read_experiment(path, fields | {"reimpose_k"}, ("ldm", "segmenter", "top_k", "segmenter_steps"))
-    if "reimpose_k" in section:
-        raise DataError(
-            path,
-            "experiment.reimpose_k is gone: a re-imposed blend is a variant, e.g. "
-            "variants: [{name: paper}, {name: reimposed, reimpose: true}] (for every k of top_k)",
-            lines.get(("experiment", "reimpose_k")),
-        )
-
-    def spec(name: str) -> ModelSpec:
-        value, where = section[name], ("experiment", name)
-        if not isinstance(value, dict):
-            raise DataError(path, f"experiment.{name} must be a mapping with config, args, ckpt", lines.get(where))
-        unknown = set(value) - {"config", "args", "ckpt"}
-        if unknown:
-            raise DataError(path, f"unknown key(s) {sorted(unknown)} in experiment.{name}", lines.get(where))
-        configs = value.get("config") or []
-        configs = [configs] if isinstance(configs, str) else list(configs)
-        if not configs and (name == "segmenter" or not value.get("ckpt")):
-            raise DataError(path, f"experiment.{name} needs a config or a ckpt", lines.get(where))
-        for config in configs:
-            if not Path(config).is_file():
-                raise DataError(path, f"experiment.{name}: config {config} not found", lines.get((*where, "config")))
-        ckpt = value.get("ckpt")
-        if ckpt is not None and not Path(ckpt).is_file():
-            raise DataError(path, f"experiment.{name}: checkpoint {ckpt} not found", lines.get((*where, "ckpt")))
-        args = [str(a) for a in value.get("args") or []]
-        if len(args) % 2:
-            raise DataError(path, f"experiment.{name}.args must be pairs of option and value", lines.get(where))
-        return ModelSpec(configs, args, ckpt)
-
-    top_k = section["top_k"]
-    top_k = [top_k] if isinstance(top_k, int) else list(top_k or [])
-    if not top_k or any(not isinstance(k, int) or k < 1 for k in top_k) or len(set(top_k)) != len(top_k):
-        raise DataError(
-            path, "experiment.top_k must list distinct positive integers", lines.get(("experiment", "top_k"))
-        )
-    steps = section["segmenter_steps"]
-    if not isinstance(steps, int) or steps < 1:
-        raise DataError(
-            path, "experiment.segmenter_steps must be a positive integer", lines.get(("experiment", "segmenter_steps"))
-        )
-    blend = section.get("blend") or {}
-    check_blend_options(blend, path, lines.get(("experiment", "blend")), "experiment.blend")
-    variants = section.get("variants", [dict(v) for v in DEFAULT_VARIANTS])
-    if not isinstance(variants, list) or not variants:
-        raise DataError(path, "experiment.variants must list mappings", lines.get(("experiment", "variants")))
-    for i, variant in enumerate(variants):
-        line = lines.get(("experiment", "variants", i))
-        name = variant.get("name") if isinstance(variant, dict) else None
-        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
-            raise DataError(path, "every experiment.variants entry needs a name of letters, digits, . _ -", line)
-        check_blend_options({k: v for k, v in variant.items() if k != "name"}, path, line, f"variant {name}")
-    names = [v["name"] for v in variants]
+    """Read and check an ``experiment:`` config of the blend study (``experiments.schema``), then what relates
+    its keys: which models need a config, variant names, the autoencoder's source."""
+    config, lines = read_study_config(path, BlendStudyConfig)
+    specs = {"ldm": config.ldm, "segmenter": config.segmenter, "autoencoder": config.autoencoder}
+    for name, spec in specs.items():
+        if spec is not None and not spec.config and (name == "segmenter" or spec.ckpt is None):
+            fail(path, lines, ("experiment", name), f"experiment.{name} needs a config or a ckpt")
+    names = [v["name"] for v in config.variants]
     if len(set(names)) != len(names):
-        raise DataError(path, f"experiment.variants: names repeat ({names})", lines.get(("experiment", "variants")))
-    seeds = section.get("seeds", [0])
-    seeds = [seeds] if isinstance(seeds, int) else seeds
-    if (
-        not isinstance(seeds, list)
-        or not seeds
-        or any(not isinstance(s, int) for s in seeds)
-        or len(set(seeds)) != len(seeds)
-    ):
-        raise DataError(path, "experiment.seeds must list distinct integers", lines.get(("experiment", "seeds")))
-    share = section.get("synthetic_share")
-    if share is not None and not 0.0 <= share < 1.0:
-        raise DataError(
-            path,
-            f"experiment.synthetic_share must be in [0, 1), got {share}",
-            lines.get(("experiment", "synthetic_share")),
-        )
-    ldm = spec("ldm")
-    if section.get("autoencoder") is None and ldm.ckpt is None:
-        raise DataError(
-            path,
+        fail(path, lines, ("experiment", "variants"), f"experiment.variants: names repeat ({names})")
+    if config.autoencoder is None and config.ldm.ckpt is None:
+        fail(
+            path, lines, ("experiment", "ldm"),
             "experiment.autoencoder is needed unless experiment.ldm gives a ckpt (whose autoencoder is used)",
-            lines.get(("experiment", "ldm")),
-        )
-    values = {k: v for k, v in section.items() if k not in ("autoencoder", "ldm", "segmenter", "top_k")}
-    return BlendStudyConfig(
-        **{
-            **values,
-            "autoencoder": None if section.get("autoencoder") is None else spec("autoencoder"),
-            "ldm": ldm,
-            "segmenter": spec("segmenter"),
-            "top_k": top_k,
-            "blend": dict(blend),
-            "variants": [dict(v) for v in variants],
-            "seeds": list(seeds),
-        }
-    )
+        )  # fmt: skip
+    return config
 
 
 class BlendStudy(StepRunner):

@@ -24,11 +24,12 @@ import math
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 from commands.lightning_cli import data_parser
 from commands.parsing import read_yaml
-from experiments.steps import StepRunner, StudyCommand, read_experiment
+from experiments.schema import Named, fail, option, read_study_config
+from experiments.steps import StepRunner, StudyCommand
 from lightning_modules.landmark_diffusion import LandmarkDiffusion
 from xraydiff.checkpoints import CHECKPOINT_KEY, read_checkpoint
 from xraydiff.data.imageio import atomic_write_bytes
@@ -36,25 +37,45 @@ from xraydiff.diffusion.landmark import check_blur, check_decoding, check_infere
 from xraydiff.errors import DataError
 from xraydiff.metrics import paired_difference
 
-# What a mode may set: the inference options of LandmarkDiffusion, and how many evaluation images
-# an expensive mode (the T-step chain on a CPU) runs on.
-MODE_KEYS = (
-    "sampler", "sampling_steps", "ddim_eta", "ensemble", "sigma_max", "sigma_min", "seed", "chain_decoding",
-    "x0_estimate", "max_images",
-)  # fmt: skip
 MODELS = {"baseline": False, "diffusion": True}  # model name -> LandmarkDiffusion's ``diffusion``
+
+
+@dataclass(kw_only=True)
+class Mode(Named):
+    """A row of the table: inference options of LandmarkDiffusion (the model's own where not named), and how
+    many evaluation images an expensive mode (the T-step chain on a CPU) runs on."""
+
+    sampler: Literal["single", "ddpm", "ddim"]
+    sampling_steps: int | None = option(None, min=1)
+    ddim_eta: float = option(0.0, min=0, max=1)
+    ensemble: int = option(1, min=1)
+    # None: the model's own (a Named option set keeps only what a mode names)
+    sigma_max: float = option(None, above=0)
+    sigma_min: float = option(None, min=0)
+    seed: int = 0
+    chain_decoding: str = None
+    x0_estimate: str = None
+    max_images: int = option(None, min=1)
+
+    retired: ClassVar[dict[str, str]] = {
+        old: f"is now '{new}'" for old, new in LandmarkDiffusion.renamed_parameters.items()
+    }
 
 
 @dataclass
 class LandmarkStudyConfig:
-    config: list[str]  # LightningCLI config(s) of the LandmarkDiffusion model, its data and trainer
-    max_steps: int  # the common training budget: optimizer steps of each model
-    modes: dict[str, dict[str, Any]]  # row name -> inference options of the diffusion model
-    args: list[str] = field(default_factory=list)  # extra CLI overrides of both models
+    # LightningCLI config(s) of the LandmarkDiffusion model, its data and trainer
+    config: list[str] = option(nonempty=True, file=True)
+    max_steps: int = option(min=1)  # the common training budget: optimizer steps of each model
+    modes: dict[str, Mode] = option(nonempty=True)  # row name -> inference options of the diffusion model
+    args: list[Any] = option(default_factory=list, pairs=True)  # extra CLI overrides of both models
     data: dict[str, Any] = field(default_factory=dict)  # overrides of data.init_args (root, ...)
     # table column -> split of the DataModule; a split without images is left out
-    test_sets: dict[str, str] = field(default_factory=lambda: {"Test1": "val", "Test2": "test"})
-    sdr_radii: list[float] = field(default_factory=lambda: [2.0, 2.5, 4.0])  # the table's SDR columns
+    test_sets: dict[str, Literal["val", "test"]] = field(default_factory=lambda: {"Test1": "val", "Test2": "test"})
+    sdr_radii: list[float] = option(default_factory=lambda: [2.0, 2.5, 4.0], nonempty=True, above=0)
+
+    def __post_init__(self):
+        self.args = [str(a) for a in self.args]
 
 
 def init_args(group: str, configs: list[str], args: list[str], defaults: dict | None = None) -> dict:
@@ -83,54 +104,18 @@ def _model_init_args(configs: list[str], args: list[str]) -> dict:
 
 
 def load_landmark_study_config(path: Path) -> LandmarkStudyConfig:
-    """Read and check an ``experiment:`` config of the landmark study; errors name the file and line.
-
-    Every mode is checked against the model's T (k <= T, M >= 1, sigma_max >= sigma_min) here,
-    before any training starts.
-    """
-    path = Path(path)
-    section, lines = read_experiment(
-        path, set(LandmarkStudyConfig.__dataclass_fields__), ("config", "max_steps", "modes")
-    )
-    configs = section["config"]
-    configs = [configs] if isinstance(configs, str) else list(configs)
-    for config in configs:
-        if not Path(config).is_file():
-            raise DataError(path, f"experiment.config: {config} not found", lines.get(("experiment", "config")))
-    args = [str(a) for a in section.get("args") or []]
-    if len(args) % 2:
-        raise DataError(path, "experiment.args must be pairs of option and value", lines.get(("experiment", "args")))
-    max_steps = section["max_steps"]
-    if not isinstance(max_steps, int) or max_steps < 1:
-        raise DataError(
-            path,
-            f"experiment.max_steps must be a positive integer, got {max_steps!r}",
-            lines.get(("experiment", "max_steps")),
-        )
-    hparams = _model_init_args(configs, args)
-    modes = section["modes"] or {}
-    if not isinstance(modes, dict) or not modes:
-        raise DataError(path, "experiment.modes must name at least one inference mode", lines.get(("experiment",)))
-    for name, mode in modes.items():
-        where = lines.get(("experiment", "modes", name))
-        renamed = LandmarkDiffusion.renamed_parameters
-        stale = sorted(set(mode) & set(renamed)) if isinstance(mode, dict) else []
-        if stale:
-            raise DataError(path, f"experiment.modes.{name}.{stale[0]} is now '{renamed[stale[0]]}'", where)
-        if not isinstance(mode, dict) or "sampler" not in mode:
-            raise DataError(path, f"experiment.modes.{name} needs 'sampler' (single, ddpm or ddim)", where)
-        unknown = set(mode) - set(MODE_KEYS)
-        if unknown:
-            raise DataError(
-                path, f"experiment.modes.{name}: unknown key(s) {sorted(unknown)} (known: {MODE_KEYS})", where
-            )
+    """Read and check an ``experiment:`` config of the landmark study (``experiments.schema``); then every
+    mode against the model's T (k <= T, M >= 1, sigma_max >= sigma_min), before any training starts."""
+    config, lines = read_study_config(path, LandmarkStudyConfig)
+    hparams = _model_init_args(config.config, config.args)
+    for name, mode in config.modes.items():
         try:
             check_inference(
                 mode["sampler"],
                 mode.get("sampling_steps"),
-                int(mode.get("ensemble", 1)),
+                mode.get("ensemble", 1),
                 int(hparams["num_train_timesteps"]),
-                float(mode.get("ddim_eta", 0.0)),
+                mode.get("ddim_eta", 0.0),
             )
             check_blur(
                 float(mode.get("sigma_max", hparams["sigma_max"])), float(mode.get("sigma_min", hparams["sigma_min"]))
@@ -139,20 +124,8 @@ def load_landmark_study_config(path: Path) -> LandmarkStudyConfig:
                 mode.get("x0_estimate", hparams["x0_estimate"]), mode.get("chain_decoding", hparams["chain_decoding"])
             )
         except DataError as err:
-            raise DataError(path, f"experiment.modes.{name}: {err.reason}", where) from None
-        if "max_images" in mode and (not isinstance(mode["max_images"], int) or mode["max_images"] < 1):
-            raise DataError(path, f"experiment.modes.{name}.max_images must be a positive integer", where)
-    test_sets = section.get("test_sets") or LandmarkStudyConfig.__dataclass_fields__["test_sets"].default_factory()
-    for label, split in test_sets.items():
-        if split not in ("val", "test"):
-            raise DataError(
-                path, f"experiment.test_sets.{label}: split must be 'val' or 'test', got {split!r}",
-                lines.get(("experiment", "test_sets", label)),
-            )  # fmt: skip
-    values = {k: v for k, v in section.items() if k not in ("config", "args", "modes", "test_sets")}
-    return LandmarkStudyConfig(
-        **{**values, "config": configs, "args": args, "modes": dict(modes), "test_sets": dict(test_sets)}
-    )
+            fail(path, lines, ("experiment", "modes", name), f"experiment.modes.{name}: {err.reason}")
+    return config
 
 
 class LandmarkStudy(StepRunner):

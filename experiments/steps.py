@@ -15,9 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from commands.lightning_cli import XrayCLI
-from commands.parsing import Parser, key_lines, read_yaml
+from commands.parsing import Parser
 from xraydiff.data.imageio import atomic_write_bytes, check_output_folder, mark_output
-from xraydiff.errors import DataError
 
 MARKER = "done.json"
 # Sub-runs of a study log to CSV inside their step folder (no W&B run per step).
@@ -40,28 +39,6 @@ class StudyCommand:
         parser.add_argument("--out", type=Path, required=True, help="study folder (new, or an earlier run to resume)")
         args = parser.parse_args(argv)
         print(self.run(args.config, args.out))
-
-
-def read_experiment(path: Path, known: set[str], required: tuple[str, ...]) -> tuple[dict, dict]:
-    """The ``experiment:`` section of a study config and the line of every key, checked for unknown
-    and missing keys; errors name the file and line."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(path, "config not found")
-    document = read_yaml(path)
-    lines = key_lines(path)
-    if not isinstance(document, dict) or "experiment" not in document:
-        raise DataError(path, "needs a top-level 'experiment' section")
-    section = document["experiment"] or {}
-    for key in section:
-        if key not in known:
-            raise DataError(
-                path, f"unknown key experiment.{key} (known: {sorted(known)})", lines.get(("experiment", key))
-            )
-    for key in required:
-        if key not in section:
-            raise DataError(path, f"experiment.{key} is required", lines.get(("experiment",)))
-    return section, lines
 
 
 class StepRunner:

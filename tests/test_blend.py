@@ -313,7 +313,7 @@ def test_a_bad_study_config_names_the_file_and_line(tmp_path):
         "  top_k: [5]\n  segmenter_steps: 10\n"
         "  variants:\n    - {name: paper}\n    - {name: half, strength: 1.5}\n"
     )
-    with pytest.raises(ValueError, match=r"study.yaml:9: variant half: strength must be in \(0, 1\] or null"):
+    with pytest.raises(ValueError, match=r"study.yaml:9: experiment.variants\[1\].strength must be in \(0, 1\]"):
         load_blend_study_config(path)
     # without variants one blend of the shared options: its strength is kept, not replaced by the default
     path.write_text(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import torch
@@ -105,15 +106,25 @@ def test_study_runs_end_to_end_and_resumes(cli, tmp_path):
     "change,message",
     [
         ({"num_sample": 3}, "study.yaml:"),
-        ({"localizer": {"config": ["configs/nope.yaml"]}}, "config configs/nope.yaml not found"),
-        ({"training_sets": {"full": 1.5}}, "fraction must be in (0, 1]"),
-        ({"rate_runs": 0}, "rate_runs must be at least 1"),
-        ({"rate_source": "pool"}, "rate_source must be 'runs' or 'augmentation'"),
+        (
+            {"localizer": {"config": ["configs/nope.yaml"]}},
+            "experiment.localizer.config[0]: configs/nope.yaml not found",
+        ),
+        ({"training_sets": {"full": 1.5}}, "experiment.training_sets.full must be in (0, 1], got 1.5"),
+        ({"rate_runs": 0}, "experiment.rate_runs must be at least 1, got 0"),
+        ({"rate_source": "pool"}, "experiment.rate_source must be one of ['runs', 'augmentation'], got 'pool'"),
+        ({"num_samples": "many"}, "experiment.num_samples must be int, got 'many'"),
+        (
+            {"localizer": {"config": "configs/demo/hand_localizer.yaml", "args": ["--trainer.max_steps"]}},
+            "experiment.localizer.args must be pairs of option and value",
+        ),
+        ({"localizer": {"args": []}}, "experiment.localizer.config is required"),
+        ({"generators": {}}, "experiment.generators must not be empty"),
         ({"rate_source": "augmentation"}, "rate_runs x rate_samples (2 x 3) must not exceed num_samples"),
     ],
 )
 def test_bad_study_configs_name_file_and_line(tmp_path, change, message):
-    with pytest.raises(DataError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
+    with pytest.raises(DataError, match=re.escape(message)):
         load_study_config(_study(tmp_path, **change))
 
 

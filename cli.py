@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
 
 from commands import quiet
 from commands.lightning_cli import XrayCLI, data_parser
-from commands.parsing import ConfigParser, Parser, nearest, parsing
+from commands.parsing import ConfigParser, nearest, parsing
 from experiments import studies, study
-from xraydiff.data.imageio import check_output_folder
 from xraydiff.errors import DataError, Interrupted
 from xraydiff.precision import AUTO
 
@@ -50,7 +48,6 @@ def data_summary(argv: list[str]) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier output of xraydiff in --out")
     parser.add_argument("--num_preview", type=int, default=16, help="augmented training samples in the preview")
     cfg = parser.parse_args(argv)
-    check_output_folder(cfg.out, cfg.overwrite, "data summary")
     from commands.data import write_data_summary
 
     write_data_summary(parser.instantiate_classes(cfg).data, cfg.out, cfg.overwrite, cfg.num_preview)
@@ -60,7 +57,7 @@ def data_summary(argv: list[str]) -> None:
 
 
 def sample(argv: list[str]) -> None:
-    parser = Parser(
+    parser = ConfigParser(
         prog="xraydiff sample",
         description="Generate samples: DIR/<id>.npz (float32 'image' and, for paired generators, 'heatmap', in "
         "[-1, 1]), DIR/<id>.png previews and DIR/manifest.json. Ids are reproducible from the seed.",
@@ -73,10 +70,10 @@ def sample(argv: list[str]) -> None:
     args = parser.parse_args(argv)
     from commands.sampling import generate_samples
 
-    generate_samples(**vars(args))
+    generate_samples(**args.as_dict())
 
 
-def _sampling_arguments(parser: Parser) -> None:
+def _sampling_arguments(parser: ConfigParser) -> None:
     """The options every sampling command shares, spelled alike."""
     parser.add_argument(
         "--ckpt_path", type=Path, required=True, help="checkpoint of a PairedDDPM, PairedVAE or LatentDiffusion"
@@ -175,20 +172,9 @@ def _acceptance_data_parser(prog: str, description: str) -> ConfigParser:
     return parser
 
 
-def _load_landmark_data(parser: ConfigParser, cfg) -> Any:
-    datamodule = parser.instantiate_classes(cfg).data
-    if not hasattr(datamodule, "shape_table"):
-        raise DataError(None, f"{type(datamodule).__name__} has no landmarks; acceptance needs a landmark DataModule")
-    if cfg.annotations_only:
-        datamodule.annotations_only = True
-    datamodule.setup()
-    return datamodule
-
-
 def acceptance_fit(argv: list[str]) -> None:
     from commands.acceptance import fit_statistics
     from xraydiff.acceptance.config import AcceptanceConfig
-    from xraydiff.acceptance.statistics import check_statistics_output
 
     parser = _acceptance_data_parser(
         "xraydiff acceptance fit",
@@ -197,8 +183,9 @@ def acceptance_fit(argv: list[str]) -> None:
     parser.add_argument("--out", type=Path, required=True, help="statistics file to write (.json)")
     parser.add_argument("--split", choices=("train", "val", "test"), default="train", help="split")
     cfg = parser.parse_args(argv)
-    check_statistics_output(cfg.out, cfg.overwrite)
-    fit_statistics(_load_landmark_data(parser, cfg), cfg.split, AcceptanceConfig(**vars(cfg.acceptance)), cfg.out)
+    config = AcceptanceConfig(**vars(cfg.acceptance))
+    datamodule = parser.instantiate_classes(cfg).data
+    fit_statistics(datamodule, cfg.split, config, cfg.out, cfg.overwrite, cfg.annotations_only)
 
 
 def acceptance_render(argv: list[str]) -> None:
@@ -212,14 +199,14 @@ def acceptance_render(argv: list[str]) -> None:
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument("--split", choices=("train", "val", "test"), default="val", help="split")
     cfg = parser.parse_args(argv)
-    check_output_folder(cfg.out, cfg.overwrite, "acceptance render")
-    render_split(_load_landmark_data(parser, cfg), cfg.split, cfg.acceptance.heatmap_sigma, cfg.out, cfg.overwrite)
+    datamodule = parser.instantiate_classes(cfg).data
+    render_split(datamodule, cfg.split, cfg.acceptance.heatmap_sigma, cfg.out, cfg.overwrite, cfg.annotations_only)
 
 
 def acceptance_run(argv: list[str]) -> None:
-    from xraydiff.acceptance.run import run_acceptance
+    from commands.acceptance import check_samples
 
-    parser = Parser(
+    parser = ConfigParser(
         prog="xraydiff acceptance run",
         description="Check generated samples; write report.json, accepted/, gallery.png.",
     )
@@ -229,20 +216,13 @@ def acceptance_run(argv: list[str]) -> None:
     parser.add_argument("--rule_set", choices=("strict", "paper"), default=None, help="default: the statistics'")
     parser.add_argument("--batch_size", type=int, default=128, help="heatmaps per MRF call")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier acceptance run in --out")
-    args = parser.parse_args(argv)
-    report = run_acceptance(args.samples, args.stats, args.out, args.rule_set, args.overwrite, args.batch_size)
-    by_set = ", ".join(f"{k} {v:.1%}" for k, v in report["acceptance_rate_by_rule_set"].items())
-    print(
-        f"{report['accepted']} of {report['n']} accepted: {report['acceptance_rate']:.1%} "
-        f"({report['rule_set']} rules; {by_set}); failed rules {report['failed_rule_counts']}"
-    )
-    print(f"wrote {args.out}/report.json, {args.out}/accepted/, {args.out}/gallery.png")
+    check_samples(**parser.parse_args(argv).as_dict())
 
 
 def acceptance_rate(argv: list[str]) -> None:
     from commands.acceptance import acceptance_rate_of_checkpoint
 
-    parser = Parser(
+    parser = ConfigParser(
         prog="xraydiff acceptance rate",
         description="The paper's protocol: acceptance rate mean and SD over independent sampling runs.",
     )
@@ -254,7 +234,7 @@ def acceptance_rate(argv: list[str]) -> None:
     parser.add_argument("--rule_set", choices=("strict", "paper"), default=None, help="default: the statistics'")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier acceptance.json in --out")
     args = parser.parse_args(argv)
-    result = acceptance_rate_of_checkpoint(**vars(args))
+    result = acceptance_rate_of_checkpoint(**args.as_dict())
     print(result["table"])
 
 

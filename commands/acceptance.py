@@ -1,4 +1,5 @@
-"""``xraydiff acceptance fit|render|rate``: the check's statistics, its calibration set, the paper's rate protocol."""
+"""``xraydiff acceptance fit|render|run|rate``: the check's statistics, its calibration set, checking sample
+folders, the paper's rate protocol."""
 
 from __future__ import annotations
 
@@ -9,15 +10,29 @@ import torch
 from commands.sampling import check_sampler_arguments
 from xraydiff.acceptance.config import AcceptanceConfig
 from xraydiff.acceptance.rate import file_digest, measure_acceptance_rate
-from xraydiff.acceptance.run import render_ground_truth
-from xraydiff.acceptance.statistics import ShapeStatistics
+from xraydiff.acceptance.run import render_ground_truth, run_acceptance
+from xraydiff.acceptance.statistics import ShapeStatistics, check_statistics_output
+from xraydiff.data.imageio import check_output_folder
 from xraydiff.errors import DataError
 from xraydiff.precision import resolve_precision, uses_cuda
 
 
-def fit_statistics(datamodule, split: str, config: AcceptanceConfig, out: Path) -> ShapeStatistics:
+def landmark_data(datamodule, annotations_only: bool):
+    """``datamodule`` set up (landmarks only with ``annotations_only``); DataError unless it has landmarks."""
+    if not hasattr(datamodule, "shape_table"):
+        raise DataError(None, f"{type(datamodule).__name__} has no landmarks; acceptance needs a landmark DataModule")
+    if annotations_only:
+        datamodule.annotations_only = True
+    datamodule.setup()
+    return datamodule
+
+
+def fit_statistics(
+    datamodule, split: str, config: AcceptanceConfig, out: Path, overwrite: bool, annotations_only: bool
+) -> ShapeStatistics:
     """Fit the MRF-SSM shape statistics on the landmarks of ``split`` and save them to ``out`` (JSON)."""
-    shapes, spacing, frame = datamodule.shape_table(split)
+    check_statistics_output(out, overwrite)
+    shapes, spacing, frame = landmark_data(datamodule, annotations_only).shape_table(split)
     stats = ShapeStatistics.fit(shapes, spacing, datamodule.image_size, datamodule.anatomy, config, frame)
     stats.save(out)
     print(
@@ -28,14 +43,30 @@ def fit_statistics(datamodule, split: str, config: AcceptanceConfig, out: Path) 
     return stats
 
 
-def render_split(datamodule, split: str, heatmap_sigma: float, out: Path, overwrite: bool) -> None:
+def render_split(
+    datamodule, split: str, heatmap_sigma: float, out: Path, overwrite: bool, annotations_only: bool
+) -> None:
     """Write the ground-truth samples of ``split`` (the check's calibration set) to ``out``."""
+    check_output_folder(out, overwrite, "acceptance render")
+    datamodule = landmark_data(datamodule, annotations_only)
     items = datamodule.items[split]
     if not items:
         raise DataError(datamodule.root, f"the {split} split is empty")
     source = {"data": datamodule.source, "split": split, "annotations_only": datamodule.annotations_only}
     render_ground_truth(items, datamodule.image_size, heatmap_sigma, out, source, overwrite=overwrite)
     print(f"wrote {len(items)} ground-truth samples of the {split} split to {out}/")
+
+
+def check_samples(samples: Path, stats: Path, out: Path, rule_set: str | None, overwrite: bool, batch_size: int):
+    """``run_acceptance`` on a sample folder, with a one-line summary of the verdicts."""
+    report = run_acceptance(samples, stats, out, rule_set, overwrite, batch_size)
+    by_set = ", ".join(f"{k} {v:.1%}" for k, v in report["acceptance_rate_by_rule_set"].items())
+    print(
+        f"{report['accepted']} of {report['n']} accepted: {report['acceptance_rate']:.1%} "
+        f"({report['rule_set']} rules; {by_set}); failed rules {report['failed_rule_counts']}"
+    )
+    print(f"wrote {out}/report.json, {out}/accepted/, {out}/gallery.png")
+    return report
 
 
 def acceptance_rate_of_checkpoint(

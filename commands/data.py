@@ -7,7 +7,7 @@ import io
 import json
 from pathlib import Path
 
-from xraydiff.data.imageio import atomic_directory, atomic_write_bytes
+from xraydiff.data.imageio import atomic_directory, atomic_write_bytes, check_output_folder
 
 
 def write_data_summary(datamodule, out: Path, overwrite: bool, num_preview: int) -> dict:
@@ -15,6 +15,7 @@ def write_data_summary(datamodule, out: Path, overwrite: bool, num_preview: int)
     (``num_preview`` augmented training samples) in one atomic step; print and return the summary."""
     from xraydiff.data.preview import landmark_grid, mask_grid
 
+    check_output_folder(out, overwrite, "data summary")
     datamodule.setup()
     summary = datamodule.summary()
     train = datamodule.dataset("train")

@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 from jsonargparse import ArgumentParser as JsonArgumentParser
+from jsonargparse import DefaultHelpFormatter
 from lightning.pytorch.cli import LightningArgumentParser
 
 from xraydiff.errors import DataError
@@ -187,38 +188,38 @@ def parsing(argv: list[str] | None) -> None:
     _ARGV = None if argv is None else [str(a) for a in argv]
 
 
-class _ShowDefaults(argparse.ArgumentDefaultsHelpFormatter):
-    """Appends ``(default: X)`` where there is a default to show (not for required options and flags)."""
+class _HelpFormatter(DefaultHelpFormatter):
+    """A plain option's help with its default where there is one to show (not for required options and
+    flags); jsonargparse's type and default for the nested keys of classes (``--data.init_args...``)."""
 
-    def _get_help_string(self, action: argparse.Action) -> str | None:
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if "." in action.dest or not action.option_strings or action.dest == "help":
+            return super()._get_help_string(action)
         if action.required or any(action.default is v for v in (None, False, argparse.SUPPRESS)):
-            return action.help
-        return super()._get_help_string(action)
-
-
-class Parser(ConciseErrors, argparse.ArgumentParser):
-    """argparse without abbreviations, with concise errors and the defaults in the help."""
-
-    def __init__(self, *args, **kwargs):
-        kwargs.setdefault("allow_abbrev", False)
-        kwargs.setdefault("formatter_class", _ShowDefaults)
-        super().__init__(*args, **kwargs)
-
-    def error(self, message: str, ex: Exception | None = None):
-        # A misspelt option first: argparse would only say that the option it meant is missing.
-        valid = _option_names(self)
-        unknown = [a.split("=", 1)[0] for a in _argv() if a.startswith("--") and a.split("=", 1)[0] not in valid]
-        if unknown:
-            message = f"unrecognized arguments: {unknown[0]}"
-        super().error(message, ex)
+            return action.help or ""
+        return f"{action.help} (default: %(default)s)"
 
 
 class ConfigParser(ConciseErrors, JsonArgumentParser):
-    """jsonargparse without abbreviations, with concise errors."""
+    """jsonargparse without abbreviations, with concise errors: the parser of every command but LightningCLI's."""
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("allow_abbrev", False)
+        kwargs.setdefault("formatter_class", _HelpFormatter)
         super().__init__(*args, **kwargs)
+
+    def error(self, message: str, ex: Exception | None = None):
+        # A misspelt plain option first: jsonargparse would only say that the option it meant is missing.
+        # (Dotted keys are left to jsonargparse: a class's arguments are known only once it is resolved.)
+        valid = _option_names(self)
+        unknown = [
+            option
+            for option in (a.split("=", 1)[0] for a in _argv() if a.startswith("--"))
+            if "." not in option and option not in valid
+        ]
+        if unknown and getattr(self, "exit_on_error", True):
+            message = f"unrecognized arguments: {unknown[0]}"
+        super().error(message, ex)
 
 
 class XrayArgumentParser(ConciseErrors, LightningArgumentParser):

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from commands.lightning_cli import XrayCLI
-from commands.parsing import Parser
+from commands.parsing import ConfigParser
 from xraydiff.data.imageio import atomic_write_bytes, check_output_folder, mark_output
 
 MARKER = "done.json"
@@ -34,7 +34,7 @@ class StudyCommand:
     run: Callable[[Path, Path], str]
 
     def main(self, argv: list[str]) -> None:
-        parser = Parser(prog=f"xraydiff experiment {self.name}", description=self.description)
+        parser = ConfigParser(prog=f"xraydiff experiment {self.name}", description=self.description)
         parser.add_argument("--config", type=Path, required=True, help="YAML with an 'experiment' section")
         parser.add_argument("--out", type=Path, required=True, help="study folder (new, or an earlier run to resume)")
         args = parser.parse_args(argv)

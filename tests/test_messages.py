@@ -100,16 +100,30 @@ def _parser_of(command):
     import commands.parsing as parsing
 
     captured = {}
-    original = parsing.Parser.parse_args
+    original = parsing.ConfigParser.parse_args
 
-    def capture(self, args=None, namespace=None):
+    def capture(self, args=None, *rest, **kwargs):
         captured["parser"] = self
         raise SystemExit(0)
 
-    parsing.Parser.parse_args = capture
+    parsing.ConfigParser.parse_args = capture
     try:
         with pytest.raises(SystemExit):
             command([])
     finally:
-        parsing.Parser.parse_args = original
+        parsing.ConfigParser.parse_args = original
     return captured["parser"]
+
+
+def test_one_parser_library_for_every_command():
+    """Every command but LightningCLI's parses with jsonargparse (``ConfigParser``), none with argparse alone."""
+    import ast
+
+    from tiny import REPO
+
+    for path in [REPO / "cli.py", *(REPO / "experiments").glob("*.py"), *(REPO / "commands").glob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) in (
+                "ArgumentParser",
+            ):
+                assert path.name == "parsing.py", f"{path}: an argparse parser beside jsonargparse"

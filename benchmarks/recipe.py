@@ -7,8 +7,10 @@ A real ``Trainer`` runs ``--steps`` training steps of the config's model on the 
 augmentation, optimizer and EMA; validation is timed once over its whole split. Each precision runs
 in a fresh process so that peak resident memory belongs to it alone.
 
-    python benchmarks/recipe.py configs/ceph/localizer_cpu.yaml
-    python benchmarks/recipe.py configs/ceph/landmark_diffusion_cpu.yaml --steps 6
+    python benchmarks/recipe.py configs/data/isbi2015.yaml configs/ceph/localizer_cpu.yaml
+    python benchmarks/recipe.py configs/data/isbi2015.yaml configs/ceph/landmark_diffusion_cpu.yaml --steps 6
+
+Configs compose as with ``--config``: later ones override earlier ones, key by key inside ``init_args``.
 """
 
 from __future__ import annotations
@@ -32,6 +34,20 @@ def _instantiate(spec: dict):
     return cls(**spec.get("init_args", {}))
 
 
+def compose(configs: list[str]) -> dict:
+    """The sections of several configs, later ones on top (``init_args`` merged key by key, as LightningCLI
+    merges a class's arguments across ``--config`` files)."""
+    merged: dict = {}
+    for config in configs:
+        for section, value in (yaml.safe_load(Path(config).read_text()) or {}).items():
+            if isinstance(value, dict) and isinstance(merged.get(section), dict):
+                init_args = {**merged[section].get("init_args", {}), **value.get("init_args", {})}
+                merged[section] = {**merged[section], **value, **({"init_args": init_args} if init_args else {})}
+            else:
+                merged[section] = value
+    return merged
+
+
 def _seconds(text: str | None) -> float | None:
     if not text:
         return None
@@ -39,10 +55,10 @@ def _seconds(text: str | None) -> float | None:
     return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
 
 
-def worker(config: str, precision: str, steps: int) -> dict:
+def worker(configs: list[str], precision: str, steps: int) -> dict:
     import lightning.pytorch as pl
 
-    cfg = yaml.safe_load(Path(config).read_text())
+    cfg = compose(configs)
     pl.seed_everything(cfg.get("seed_everything", 0), verbose=False)
     data_spec = cfg["data"]
     root = data_spec.get("init_args", {}).get("root")
@@ -98,26 +114,29 @@ def worker(config: str, precision: str, steps: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("config", help="a time-capped recipe, e.g. configs/ceph/localizer_cpu.yaml")
+    parser.add_argument(
+        "configs", nargs="+", help="a recipe's configs, e.g. configs/data/isbi2015.yaml configs/ceph/localizer_cpu.yaml"
+    )
     parser.add_argument("--steps", type=int, default=10, help="timed training steps per precision")
     parser.add_argument("--all-precisions", action="store_true", help="also time bf16 on a CPU without native bf16")
     args = parser.parse_args()
 
     from xraydiff.precision import cpu_has_native_bf16
 
-    cfg = yaml.safe_load(Path(args.config).read_text())
+    cfg = compose(args.configs)
     trainer_cfg = cfg.get("trainer", {})
     cap = _seconds(trainer_cfg.get("max_time"))
     epochs = trainer_cfg.get("max_epochs")
     every = trainer_cfg.get("check_val_every_n_epoch", 1)
     native = cpu_has_native_bf16()
     print(f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, native bf16: {native}")
-    print(f"{args.config}: max_epochs {epochs}, max_time {trainer_cfg.get('max_time')}, validation every {every}")
+    recipe = " + ".join(args.configs)
+    print(f"{recipe}: max_epochs {epochs}, max_time {trainer_cfg.get('max_time')}, validation every {every}")
     precisions = ["32-true"] + (["bf16-mixed"] if native or args.all_precisions else [])
     for precision in precisions:
         code = (
             "import json, benchmarks.recipe as b; "
-            f"print(json.dumps(b.worker({args.config!r}, {precision!r}, {args.steps})))"
+            f"print(json.dumps(b.worker({args.configs!r}, {precision!r}, {args.steps})))"
         )
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
         if out.returncode:

@@ -4,9 +4,9 @@
 # Prints the figures the README quotes. Run from the project root with ../shared/data beside it.
 set -euo pipefail
 XRAYDIFF=${XRAYDIFF:-xraydiff}
-$XRAYDIFF fit --config configs/panoramic/autoencoder_cpu.yaml
-$XRAYDIFF test --config configs/panoramic/autoencoder_cpu.yaml --ckpt_path last
-$XRAYDIFF fit --config configs/panoramic/ldm_cpu.yaml
+$XRAYDIFF fit --config configs/data/panoramic.yaml --config configs/panoramic/autoencoder_cpu.yaml
+$XRAYDIFF test --config configs/data/panoramic.yaml --config configs/panoramic/autoencoder_cpu.yaml --ckpt_path last
+$XRAYDIFF fit --config configs/data/panoramic.yaml --config configs/panoramic/ldm_cpu.yaml
 $XRAYDIFF sample --ckpt_path runs/panoramic_ldm_cpu/checkpoints/last.ckpt --num_samples 16 --batch_size 8 \
     --out runs/panoramic_ldm_cpu/samples --overwrite
 python - <<'PY'

@@ -78,3 +78,29 @@ def test_a_yaml_syntax_error_names_file_and_line(cli, tmp_path):
     path.write_text("model:\n  class_path: lightning_modules.PairedDDPM\n  init_args: {image_size: [64, 64\n")
     code, _, err = cli("fit", "--config", path)
     assert code != 0 and f"{path}:4: invalid YAML" in err
+
+
+# A model config holds what the model trains with (size, batch, augmentation); the dataset it reads (root,
+# layout, split fractions) comes from configs/data/, given first: xraydiff fit --config DATA --config MODEL.
+DATASETS = {"ceph": "configs/data/isbi2015.yaml", "panoramic": "configs/data/panoramic.yaml",
+            "hand": "configs/data/hand_dha.yaml"}  # fmt: skip
+IDENTITY = {"root", "annotations", "split_dir", "image_dir", "mask_dir", "ground_truth", "test_fraction",
+            "val_fraction", "unlabelled_fraction", "synthesis_fraction"}  # fmt: skip
+
+
+@pytest.mark.parametrize("anatomy", sorted(DATASETS))
+def test_model_configs_compose_with_their_dataset_config(cli, anatomy, monkeypatch):
+    monkeypatch.chdir(REPO)
+    dataset = yaml.safe_load((REPO / DATASETS[anatomy]).read_text())["data"]["init_args"]
+    for path in sorted((REPO / "configs" / anatomy).glob("*.yaml")):
+        document = yaml.safe_load(path.read_text())
+        if "model" not in document:
+            continue
+        model_data = document["data"]["init_args"]
+        assert not IDENTITY & set(model_data), f"{path}: the dataset's keys belong in {DATASETS[anatomy]}"
+        code, out, err = cli("fit", "--config", DATASETS[anatomy], "--config", path, "--print_config")
+        assert code == 0, err[-2000:]
+        composed = yaml.safe_load(out)["data"]["init_args"]
+        assert composed["root"] == dataset["root"], path  # from the dataset's config
+        for key, value in model_data.items():  # the model's own settings win
+            assert composed[key] == value, (path, key)

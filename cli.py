@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import get_args
 
 from commands import quiet
 from commands.lightning_cli import XrayCLI, data_parser
 from commands.parsing import ConfigParser, nearest, parsing
 from experiments import studies, study
+from xraydiff.diffusion.engine import Sampler
 from xraydiff.errors import DataError, Interrupted
 from xraydiff.precision import AUTO
 
@@ -80,11 +82,12 @@ def _sampling_arguments(parser: ConfigParser) -> None:
     )
     parser.add_argument(
         "--sampler",
-        choices=("ddpm", "ddim"),
+        choices=get_args(Sampler),
         default=None,
-        help="ddpm: the full chain of T steps; ddim: --steps steps (default: the model's configured sampler)",
+        help="ddpm: the full chain of T steps; ddim, dpmpp_2m, dpmpp_2m_sde, unipc: --steps steps "
+        "(default: the model's configured sampler)",
     )
-    parser.add_argument("--steps", type=int, default=None, help="DDIM steps (default: the model's; not for ddpm)")
+    parser.add_argument("--steps", type=int, default=None, help="reverse steps (default: the model's; not for ddpm)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the samples")
     parser.add_argument("--batch_size", type=int, default=16, help="samples per network call")
     parser.add_argument("--accelerator", default="auto", help="cpu, gpu or auto")
@@ -112,7 +115,13 @@ def blend(argv: list[str]) -> None:
     )
     parser.add_argument("--top_k", type=int, required=True, help="partners per labelled image (5, 10, 20, 50)")
     parser.add_argument("--out", type=Path, required=True, help="output folder (new or an earlier blend output)")
-    parser.add_argument("--steps", type=int, default=25, help="DDIM steps of the LDM")
+    parser.add_argument("--steps", type=int, default=25, help="reverse steps of the LDM")
+    parser.add_argument(
+        "--sampler",
+        choices=[name for name in get_args(Sampler) if name != "ddpm"],
+        default="ddim",
+        help="the LDM's step rule (Lim et al.: ddim)",
+    )
     parser.add_argument(
         "--strength",
         type=float,
@@ -149,7 +158,7 @@ def blend(argv: list[str]) -> None:
     datamodule = parser.instantiate_classes(cfg).data  # loads nothing yet: run_blend checks --out first
     from commands.blend import run_blend
 
-    options = ("steps", "strength", "seed", "autoencoder", "dilation", "mask_mode", "reimpose", "composite",
+    options = ("steps", "strength", "seed", "sampler", "autoencoder", "dilation", "mask_mode", "reimpose", "composite",
                "guides", "partners", "batch_size", "accelerator", "precision", "overwrite")  # fmt: skip
     manifest = run_blend(cfg.ldm, datamodule, cfg.out, cfg.top_k, **{name: cfg[name] for name in options})
     print(f"wrote {manifest['count']} synthetic pairs to {cfg.out}/")

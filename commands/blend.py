@@ -101,6 +101,7 @@ def run_blend(
     steps: int = 25,
     strength: float | None = None,
     seed: int = 0,
+    sampler: str = "ddim",
     autoencoder: Path | None = None,
     dilation: int = 1,
     mask_mode: str = "max",
@@ -166,7 +167,7 @@ def run_blend(
     check_no_leakage([item.id for item in partner_items], [Path(ldm), *([Path(autoencoder)] if autoencoder else [])])
     T = int(model.hparams.num_train_timesteps)
     # refused here, before anything is written, when the strength or the steps do not fit the chain
-    t_start = int(blend_timesteps(model.scheduler, steps, strength)[0]) if diffused else None
+    t_start = int(blend_timesteps(model.scheduler, steps, strength, sampler)[0]) if diffused else None
 
     resolved = resolve_precision(precision, accelerator)
     fabric = Fabric(accelerator=accelerator, devices=1, precision=resolved)
@@ -180,6 +181,7 @@ def run_blend(
         "partners": partners,
         "top_k": top_k,
         "composite": composite,
+        "sampler": sampler if diffused else None,
         "steps": steps if diffused else None,
         "strength": resolve_strength(strength, steps, T) if diffused else None,
         "strength_rule": None
@@ -226,7 +228,7 @@ def run_blend(
                 with fabric.autocast():
                     for start in range(0, top_k, batch_size):
                         chunk = z_init[start : start + batch_size].to(fabric.device)
-                        decoded.append(model.blend(chunk, steps, strength, generator, reimposed).float().cpu())
+                        decoded.append(model.blend(chunk, steps, strength, generator, reimposed, sampler).float().cpu())
                     reference = model.decode(z_a[None].to(fabric.device)).float().cpu()[0, 0]
                 synthetic = torch.cat(decoded)[:, 0]
                 if composite == "pixel":

@@ -31,6 +31,7 @@ from experiments.schema import fail, option, read_study_config
 from experiments.steps import StepRunner, StudyCommand
 from xraydiff.checkpoints import CHECKPOINT_KEY, read_checkpoint
 from xraydiff.data.imageio import atomic_write_bytes
+from xraydiff.diffusion.engine import Sampler
 from xraydiff.errors import DataError
 from xraydiff.precision import resolve_precision
 
@@ -68,7 +69,7 @@ class StudyConfig:
         default_factory=lambda: {"full": 1.0, "reduced": 0.1}, nonempty=True, above=0, max=1
     )
     num_samples: int = option(400, min=1)
-    sampler: Literal["ddpm", "ddim"] | None = "ddim"
+    sampler: Sampler | None = "ddim"
     steps: int | None = option(50, min=1)
     batch_size: int = option(16, min=1)
     rate_runs: int = option(10, min=1)
@@ -246,7 +247,7 @@ class Study(StepRunner):
 
         if load_model(checkpoint).sampling_description(None, None)[0] == "prior":
             return None, None
-        return self.config.sampler, self.config.steps if self.config.sampler == "ddim" else None
+        return self.config.sampler, self.config.steps if self.config.sampler != "ddpm" else None
 
     def sample_and_accept(self, folder: Path, checkpoint: str, stats: str) -> dict:
         from xraydiff.acceptance.rate import file_digest, sample_cache_key

@@ -67,6 +67,7 @@ class BlendOptions(Named):
     seed: int = 0
     composite: Literal[COMPOSITES] = "latent"
     reimpose: bool = False
+    sampler: Literal["ddim", "dpmpp_2m", "dpmpp_2m_sde", "unipc"] = "ddim"
 
 
 @dataclass(kw_only=True)

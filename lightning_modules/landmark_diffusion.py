@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from lightning_modules.generative import TaggedCheckpointMixin, WeightAverageMixin
 from lightning_modules.optim import adamw_with_schedule, check_lr_schedule
 from xraydiff.data.geometry import to_original_pixels
+from xraydiff.diffusion.engine import check_sampling
 from xraydiff.diffusion.landmark import (
     ChainDecoding,
     LandmarkSampler,
@@ -257,7 +258,12 @@ class LandmarkDiffusion(WeightAverageMixin, TaggedCheckpointMixin, L.LightningMo
         ensemble = 1 if fitting else self.inference["ensemble"]
         if not hp.diffusion:
             return {"mode": "baseline", "steps": 1, "ensemble": 1}
-        steps = {"single": 1, "ddpm": hp.num_train_timesteps, "ddim": self.inference["sampling_steps"]}[mode]
+        inference = self.inference
+        steps = (
+            1
+            if mode == "single"
+            else check_sampling(mode, inference["sampling_steps"], inference["ddim_eta"], hp.num_train_timesteps)
+        )
         return {"mode": mode, "steps": steps, "ensemble": ensemble}
 
     @torch.no_grad()

@@ -157,10 +157,11 @@ class LatentDiffusion(DiffusionSamplingMixin, WeightAverageMixin, GenerativeModu
         strength: float | None,
         generator: torch.Generator | None = None,
         reimpose: tuple[Tensor, Tensor] | None = None,
+        sampler: str = "ddim",
     ) -> Tensor:
         """Images (N, 1, H, W) in [-1, 1] from blended latents z_init (N, C, h, w): noised to strength * T
-        (None: steps / T, Lim et al. read literally), ``steps`` DDIM steps with the EMA weights, decoded; see
-        ``xraydiff.diffusion.blending.blend_denoise``."""
+        (None: steps / T, Lim et al. read literally), ``steps`` steps of ``sampler`` (Lim et al.: DDIM) with the
+        EMA weights, decoded; see ``xraydiff.diffusion.blending.blend_denoise``."""
         z_0 = blend_denoise(
             lambda x, t: self.ema(x, timesteps=t),
             z_init,
@@ -170,6 +171,7 @@ class LatentDiffusion(DiffusionSamplingMixin, WeightAverageMixin, GenerativeModu
             generator,
             eta=self.hparams.ddim_eta,
             reimpose=reimpose,
+            sampler=sampler,
         )
         return self.decode(z_0)
 

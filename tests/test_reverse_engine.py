@@ -7,12 +7,15 @@ import torch
 from monai.networks.schedulers import DDIMScheduler
 
 from xraydiff.diffusion.engine import (
+    SOLVERS,
+    PosteriorRule,
     check_sampling,
     draw_noise,
     posterior_step,
     reverse_process,
     reverse_timesteps,
     sample,
+    step_rule,
 )
 from xraydiff.diffusion.objectives import make_scheduler
 from xraydiff.errors import DataError
@@ -47,7 +50,7 @@ def test_deterministic_ddim_with_an_exact_denoiser_returns_x0_for_any_number_of_
     x_T = abar.sqrt() * x0 + (1 - abar).sqrt() * eps0
     calls: list[float] = []
     x = reverse_process(_on_trajectory_oracle(scheduler, x0, eps0, kind, calls), x_T, scheduler,
-                        reverse_timesteps(T, k), eta=0.0)  # fmt: skip
+                        PosteriorRule(reverse_timesteps(T, k), 0.0, scheduler.alphas_cumprod))  # fmt: skip
     assert len(calls) == k and max(calls) < 1e-4  # every call saw x at its own noise level
     torch.testing.assert_close(x, x0, atol=1e-4, rtol=0)
 
@@ -92,7 +95,7 @@ def test_hooks_run_in_order_and_noise_is_per_item():
         lambda x, t: torch.zeros_like(x),
         torch.zeros(1, 1, 4, 4),
         scheduler,
-        reverse_timesteps(20, 4),
+        step_rule("ddim", scheduler, 4),
         x0_hook=lambda x0, t: seen.append(("x0", t)) or x0,
         x_hook=lambda x, t_prev: seen.append(("x", t_prev)) or x,
     )
@@ -106,8 +109,9 @@ def test_hooks_run_in_order_and_noise_is_per_item():
     ("sampler", "steps", "eta", "message"),
     [
         ("euler", 10, 0.0, "sampler must be one of"),
-        ("ddim", 0, 0.0, "DDIM steps"),
-        ("ddim", T + 1, 0.0, "DDIM steps"),
+        ("ddim", 0, 0.0, "ddim steps"),
+        ("ddim", T + 1, 0.0, "ddim steps"),
+        ("unipc", None, 0.0, "unipc steps"),
         ("ddim", 10, 1.5, "ddim_eta"),
     ],  # fmt: skip
 )
@@ -115,3 +119,57 @@ def test_sampling_options_are_checked_once(sampler, steps, eta, message):
     with pytest.raises(DataError, match=message):
         check_sampling(sampler, steps, eta, T)
     assert check_sampling("ddpm", None, 0.0, T) == T and check_sampling("ddim", 10, 0.5, T) == 10
+
+
+@pytest.mark.parametrize("sampler", sorted(SOLVERS))
+@pytest.mark.parametrize("k", [1, 5, 10, 20])
+def test_every_solver_returns_x0_from_an_exact_denoiser(sampler, k):
+    """A network whose x0 prediction is x0 whatever it is given: DPM-Solver++ (2M, SDE) and UniPC, driven
+    by the engine on MONAI's betas, end on x0 (their last step goes to sigma = 0)."""
+    scheduler = make_scheduler(T, prediction_type="sample", clip_sample=False)
+    x0 = torch.rand(2, 2, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    x_T = torch.randn(2, 2, 8, 8, generator=torch.Generator().manual_seed(1))
+    out = sample(lambda x, t: x0.expand_as(x), x_T, scheduler, sampler, k, noise=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(out, x0, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("sampler", ["dpmpp_2m", "unipc"])
+@pytest.mark.parametrize("kind", ["epsilon", "v_prediction"])
+def test_deterministic_solvers_stay_on_an_exact_trajectory(sampler, kind):
+    """With eps (or v) exact on x0's trajectory, every call of the ODE solvers sees x at its own noise level
+    and the result is x0: the solvers integrate MONAI's schedule, not one of their own."""
+    scheduler = make_scheduler(T, prediction_type=kind, clip_sample=False)
+    generator = torch.Generator().manual_seed(0)
+    x0 = torch.rand(2, 2, 8, 8, generator=generator) * 2 - 1
+    eps0 = torch.randn(2, 2, 8, 8, generator=generator)
+    rule = step_rule(sampler, scheduler, 10)
+    abar = scheduler.alphas_cumprod[rule.timesteps[0]]
+    x_start = abar.sqrt() * x0 + (1 - abar).sqrt() * eps0
+    calls: list[float] = []
+    x = reverse_process(_on_trajectory_oracle(scheduler, x0, eps0, kind, calls), x_start, scheduler, rule)
+    assert len(calls) == 10 and max(calls) < 1e-3
+    torch.testing.assert_close(x, x0, atol=1e-3, rtol=0)
+
+
+def test_a_solver_started_part_way_takes_the_last_steps_of_its_grid():
+    scheduler = make_scheduler(1000, clip_sample=False)
+    full, tail = step_rule("dpmpp_2m", scheduler, 50), step_rule("dpmpp_2m", scheduler, 50, last=25)
+    assert len(tail.timesteps) == 25 and tail.timesteps == full.timesteps[-25:]
+    assert step_rule("ddim", scheduler, 50, last=25).timesteps == reverse_timesteps(1000, 50)[-25:]
+
+
+@pytest.mark.parametrize("checkpoint", ["demo_hand_ddpm", "demo_panoramic_ldm"])
+def test_solvers_sample_the_shipped_models_finite_in_range_and_reproducibly(checkpoint):
+    """The trained demo models (paired DDPM in pixels, LDM in latents) through every solver: finite, in
+    [-1, 1], the same from the same seed, another from another (the SDE solver's noise is the seed's too)."""
+    from tiny import REPO
+
+    from lightning_modules.generative import load_model
+
+    model = load_model(REPO / "xraydiff" / "assets" / f"{checkpoint}.ckpt").eval()
+    for sampler in sorted(SOLVERS):
+        draw = lambda seed: model.generate(2, torch.Generator().manual_seed(seed), sampler, 4)  # noqa: B023, E731
+        first = draw(0)
+        assert torch.isfinite(first).all() and first.abs().max() <= 1, sampler
+        torch.testing.assert_close(draw(0), first, atol=0, rtol=0)
+        assert not torch.equal(draw(1), first), sampler

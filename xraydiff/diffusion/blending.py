@@ -15,7 +15,7 @@ from monai.networks.schedulers import DDPMScheduler
 from torch import Tensor
 from torchmetrics.functional.image import structural_similarity_index_measure
 
-from xraydiff.diffusion.engine import reverse_process, reverse_timesteps
+from xraydiff.diffusion.engine import StepRule, reverse_process, step_rule
 from xraydiff.diffusion.objectives import Denoiser
 from xraydiff.errors import DataError
 
@@ -102,12 +102,14 @@ def resolve_strength(strength: float | None, steps: int, num_train_timesteps: in
     return steps / num_train_timesteps if strength is None else float(strength)
 
 
-def blend_timesteps(scheduler: DDPMScheduler, steps: int, strength: float | None) -> Tensor:
-    """The ``steps`` timesteps of a reverse process that starts at t_start ~ strength * T (SDEdit,
-    Meng et al. 2022): the grid of round(steps / strength) steps over [0, T) (``reverse_timesteps``) and
-    its last ``steps``, so the blend is always denoised in ``steps`` network calls (25 in Lim et al.) and
-    ``strength`` alone says how much of z_init is destroyed (1: all of it, pure sampling; None:
-    ``resolve_strength``'s literal reading, the last ``steps`` timesteps of the chain, steps - 1 .. 0)."""
+def blend_rule(
+    scheduler: DDPMScheduler, steps: int, strength: float | None, sampler: str = "ddim", eta: float = 0.0
+) -> StepRule:
+    """The ``steps`` steps of a reverse process that starts at t_start ~ strength * T (SDEdit, Meng et al.
+    2022): ``sampler``'s grid of round(steps / strength) steps over [0, T) and its last ``steps``, so the
+    blend is always denoised in ``steps`` network calls (25 in Lim et al.) and ``strength`` alone says how
+    much of z_init is destroyed (1: all of it, pure sampling; None: ``resolve_strength``'s literal reading,
+    the last ``steps`` timesteps of the chain, steps - 1 .. 0)."""
     if steps < 1:
         raise DataError(None, f"blending steps must be at least 1, got {steps}")
     strength = resolve_strength(strength, steps, scheduler.num_train_timesteps)
@@ -117,10 +119,14 @@ def blend_timesteps(scheduler: DDPMScheduler, steps: int, strength: float | None
     if total > scheduler.num_train_timesteps:
         raise DataError(
             None,
-            f"{steps} steps at strength {strength} need {total} DDIM steps, "
-            f"more than T = {scheduler.num_train_timesteps}",
+            f"{steps} steps at strength {strength} need {total} steps, more than T = {scheduler.num_train_timesteps}",
         )
-    return torch.tensor(reverse_timesteps(scheduler.num_train_timesteps, total)[-steps:])
+    return step_rule("ddim" if sampler == "ddpm" else sampler, scheduler, total, eta, last=steps)
+
+
+def blend_timesteps(scheduler: DDPMScheduler, steps: int, strength: float | None, sampler: str = "ddim") -> list[int]:
+    """The timesteps of ``blend_rule``: t_start first."""
+    return blend_rule(scheduler, steps, strength, sampler).timesteps
 
 
 @torch.no_grad()
@@ -133,9 +139,11 @@ def blend_denoise(
     generator: torch.Generator | None = None,
     eta: float = 0.0,
     reimpose: tuple[Tensor, Tensor] | None = None,
+    sampler: str = "ddim",
 ) -> Tensor:
     """z_0 from the blended latent (Lim et al., Appendix A): z_t = noise(z_init, t_start), then ``steps``
-    DDIM steps (Song et al., eq. 12) down to t = 0 on ``xraydiff.diffusion.engine.reverse_process``.
+    steps of ``sampler`` (DDIM in Lim et al., Song et al. eq. 12; 'ddpm' means DDIM with ``eta``) down to
+    t = 0 on ``xraydiff.diffusion.engine.reverse_process``.
 
     ``reimpose`` = (z_a, region): after every step the structure region is replaced by z_a noised to the
     step's new t, z = m * noised(z_a, t) + (1 - m) * z (Blended Latent Diffusion, Avrahami et al. 2023,
@@ -143,9 +151,9 @@ def blend_denoise(
 
     z_init (N, C, h, w); z_a (C, h, w) or (N, C, h, w); region (h, w). Noise comes from ``generator``.
     """
-    timesteps = blend_timesteps(scheduler, steps, strength).tolist()
+    rule = blend_rule(scheduler, steps, strength, sampler, eta)
     noise = torch.randn(z_init.shape, generator=generator, device=z_init.device)
-    start = torch.full((z_init.shape[0],), timesteps[0], device=z_init.device, dtype=torch.long)
+    start = torch.full((z_init.shape[0],), rule.timesteps[0], device=z_init.device, dtype=torch.long)
     z = scheduler.add_noise(z_init.float(), noise, start)
     reimposed = None
     if reimpose is not None:
@@ -159,7 +167,7 @@ def blend_denoise(
             known = scheduler.add_noise(z_a, fresh, torch.full((x.shape[0],), t_prev, device=x.device))
             return region * known + (1 - region) * x
 
-    return reverse_process(denoiser, z, scheduler, timesteps, eta, generator, x_hook=reimposed)
+    return reverse_process(denoiser, z, scheduler, rule, generator, x_hook=reimposed)
 
 
 # ----------------------------------------------------------------------------- pixel space

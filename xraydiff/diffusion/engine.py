@@ -1,12 +1,15 @@
 """The one reverse engine of every xraydiff sampler (paired DDPM, LDM, blending, landmark diffusion):
-a timestep sequence, the DDPM/DDIM posterior step of Song et al. (eq. 12), x0 and x hooks, per-item noise.
-MONAI's scheduler supplies the schedule (alphas_cumprod); the engine does the stepping.
+a step rule (its timestep sequence and its update), x0 and x hooks, per-item noise. MONAI's scheduler
+supplies the schedule (alphas_cumprod). The rules: the DDPM/DDIM posterior step of Song et al. (eq. 12),
+and the multistep solvers of diffusers driven by the engine's x0 predictions: DPM-Solver++(2M) and its SDE
+variant (Lu et al. 2022, sect. 4 and 5) and UniPC (Zhao et al. 2023, bh2).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Literal, get_args
+from dataclasses import dataclass
+from typing import Literal, Protocol, get_args
 
 import torch
 from monai.networks.schedulers import DDPMScheduler
@@ -16,7 +19,13 @@ from tqdm.auto import tqdm
 from xraydiff.diffusion.objectives import Denoiser, PredictionType
 from xraydiff.errors import DataError
 
-Sampler = Literal["ddpm", "ddim"]
+Sampler = Literal["ddpm", "ddim", "dpmpp_2m", "dpmpp_2m_sde", "unipc"]
+# diffusers scheduler class and options of each solver; all are given the engine's x0 (prediction 'sample')
+SOLVERS = {
+    "dpmpp_2m": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
+    "dpmpp_2m_sde": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}),
+    "unipc": ("UniPCMultistepScheduler", {"solver_order": 2, "solver_type": "bh2"}),
+}
 
 
 def check_diffusion_options(
@@ -29,8 +38,9 @@ def check_diffusion_options(
 
 
 def check_sampling(sampler: str, steps: int | None, eta: float, num_train_timesteps: int) -> int:
-    """The number of reverse steps ``sampler`` takes (T for 'ddpm', ``steps`` for 'ddim'); DataError for an
-    unknown sampler, DDIM steps outside [1, T] or eta outside [0, 1]. The one check of every sampling path."""
+    """The number of reverse steps ``sampler`` takes (T for 'ddpm', ``steps`` for the others); DataError for an
+    unknown sampler, steps outside [1, T] or eta outside [0, 1] (eta is DDIM's; the solvers ignore it). The
+    one check of every sampling path."""
     if sampler not in get_args(Sampler):
         raise DataError(None, f"sampler must be one of {get_args(Sampler)}, got {sampler!r}")
     if not 0.0 <= eta <= 1.0:
@@ -38,7 +48,7 @@ def check_sampling(sampler: str, steps: int | None, eta: float, num_train_timest
     if sampler == "ddpm":
         return num_train_timesteps
     if steps is None or not 1 <= steps <= num_train_timesteps:
-        raise DataError(None, f"DDIM steps must be in [1, T = {num_train_timesteps}], got {steps}")
+        raise DataError(None, f"{sampler} steps must be in [1, T = {num_train_timesteps}], got {steps}")
     return int(steps)
 
 
@@ -104,39 +114,109 @@ def draw_noise(noise: Noise, shape: Sequence[int], device: torch.device) -> Tens
     return torch.stack([torch.randn(tuple(shape[1:]), generator=g) for g in noise]).to(device)
 
 
+class StepRule(Protocol):
+    """How the engine steps: ``timesteps`` (descending) at which the network is called, and ``step`` from x at
+    timesteps[i] with the (hooked) x0 prediction to the next timestep (x0 after the last); ``stochastic`` rules
+    are given standard normal ``noise`` of x's shape."""
+
+    timesteps: list[int]
+    stochastic: bool
+
+    def step(self, x: Tensor, x0: Tensor, i: int, noise: Tensor | None) -> Tensor: ...
+
+
+@dataclass
+class PosteriorRule:
+    """DDPM (eta 1 on the full chain) and DDIM (eta 0; Song et al. eq. 12): ``posterior_step`` to the next
+    timestep of ``timesteps``."""
+
+    timesteps: list[int]
+    eta: float
+    alphas_cumprod: Tensor
+
+    @property
+    def stochastic(self) -> bool:
+        return self.eta > 0
+
+    def step(self, x: Tensor, x0: Tensor, i: int, noise: Tensor | None) -> Tensor:
+        t_prev = self.timesteps[i + 1] if i + 1 < len(self.timesteps) else -1
+        noise = torch.zeros_like(x) if noise is None or t_prev < 0 else noise
+        return posterior_step(x, x0, self.timesteps[i], t_prev, self.alphas_cumprod.to(x.device), self.eta, noise)
+
+
+class SolverRule:
+    """A multistep solver of diffusers (``SOLVERS``) on MONAI's betas, fed the engine's x0 predictions, so that
+    clipping and the other x0 hooks act on what the solver integrates. ``last``: only the last ``last`` of the
+    ``steps`` timesteps (a chain started part-way, as blending does)."""
+
+    def __init__(self, name: str, scheduler: DDPMScheduler, steps: int, last: int | None = None):
+        import diffusers
+
+        class_name, options = SOLVERS[name]
+        self.solver = getattr(diffusers, class_name)(
+            num_train_timesteps=scheduler.num_train_timesteps,
+            trained_betas=scheduler.betas.double().cpu().numpy(),
+            prediction_type="sample",
+            **options,
+        )
+        self.solver.set_timesteps(steps)
+        timesteps = [int(t) for t in self.solver.timesteps]
+        if last is not None:
+            self.solver.set_begin_index(len(timesteps) - last)
+            timesteps = timesteps[-last:]
+        self.timesteps = timesteps
+        self.stochastic = name == "dpmpp_2m_sde"
+
+    def step(self, x: Tensor, x0: Tensor, i: int, noise: Tensor | None) -> Tensor:
+        extra = {"variance_noise": noise} if self.stochastic else {}
+        return self.solver.step(x0.float(), self.timesteps[i], x.float(), **extra).prev_sample.float()
+
+
+def step_rule(
+    sampler: str, scheduler: DDPMScheduler, steps: int | None, eta: float = 0.0, last: int | None = None
+) -> StepRule:
+    """The rule of ``sampler`` (checked by ``check_sampling``) over k = ``steps`` timesteps (T for 'ddpm'),
+    or the last ``last`` of them."""
+    steps = check_sampling(sampler, steps, eta, scheduler.num_train_timesteps)
+    if sampler in SOLVERS:
+        return SolverRule(sampler, scheduler, steps, last)
+    timesteps = reverse_timesteps(scheduler.num_train_timesteps, steps)
+    timesteps = timesteps if last is None else timesteps[-last:]
+    return PosteriorRule(timesteps, 1.0 if sampler == "ddpm" else eta, scheduler.alphas_cumprod)
+
+
 @torch.no_grad()
 def reverse_process(
     denoiser: Denoiser,
     x: Tensor,
     scheduler: DDPMScheduler,
-    timesteps: Sequence[int],
-    eta: float = 0.0,
+    rule: StepRule,
     noise: Noise = None,
     x0_hook: Callable[[Tensor, int], Tensor] | None = None,
     x_hook: Callable[[Tensor, int], Tensor] | None = None,
     progress: bool = False,
     desc: str = "sampling",
 ) -> Tensor:
-    """The reverse engine of every xraydiff sampler: from x at timesteps[0] to x_0 through ``timesteps``
-    (descending, e.g. ``reverse_timesteps``), one network call each.
+    """The reverse engine of every xraydiff sampler: from x at rule.timesteps[0] to x_0, one network call per
+    timestep.
 
     Per step: x0_hat = ``predict_x0`` of the denoiser's output (the scheduler's schedule and prediction
-    type), then ``x0_hook(x0_hat, t)`` (clipping, the landmark blur of eq. 12), then ``posterior_step`` to
-    the next timestep with ``eta`` (1 on the full chain: the DDPM sampler, Ho et al. Algorithm 2; 0: DDIM,
-    Song et al. eq. 12), then ``x_hook(x, t_prev)`` (blending's re-imposition). Noise from ``noise``.
+    type), then ``x0_hook(x0_hat, t)`` (clipping, the landmark blur of eq. 12), then the rule's step to the
+    next timestep (``PosteriorRule``: DDPM, Ho et al. Algorithm 2, or DDIM, Song et al. eq. 12;
+    ``SolverRule``: DPM-Solver++, UniPC), then ``x_hook(x, t_prev)`` (blending's re-imposition; t_prev = -1
+    after the last step). Noise from ``noise``.
     """
     abar = scheduler.alphas_cumprod.to(x.device)
-    timesteps = [int(t) for t in timesteps]
+    timesteps = rule.timesteps
     x = x.float()
-    for t, t_prev in tqdm(
-        list(zip(timesteps, [*timesteps[1:], -1], strict=True)), desc=desc, disable=not progress, leave=False
-    ):
+    for i in tqdm(range(len(timesteps)), desc=desc, disable=not progress, leave=False):
+        t, t_prev = timesteps[i], timesteps[i + 1] if i + 1 < len(timesteps) else -1
         batch_t = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
         x0 = predict_x0(denoiser(x, batch_t), x, abar[t], scheduler.prediction_type)
         if x0_hook is not None:
             x0 = x0_hook(x0, t)
-        z = draw_noise(noise, x.shape, x.device) if eta > 0 and t_prev >= 0 else torch.zeros_like(x)
-        x = posterior_step(x, x0, t, t_prev, abar, eta, z)
+        z = draw_noise(noise, x.shape, x.device) if rule.stochastic and t_prev >= 0 else None
+        x = rule.step(x, x0, i, z)
         if x_hook is not None:
             x = x_hook(x, t_prev)
     return x
@@ -155,11 +235,10 @@ def sample(
     progress: bool = False,
     desc: str = "sampling",
 ) -> Tensor:
-    """x_0 from x_T ~ N(0, I): 'ddpm' the T-step chain (eta 1), 'ddim' ``steps`` steps with ``eta``. With
-    ``clip`` every x0_hat and the result are clamped to [-1, 1] (images; latents are not bounded)."""
-    steps = check_sampling(sampler, steps, eta, scheduler.num_train_timesteps)
-    eta = 1.0 if sampler == "ddpm" else eta
+    """x_0 from x_T ~ N(0, I): 'ddpm' the T-step chain (eta 1), 'ddim' ``steps`` steps with ``eta``, a solver
+    (``SOLVERS``) in ``steps`` steps. With ``clip`` every x0_hat and the result are clamped to [-1, 1]
+    (images; latents are not bounded)."""
+    rule = step_rule(sampler, scheduler, steps, eta)
     hook = (lambda x0, t: x0.clamp(-1.0, 1.0)) if clip else None
-    timesteps = reverse_timesteps(scheduler.num_train_timesteps, steps)
-    x = reverse_process(denoiser, x_T, scheduler, timesteps, eta, noise, hook, progress=progress, desc=desc)
+    x = reverse_process(denoiser, x_T, scheduler, rule, noise, hook, progress=progress, desc=desc)
     return x.clamp(-1.0, 1.0) if clip else x

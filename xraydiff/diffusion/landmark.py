@@ -27,7 +27,7 @@ from monai.networks.layers import gaussian_1d, separable_filtering
 from monai.networks.schedulers import DDPMScheduler
 from torch import Tensor
 
-from xraydiff.diffusion.engine import check_sampling, draw_noise, reverse_process, reverse_timesteps
+from xraydiff.diffusion.engine import check_sampling, draw_noise, reverse_process, step_rule
 from xraydiff.errors import DataError
 from xraydiff.landmarks.localization import decode_landmarks, spatial_softmax_nll
 
@@ -180,8 +180,7 @@ def sample_heatmaps(
         t = torch.full((x.shape[0],), num_train_timesteps - 1, device=device, dtype=torch.long)
         logits = predict_x0(x, t).float()
         return estimate_x0(logits, x0_estimate), logits, 1
-    steps = check_sampling(mode, steps, eta, num_train_timesteps)
-    eta = 1.0 if mode == "ddpm" else eta
+    rule = step_rule(mode, scheduler, steps, eta)
     last: dict[str, Tensor] = {}
 
     def network(x_t: Tensor, t: Tensor) -> Tensor:
@@ -191,9 +190,8 @@ def sample_heatmaps(
     def blurred(logits: Tensor, t: int) -> Tensor:
         return blur_heatmaps(estimate_x0(logits, x0_estimate), blur_sigma(t, num_train_timesteps, sigma_max, sigma_min))
 
-    timesteps = reverse_timesteps(num_train_timesteps, steps)
-    x = reverse_process(network, x, scheduler, timesteps, eta, generators, x0_hook=blurred)
-    return x.clamp(-1, 1), last["logits"], len(timesteps)
+    x = reverse_process(network, x, scheduler, rule, generators, x0_hook=blurred)
+    return x.clamp(-1, 1), last["logits"], len(rule.timesteps)
 
 
 def decode_heatmaps(x0: Tensor, window: int = 5) -> Tensor:

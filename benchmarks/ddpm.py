@@ -1,4 +1,5 @@
-"""Paired DDPM on the CPU: training speed and peak memory by image size, sampling cost by sampler.
+"""Paired DDPM: training speed and peak memory by image size, sampling cost by sampler, on the CPU or a GPU;
+and what torch.compile (inductor) and channels-last buy for one denoising step of the shipped models.
 
 Each measurement runs in a fresh process so that peak resident memory belongs to it alone.
 The model is the paper's configuration (U-Net 32-64-128, 3 residual blocks per level, T = 800,
@@ -6,6 +7,12 @@ batch 4); the sampling comparison runs the full DDPM chain (800 steps) and DDIM 
 
     python benchmarks/ddpm.py                    # train at 64, 128, 256; sample at 64
     python benchmarks/ddpm.py --sizes 64 --sample-size 128
+    python benchmarks/ddpm.py --device cuda --precision bf16-mixed --sizes 256 --sample-size 256
+    python benchmarks/ddpm.py --compile-step --batch 12   # eager / channels-last / compiled denoising step
+
+``--compile-step`` times one network call of the EMA U-Net of the shipped demo DDPM and LDM at ``--batch``:
+the first call (which compiles) and the mean of the next ones, and prints after how many calls compiling
+pays for itself.
 """
 
 from __future__ import annotations
@@ -20,24 +27,40 @@ import time
 import torch
 
 
-def train_worker(size: int, steps: int, batch: int) -> dict:
+def _autocast(device: str, precision: str):
+    return torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def train_worker(size: int, steps: int, batch: int, device: str = "cpu", precision: str = "32-true") -> dict:
     from lightning_modules.paired_ddpm import PairedDDPM
 
     torch.manual_seed(0)
-    model = PairedDDPM(image_size=(size, size))
+    model = PairedDDPM(image_size=(size, size)).to(device)
     optimizer = torch.optim.Adam(model.unet.parameters(), lr=1e-3)
-    data = {"image": torch.rand(batch, 1, size, size) * 2 - 1, "landmarks": torch.rand(batch, 37, 2) * (size - 1)}
+    data = {
+        "image": torch.rand(batch, 1, size, size, device=device) * 2 - 1,
+        "landmarks": torch.rand(batch, 37, 2, device=device) * (size - 1),
+    }
 
     def step():
         optimizer.zero_grad()
-        model.diffusion_loss(model.to_pairs(data)).backward()
+        with _autocast(device, precision):
+            loss = model.diffusion_loss(model.to_pairs(data))
+        loss.backward()
         optimizer.step()
         model.ema.update_parameters(model.unet)
 
     step()  # warm-up
+    _sync(device)
     start = time.perf_counter()
     for _ in range(steps):
         step()
+    _sync(device)
     elapsed = time.perf_counter() - start
     return {
         "size": size,
@@ -48,21 +71,50 @@ def train_worker(size: int, steps: int, batch: int) -> dict:
     }
 
 
-def sample_worker(size: int, sampler: str, steps: int) -> dict:
+def sample_worker(size: int, sampler: str, steps: int, device: str = "cpu", precision: str = "32-true") -> dict:
     from lightning_modules.paired_ddpm import PairedDDPM
 
-    model = PairedDDPM(image_size=(size, size)).eval()
-    generator = torch.Generator().manual_seed(0)
-    model.generate(1, generator, "ddim", 2)  # warm-up
-    start = time.perf_counter()
-    model.generate(1, generator, sampler, steps)
+    model = PairedDDPM(image_size=(size, size)).to(device).eval()
+    generator = torch.Generator(device=device).manual_seed(0)
+    with _autocast(device, precision):
+        model.generate(1, generator, "ddim", 2)  # warm-up
+        _sync(device)
+        start = time.perf_counter()
+        model.generate(1, generator, sampler, steps)
+        _sync(device)
     elapsed = time.perf_counter() - start
     return {
         "size": size,
         "sampler": sampler,
-        "steps": steps if sampler == "ddim" else model.hparams.num_train_timesteps,
+        "steps": steps if sampler != "ddpm" else model.hparams.num_train_timesteps,
         "seconds_per_image": elapsed,
     }
+
+
+def step_worker(checkpoint: str, batch: int, mode: str, repeats: int, precision: str) -> dict:
+    """One EMA denoising call of a shipped model at ``batch``: 'eager', 'channels_last', 'compile' or
+    'compile+channels_last'; the first call (compiling, where it does) and the mean of ``repeats`` more."""
+    from lightning_modules.generative import load_model
+
+    model = load_model(checkpoint).eval()
+    shape = getattr(model, "latent_shape", None) or (len(model.sample_channels), *model.image_size)
+    network = model.ema.module
+    x = torch.randn(batch, *shape)
+    t = torch.full((batch,), 400, dtype=torch.long)
+    if "channels_last" in mode:
+        network = network.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    if mode.startswith("compile"):
+        network = torch.compile(network)
+    with torch.no_grad(), _autocast("cpu", precision):
+        start = time.perf_counter()
+        network(x, timesteps=t)
+        first = time.perf_counter() - start
+        start = time.perf_counter()
+        for _ in range(repeats):
+            network(x, timesteps=t)
+        per_call = (time.perf_counter() - start) / repeats
+    return {"mode": mode, "first_call": first, "per_call": per_call}
 
 
 def in_subprocess(kind: str, **kwargs) -> dict:
@@ -76,22 +128,53 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128, 256])
     parser.add_argument("--steps", type=int, default=None, help="timed training steps (default: by size)")
     parser.add_argument("--sample-size", type=int, default=64)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--precision", choices=["32-true", "bf16-mixed"], default="32-true")
+    parser.add_argument("--compile-step", action="store_true", help="time eager / channels-last / compiled steps")
+    parser.add_argument("--batch", type=int, default=12, help="batch of --compile-step")
+    parser.add_argument("--repeats", type=int, default=5, help="timed calls of --compile-step after the first")
     args = parser.parse_args()
-    print(f"CPU threads: {torch.get_num_threads()}, torch {torch.__version__}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("--device cuda: no CUDA device")
+    if args.compile_step:
+        compile_step(args)
+        return
+    device, precision = args.device, args.precision
+    where = torch.cuda.get_device_name() if device == "cuda" else f"CPU threads: {torch.get_num_threads()}"
+    print(f"{where}, {precision}, torch {torch.__version__}")
     print("training (batch 4, paper U-Net):")
     for size in args.sizes:
-        steps = args.steps or {64: 10, 128: 4}.get(size, 2)
-        r = in_subprocess("train", size=size, steps=steps, batch=4)
+        steps = args.steps or ({64: 10, 128: 4}.get(size, 2) if device == "cpu" else 20)
+        r = in_subprocess("train", size=size, steps=steps, batch=4, device=device, precision=precision)
         print(
             f"  {size:4d} px  {r['steps_per_second']:7.3f} steps/s  ({r['seconds_per_step']:6.2f} s/step)  "
             f"peak RSS {r['peak_rss_mb']:7.0f} MB"
         )
     print(f"sampling one {args.sample_size} x {args.sample_size} pair (EMA U-Net):")
-    ddim = in_subprocess("sample", size=args.sample_size, sampler="ddim", steps=50)
-    ddpm = in_subprocess("sample", size=args.sample_size, sampler="ddpm", steps=800)
+    common = {"size": args.sample_size, "device": device, "precision": precision}
+    ddim = in_subprocess("sample", sampler="ddim", steps=50, **common)
+    ddpm = in_subprocess("sample", sampler="ddpm", steps=800, **common)
     for r in (ddpm, ddim):
         print(f"  {r['sampler'].upper()}-{r['steps']:<4d} {r['seconds_per_image']:8.2f} s/image")
     print(f"  DDIM acceleration factor: {ddpm['seconds_per_image'] / ddim['seconds_per_image']:.1f}x")
+
+
+def compile_step(args) -> None:
+    """Eager, channels-last and torch.compile (inductor) for one denoising call of each shipped model."""
+    print(f"CPU threads: {torch.get_num_threads()}, torch {torch.__version__}, {args.precision}, batch {args.batch}")
+    for name in ("demo_hand_ddpm", "demo_panoramic_ldm"):
+        checkpoint = f"xraydiff/assets/{name}.ckpt"
+        rows = {}
+        for mode in ("eager", "channels_last", "compile", "compile+channels_last"):
+            r = in_subprocess("step", checkpoint=checkpoint, batch=args.batch, mode=mode, repeats=args.repeats,
+                              precision=args.precision)  # fmt: skip
+            rows[mode] = r
+            eager = rows["eager"]["per_call"]
+            gain = eager - r["per_call"]
+            extra = r["first_call"] - r["per_call"] - (rows["eager"]["first_call"] - eager)
+            pays = f"pays off after {extra / gain:.0f} calls" if gain > 0 and mode.startswith("compile") else ""
+            print(f"  {name:<20} {mode:<22} first call {r['first_call']:7.2f} s, then {r['per_call']:.3f} s/call "
+                  f"({eager / r['per_call']:.2f}x eager) {pays}", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

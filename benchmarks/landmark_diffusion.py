@@ -39,32 +39,40 @@ def _model(height: int, width: int, channels: list[int], attention: str):
     )
 
 
-def _autocast(precision: str):
-    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
+def _autocast(precision: str, device: str = "cpu"):
+    return torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
 
 
 def train_worker(
-    height: int, width: int, batch: int, steps: int, precision: str, channels: list[int], attention: str
-) -> dict:
-    model = _model(height, width, channels, attention)
+    height: int, width: int, batch: int, steps: int, precision: str, channels: list[int], attention: str,
+    device: str = "cpu",
+) -> dict:  # fmt: skip
+    model = _model(height, width, channels, attention).to(device)
     optimizer = torch.optim.AdamW(model.unet.parameters(), lr=1e-3, weight_decay=1e-4)
     generator = torch.Generator().manual_seed(0)
     data = {
-        "image": torch.rand(batch, 1, height, width, generator=generator) * 2 - 1,
-        "landmarks": torch.rand(batch, 19, 2, generator=generator) * torch.tensor([width - 1, height - 1]),
+        "image": (torch.rand(batch, 1, height, width, generator=generator) * 2 - 1).to(device),
+        "landmarks": (torch.rand(batch, 19, 2, generator=generator) * torch.tensor([width - 1, height - 1])).to(device),
     }
 
     def step():
         optimizer.zero_grad()
-        with _autocast(precision):
+        with _autocast(precision, device):
             loss = model.loss(data, model.unet)[0]
         loss.backward()
         optimizer.step()
 
     step()  # warm-up
+    _sync(device)
     start = time.perf_counter()
     for _ in range(steps):
         step()
+    _sync(device)
     elapsed = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"seconds_per_step": elapsed / steps, "peak_rss_mb": peak}
@@ -72,14 +80,15 @@ def train_worker(
 
 def infer_worker(
     height: int, width: int, mode: str, steps: int | None, ensemble: int, precision: str, channels: list[int],
-    attention: str,
+    attention: str, device: str = "cpu",
 ) -> dict:  # fmt: skip
-    model = _model(height, width, channels, attention).eval()
-    image = torch.rand(1, 1, height, width, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    model = _model(height, width, channels, attention).to(device).eval()
+    image = (torch.rand(1, 1, height, width, generator=torch.Generator().manual_seed(0)) * 2 - 1).to(device)
     settings = {"mode": mode, "steps": steps, "ensemble": ensemble}
-    with torch.no_grad(), _autocast(precision):
-        model.infer(image, torch.tensor([0]), {"mode": "single", "steps": None, "ensemble": 1})  # warm-up
-        result = model.infer(image, torch.tensor([0]), settings)
+    index = torch.tensor([0], device=device)
+    with torch.no_grad(), _autocast(precision, device):
+        model.infer(image, index, {"mode": "single", "steps": None, "ensemble": 1})  # warm-up
+        result = model.infer(image, index, settings)
     return {
         "seconds_per_image": result["seconds"],
         "network_calls": result["network_calls"],
@@ -106,10 +115,14 @@ def main() -> None:
     parser.add_argument("--channels", type=int, nargs="+", default=CHANNELS, help="U-Net widths per level")
     parser.add_argument("--attention", choices=sorted(ATTENTION), default="low", help="attention levels")
     parser.add_argument("--train-only", action="store_true", help="time training steps only")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     args = parser.parse_args()
-    net = {"channels": args.channels, "attention": args.attention}
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("--device cuda: no CUDA device")
+    net = {"channels": args.channels, "attention": args.attention, "device": args.device}
+    where = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or platform.machine()
     print(
-        f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, {args.precision}, "
+        f"{where}, {torch.get_num_threads()} threads, {args.precision}, "
         f"U-Net {args.channels}, attention {args.attention}"
     )
     for size in args.sizes:

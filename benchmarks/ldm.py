@@ -52,12 +52,19 @@ def _ldm(height: int, width: int):
     return model
 
 
-def _timed(function, repeats: int) -> float:
+def _timed(function, repeats: int, device: str = "cpu") -> float:
     function()  # warm-up
+    _sync(device)
     start = time.perf_counter()
     for _ in range(repeats):
         function()
+    _sync(device)
     return (time.perf_counter() - start) / repeats
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
 
 
 def _peak_mb() -> float:
@@ -76,22 +83,22 @@ def codec_worker(height: int, width: int, batch: int, repeats: int, mode: str) -
     return {"images_per_second": batch / seconds, "peak_rss_mb": _peak_mb()}
 
 
-def train_worker(height: int, width: int, batch: int, repeats: int, model: str) -> dict:
-    images = torch.rand(batch, 1, height, width, generator=torch.Generator().manual_seed(0)) * 2 - 1
+def train_worker(height: int, width: int, batch: int, repeats: int, model: str, device: str = "cpu") -> dict:
+    images = (torch.rand(batch, 1, height, width, generator=torch.Generator().manual_seed(0)) * 2 - 1).to(device)
     if model == "autoencoder":
-        module = _autoencoder(height, width)
+        module = _autoencoder(height, width).to(device)
         optimizer = torch.optim.Adam(module.autoencoder.parameters(), lr=1e-4)
 
         def loss():
             reconstruction, z_mu, z_sigma = module.autoencoder(images)
             return module.generator_loss(images, reconstruction, z_mu, z_sigma)["loss"]
     else:
-        module = _ldm(height, width)
+        module = _ldm(height, width).to(device)
         optimizer = torch.optim.AdamW(module.unet.parameters(), lr=1e-4)
         if model == "denoiser (cached latents)":  # cache_latents: true, the posteriors encoded once
             with torch.no_grad():
                 module.posterior_cache = PosteriorCache(*module.first_stage.posterior(images))
-            batch = {"index": torch.arange(batch)}
+            batch = {"index": torch.arange(batch, device=device)}
 
             def loss():
                 return module.diffusion_loss(module._training_latents(batch))
@@ -102,18 +109,23 @@ def train_worker(height: int, width: int, batch: int, repeats: int, model: str) 
 
     def step():
         optimizer.zero_grad()
-        loss().backward()
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
+            value = loss()
+        value.backward()
         optimizer.step()
 
-    return {"seconds_per_step": _timed(step, repeats), "peak_rss_mb": _peak_mb()}
+    return {"seconds_per_step": _timed(step, repeats, device), "peak_rss_mb": _peak_mb()}
 
 
-def sample_worker(height: int, width: int, batch: int, steps: int) -> dict:
-    module = _ldm(height, width).eval()
-    generator = torch.Generator().manual_seed(0)
-    module.generate(1, generator, "ddim", 2)  # warm-up
-    start = time.perf_counter()
-    module.generate(batch, generator, "ddim", steps)
+def sample_worker(height: int, width: int, batch: int, steps: int, device: str = "cpu") -> dict:
+    module = _ldm(height, width).to(device).eval()
+    generator = torch.Generator(device=device).manual_seed(0)
+    with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
+        module.generate(1, generator, "ddim", 2)  # warm-up
+        _sync(device)
+        start = time.perf_counter()
+        module.generate(batch, generator, "ddim", steps)
+        _sync(device)
     return {"seconds_per_image": (time.perf_counter() - start) / batch, "peak_rss_mb": _peak_mb()}
 
 
@@ -132,24 +144,28 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8, help="images per batch (training, coding, sampling)")
     parser.add_argument("--repeats", type=int, default=3, help="timed repetitions after one warm-up")
     parser.add_argument("--ddim", type=int, default=50, help="DDIM steps of the sampling row")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="cuda: bf16-mixed, no codec rows")
     args = parser.parse_args()
-    print(f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, 32-bit")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("--device cuda: no CUDA device")
+    where = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or platform.machine()
+    print(f"{where}, {torch.get_num_threads()} threads, {'bf16-mixed' if args.device == 'cuda' else '32-bit'}")
     for size in args.sizes:
         height, width = (int(v) for v in size.split("x"))
         common = {"height": height, "width": width, "batch": args.batch}
         print(f"{height} x {width} (latents 4 x {height // 8} x {width // 8}), batch {args.batch}:")
-        for mode in ("encode", "decode"):
+        for mode in ("encode", "decode") if args.device == "cpu" else ():
             r = in_subprocess("codec", **common, repeats=args.repeats, mode=mode)
             print(
                 f"  autoencoder {mode:<8} {r['images_per_second']:8.1f} images/s   peak RSS {r['peak_rss_mb']:.0f} MB"
             )
         for model in ("autoencoder", "denoiser", "denoiser (cached latents)"):
-            r = in_subprocess("train", **common, repeats=args.repeats, model=model)
+            r = in_subprocess("train", **common, repeats=args.repeats, model=model, device=args.device)
             print(
                 f"  {model + ' training':<36} {1 / r['seconds_per_step']:8.3f} steps/s "
                 f"({r['seconds_per_step']:.2f} s/step)   peak RSS {r['peak_rss_mb']:.0f} MB"
             )
-        r = in_subprocess("sample", **common, steps=args.ddim)
+        r = in_subprocess("sample", **common, steps=args.ddim, device=args.device)
         print(
             f"  DDIM {args.ddim} sampling      {r['seconds_per_image']:8.2f} s/image   "
             f"peak RSS {r['peak_rss_mb']:.0f} MB"

@@ -381,19 +381,34 @@ class Study(StepRunner):
 
 
 def tables(results: dict, config: StudyConfig) -> tuple[str, str]:
-    """Table 1 (acceptance rates) and Table 2 (localizer errors) in Markdown."""
+    """Table 1 (acceptance rates under both rule sets: the paper's two rules and the strict four) and Table 2
+    (localizer errors) in Markdown."""
     sets = list(results["training_sets"])
     head = " | ".join(f"{g} {s}" for g in results["generators"] for s in sets)
-    cells = []
-    for g in results["generators"]:
-        for s in sets:
-            info = results["training_sets"][s]["generators"][g]
-            if info is None:
-                cells.append("n/a")
-                continue
-            rate = info["acceptance"]
-            cells.append(f"{rate['mean']:.0%} (+-{rate['sd']:.0%} SD)")
-    table1 = f"| metric | {head} |\n|---|{'---|' * len(cells)}\n| mean acceptance rate | {' | '.join(cells)} |"
+    rows1 = []
+    for rule_set, label in (("paper", "paper rules (i, ii)"), ("strict", "strict rules (i-iv)")):
+        cells = []
+        for g in results["generators"]:
+            for s in sets:
+                info = results["training_sets"][s]["generators"][g]
+                rate = None if info is None else info["acceptance"].get("by_rule_set", {}).get(rule_set)
+                cells.append("n/a" if rate is None else f"{rate['mean']:.0%} (+-{rate['sd']:.0%} SD)")
+        rows1.append(f"| mean acceptance rate, {label} | {' | '.join(cells)} |")
+    steps = {
+        (g, s): (results["training_sets"][s]["generators"][g] or {}).get("global_step")
+        for g in results["generators"]
+        for s in sets
+    }
+    rows1.append(
+        f"| training steps | {' | '.join('n/a' if steps[key] is None else str(steps[key]) for key in steps)} |"
+    )
+    table1 = f"| metric | {head} |\n|---|{'---|' * (len(sets) * len(results['generators']))}\n" + "\n".join(rows1)
+    # a generator trained for under a tenth of the steps of the best-trained one on its set says nothing of its class
+    for s in sets:
+        most = max((steps[g, s] or 0 for g in results["generators"]), default=0)
+        for g in results["generators"]:
+            if steps[g, s] is not None and steps[g, s] * 10 < most:
+                table1 += f"\n\n{g} {s}: not comparable, {steps[g, s]} training steps against {most}."
     radii = [f"{r:g}" for r in config.outlier_radii]
     rows = [
         f"| training set | PE mean +- SD (mm) | {' | '.join(f'O r={r}mm' for r in radii)} |",

@@ -39,8 +39,11 @@ class PairedDDPM(DiffusionSamplingMixin, WeightAverageMixin, PairedGenerativeMod
         prediction_type: what the U-Net predicts, 'epsilon' (the paper), 'v_prediction' or 'sample' (x0).
         learning_rate: Adam learning rate (1e-3).
         ema_decay: decay of the exponential moving average of the weights used for sampling.
-        sampler: default sampler, 'ddpm' (T steps) or 'ddim'.
-        sampling_steps: DDIM steps k (ignored by 'ddpm').
+        ema_warmup: warm the average's decay up over the first updates (see ``init_weight_average``): without
+            it, 0.9999 keeps most of the weight on the initial network for the first 10 000 steps, and the
+            acceptance measured during training samples that.
+        sampler: default sampler, 'ddpm' (T steps), 'ddim', or a solver: 'dpmpp_2m', 'dpmpp_2m_sde', 'unipc'.
+        sampling_steps: steps k of every sampler but 'ddpm'.
         ddim_eta: DDIM's eta (Song et al., eq. 16): 0 is the deterministic DDIM of the paper, 1 adds the
             DDPM posterior noise at every one of the k steps, which corrects the errors of earlier steps
             (more samples pass the acceptance check for an under-trained model).
@@ -62,6 +65,7 @@ class PairedDDPM(DiffusionSamplingMixin, WeightAverageMixin, PairedGenerativeMod
         prediction_type: PredictionType = "epsilon",
         learning_rate: float = 1e-3,
         ema_decay: float = 0.999,
+        ema_warmup: bool = True,
         sampler: Sampler = "ddpm",
         sampling_steps: int = 50,
         ddim_eta: float = 0.0,
@@ -79,7 +83,7 @@ class PairedDDPM(DiffusionSamplingMixin, WeightAverageMixin, PairedGenerativeMod
             norm_num_groups=norm_num_groups,
             use_flash_attention=use_flash_attention,
         )
-        self.init_weight_average("unet", ema_decay)
+        self.init_weight_average("unet", ema_decay, ema_warmup)
         self.scheduler = self.make_scheduler()
 
     # ------------------------------------------------------------------------------ training

@@ -91,6 +91,7 @@ def test_study_runs_end_to_end_and_resumes(cli, tmp_path):
     assert results["training_sets"]["reduced"]["fraction"] == 0.3
     report = (out / "results.md").read_text()
     assert "Table 1" in report and "Table 2" in report and "gallery.png" in report
+    assert "rate, paper rules (i, ii)" in report and "rate, strict rules (i-iv)" in report
     assert (out / "full/ddpm/samples/acceptance/gallery.png").exists()
     # A second run recomputes nothing; a step without its marker is redone.
     first = (out / "full/localizer/real/done.json").read_text()
@@ -209,3 +210,24 @@ def test_a_study_module_registers_itself_without_an_edit_of_the_cli(monkeypatch,
     with pytest.raises(SystemExit):
         main(["--help"])
     assert "experiment registered" in capsys.readouterr().out
+
+
+def test_table_1_shows_both_rule_sets_and_marks_an_unequal_training_budget():
+    from experiments.augment import GeneratorSpec, StudyConfig, tables
+
+    def generator(steps, paper, strict):
+        by_set = {"paper": {"mean": paper, "sd": 0.1}, "strict": {"mean": strict, "sd": 0.05}}
+        return {"global_step": steps, "acceptance": {"mean": strict, "sd": 0.05, "by_rule_set": by_set}}
+
+    results = {
+        "generators": ["ddpm", "vae"],
+        "training_sets": {"full": {"generators": {"ddpm": generator(11250, 0.4, 0.25), "vae": generator(60, 0.0, 0.0)},
+                                   "localizer": {}}},
+    }  # fmt: skip
+    config = StudyConfig(data={}, generators={}, localizer=GeneratorSpec(["unused.yaml"]))
+    table1, _ = tables(results, config)
+    assert "| mean acceptance rate, paper rules (i, ii) | 40% (+-10% SD) | 0% (+-10% SD) |" in table1
+    assert "| mean acceptance rate, strict rules (i-iv) | 25% (+-5% SD) | 0% (+-5% SD) |" in table1
+    assert "| training steps | 11250 | 60 |" in table1
+    assert "vae full: not comparable, 60 training steps against 11250." in table1
+    assert "ddpm full: not comparable" not in table1

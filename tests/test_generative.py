@@ -344,3 +344,20 @@ def test_warmed_up_weight_average_follows_its_recursion_and_forgets_the_initial_
         expected = d * expected + (1 - d) * (n + 1.0)
     assert average.module[0].item() == pytest.approx(expected, rel=1e-5)
     assert expected > 400  # a fixed 0.998 would sit at 185, far behind the weights
+
+
+@pytest.mark.parametrize("warmup", [True, False])
+def test_the_paired_ddpm_average_warms_up_like_the_other_models(warmup):
+    """With its 0.9999 of the paper, the paired DDPM's average after a few steps is (warm-up) near the trained
+    weights, or (no warm-up) still the initial network: what acceptance during training would sample."""
+    model = PairedDDPM(image_size=(16, 16), channels=(8, 8), num_res_blocks=1, norm_num_groups=4,
+                       num_train_timesteps=50, ema_decay=0.9999, ema_warmup=warmup)  # fmt: skip
+    initial = [p.detach().clone() for p in model.unet.parameters()]
+    model.ema.update_parameters(model.unet)  # the first update copies
+    for step in range(1, 11):
+        with torch.no_grad():
+            for p, p0 in zip(model.unet.parameters(), initial, strict=True):
+                p.copy_(p0 + step)  # "trained" weights move away by 1 per step
+        model.ema.update_parameters(model.unet)
+    shift = float(next(iter(model.ema.module.parameters()))[0].flatten()[0] - initial[0].flatten()[0])
+    assert shift > 5.0 if warmup else shift < 0.01

@@ -109,8 +109,8 @@ def test_hooks_run_in_order_and_noise_is_per_item():
     ("sampler", "steps", "eta", "message"),
     [
         ("euler", 10, 0.0, "sampler must be one of"),
-        ("ddim", 0, 0.0, "ddim steps"),
-        ("ddim", T + 1, 0.0, "ddim steps"),
+        ("ddim", 0, 0.0, "DDIM steps"),
+        ("ddim", T + 1, 0.0, "DDIM steps"),
         ("unipc", None, 0.0, "unipc steps"),
         ("ddim", 10, 1.5, "ddim_eta"),
     ],  # fmt: skip

@@ -48,7 +48,8 @@ def check_sampling(sampler: str, steps: int | None, eta: float, num_train_timest
     if sampler == "ddpm":
         return num_train_timesteps
     if steps is None or not 1 <= steps <= num_train_timesteps:
-        raise DataError(None, f"{sampler} steps must be in [1, T = {num_train_timesteps}], got {steps}")
+        name = "DDIM" if sampler == "ddim" else sampler
+        raise DataError(None, f"{name} steps must be in [1, T = {num_train_timesteps}], got {steps}")
     return int(steps)
 
 

@@ -20,7 +20,6 @@ from commands import quiet
 from commands.lightning_cli import XrayCLI, data_parser
 from commands.parsing import ConfigParser, nearest, parsing
 from experiments import studies, study
-from xraydiff.diffusion.engine import Sampler
 from xraydiff.errors import DataError, Interrupted
 from xraydiff.precision import AUTO
 
@@ -77,6 +76,8 @@ def sample(argv: list[str]) -> None:
 
 def _sampling_arguments(parser: ConfigParser) -> None:
     """The options every sampling command shares, spelled alike."""
+    from xraydiff.diffusion.engine import Sampler  # imports MONAI: not at start-up
+
     parser.add_argument(
         "--ckpt_path", type=Path, required=True, help="checkpoint of a PairedDDPM, PairedVAE or LatentDiffusion"
     )
@@ -103,6 +104,8 @@ def _sampling_arguments(parser: ConfigParser) -> None:
 
 
 def blend(argv: list[str]) -> None:
+    from xraydiff.diffusion.engine import Sampler  # imports MONAI: not at start-up
+
     parser = data_parser(
         "xraydiff blend",
         "Anatomy-guided latent blending (Lim et al.): for every labelled guide image, its top-k most similar "

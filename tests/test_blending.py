@@ -98,6 +98,8 @@ def test_the_blend_starts_at_strength_times_T_and_takes_the_configured_steps():
         blend_timesteps(scheduler, 25, 0.0)
     with pytest.raises(ValueError, match="more than T"):
         blend_timesteps(scheduler, 25, 0.02)
+    with pytest.raises(ValueError, match="not ddpm"):
+        blend_timesteps(scheduler, 25, 0.5, "ddpm")
 
 
 @pytest.mark.parametrize("sampler", ["ddim", "dpmpp_2m", "dpmpp_2m_sde", "unipc"])

@@ -21,9 +21,7 @@ CORE_LAYERS = {"acceptance": 3, "diffusion": 3, "data": 2, "landmarks": 1}
 def core_layer(module: str) -> tuple[str, int]:
     """(package or top-level module, layer) of a module of xraydiff; top-level modules are layer 0."""
     parts = module.split(".")
-    if len(parts) > 2 and parts[1] in CORE_LAYERS:
-        return parts[1], CORE_LAYERS[parts[1]]
-    if len(parts) > 1 and parts[1] in CORE_LAYERS:  # the package itself
+    if len(parts) > 1 and parts[1] in CORE_LAYERS:  # a module of a package, or the package itself
         return parts[1], CORE_LAYERS[parts[1]]
     return module, 0
 

@@ -121,7 +121,9 @@ def blend_rule(
             None,
             f"{steps} steps at strength {strength} need {total} steps, more than T = {scheduler.num_train_timesteps}",
         )
-    return step_rule("ddim" if sampler == "ddpm" else sampler, scheduler, total, eta, last=steps)
+    if sampler == "ddpm":  # the chain has no k-step grid to take a tail of
+        raise DataError(None, "blending samples with ddim or a solver, not ddpm")
+    return step_rule(sampler, scheduler, total, eta, last=steps)
 
 
 def blend_timesteps(scheduler: DDPMScheduler, steps: int, strength: float | None, sampler: str = "ddim") -> list[int]:
@@ -142,7 +144,7 @@ def blend_denoise(
     sampler: str = "ddim",
 ) -> Tensor:
     """z_0 from the blended latent (Lim et al., Appendix A): z_t = noise(z_init, t_start), then ``steps``
-    steps of ``sampler`` (DDIM in Lim et al., Song et al. eq. 12; 'ddpm' means DDIM with ``eta``) down to
+    steps of ``sampler`` (DDIM in Lim et al., Song et al. eq. 12, or a solver) down to
     t = 0 on ``xraydiff.diffusion.engine.reverse_process``.
 
     ``reimpose`` = (z_a, region): after every step the structure region is replaced by z_a noised to the

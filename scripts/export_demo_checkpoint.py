@@ -1,8 +1,8 @@
-"""Export a trained diffusion model (paired DDPM, LDM) as a small checkpoint shipped for the demo.
+"""Export a trained generator (paired DDPM, LDM, paired VAE) as a small checkpoint shipped for the demo.
 
-Keeps the hyperparameters, the class tag and the EMA weights (the only ones used for sampling),
-stored in float16; the raw weights are set to the EMA weights; optimizer, loop and callback
-states are dropped. The result loads with ``load_model`` / ``xraydiff sample --ckpt_path``.
+Keeps the hyperparameters, the class tag and the weights used for sampling, stored in float16: for a
+diffusion model its EMA weights (the raw weights are set to them), for a model without EMA (the VAE)
+its weights; optimizer, loop and callback states are dropped. The result loads with ``load_model`` / ``xraydiff sample --ckpt_path``.
 
     # the two training stages of configs/demo/hand_ddpm_pretrain.yaml (about 2.7 h on 2 CPU cores)
     xraydiff fit --config configs/demo/hand_ddpm_pretrain.yaml \\
@@ -44,9 +44,9 @@ def export(source: Path, target: Path, train_data: dict | None = None) -> dict:
     state = checkpoint["state_dict"]
     slim_state = {key: value.half() if value.is_floating_point() else value for key, value in state.items()}
     ema = {k[len("ema.module.") :]: v for k, v in slim_state.items() if k.startswith("ema.module.")}
-    if not ema:
-        raise SystemExit(f"{source}: no EMA weights (not a diffusion model checkpoint?)")
-    for key in slim_state:
+    if not ema and any(key.startswith("unet.") for key in slim_state):
+        raise SystemExit(f"{source}: a diffusion model without EMA weights")
+    for key in slim_state if ema else ():
         if key.startswith("unet."):
             slim_state[key] = ema[key[len("unet.") :]]  # the same tensor: torch.save stores it once
     slim = {
@@ -78,7 +78,7 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="data overrides of that fit (--data.init_args.KEY VALUE)")
     args, unknown = parser.parse_known_args()
     train_data = describe_training_set(args.train_config, args.overrides + unknown) if args.train_config else None
-    info = export(args.ckpt, args.out, train_data)
+    info = export(args.ckpt_path, args.out, train_data)
     print(f"training set: {info.get('train_data')}")
     print(f"{args.out}: {args.out.stat().st_size / 1e6:.1f} MB, step {info['global_step']}, epoch {info['epoch']}")
 

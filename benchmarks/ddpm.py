@@ -9,10 +9,12 @@ batch 4); the sampling comparison runs the full DDPM chain (800 steps) and DDIM 
     python benchmarks/ddpm.py --sizes 64 --sample-size 128
     python benchmarks/ddpm.py --device cuda --precision bf16-mixed --sizes 256 --sample-size 256
     python benchmarks/ddpm.py --compile-step --batch 12   # eager / channels-last / compiled denoising step
+    python benchmarks/ddpm.py --sample-command           # `xraydiff sample` of the demo DDPM, both memory formats
 
 ``--compile-step`` times one network call of the EMA U-Net of the shipped demo DDPM and LDM at ``--batch``:
 the first call (which compiles) and the mean of the next ones, and prints after how many calls compiling
-pays for itself.
+pays for itself. ``--sample-command`` times the whole sampling command the demo's hand study runs (24 samples of
+the shipped DDPM, DDIM 10, batch 12, loading included) with the U-Net in each memory format.
 """
 
 from __future__ import annotations
@@ -117,6 +119,25 @@ def step_worker(checkpoint: str, batch: int, mode: str, repeats: int, precision:
     return {"mode": mode, "first_call": first, "per_call": per_call}
 
 
+def command_worker(memory_format: str, precision: str, num_samples: int, steps: int) -> dict:
+    """``generate_samples`` of the shipped demo DDPM (what ``xraydiff sample`` runs) with the U-Net sampling in
+    ``memory_format``; seconds from loading the checkpoint to the last sample written."""
+    import tempfile
+    from pathlib import Path
+
+    from commands.sampling import generate_samples
+    from lightning_modules.paired_ddpm import PairedDDPM
+
+    PairedDDPM.sampling_memory_format = getattr(torch, memory_format)
+    with tempfile.TemporaryDirectory() as folder:
+        start = time.perf_counter()
+        generate_samples(
+            Path("xraydiff/assets/demo_hand_ddpm.ckpt"), num_samples, Path(folder) / "samples", "ddim", steps,
+            seed=0, batch_size=12, accelerator="cpu", precision=precision,
+        )  # fmt: skip
+        return {"memory_format": memory_format, "seconds": time.perf_counter() - start}
+
+
 def in_subprocess(kind: str, **kwargs) -> dict:
     code = f"import json, benchmarks.ddpm as b; print(json.dumps(b.{kind}_worker(**{kwargs!r})))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -133,11 +154,18 @@ def main() -> None:
     parser.add_argument("--compile-step", action="store_true", help="time eager / channels-last / compiled steps")
     parser.add_argument("--batch", type=int, default=12, help="batch of --compile-step")
     parser.add_argument("--repeats", type=int, default=5, help="timed calls of --compile-step after the first")
+    parser.add_argument("--sample-command", action="store_true", help="time the demo's sampling in both formats")
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("--device cuda: no CUDA device")
     if args.compile_step:
         compile_step(args)
+        return
+    if args.sample_command:
+        print(f"CPU threads: {torch.get_num_threads()}, torch {torch.__version__}, {args.precision}")
+        for fmt in ("contiguous_format", "channels_last"):
+            r = in_subprocess("command", memory_format=fmt, precision=args.precision, num_samples=24, steps=10)
+            print(f"  24 samples, DDIM 10, {fmt:<18} {r['seconds']:6.1f} s", flush=True)
         return
     device, precision = args.device, args.precision
     where = torch.cuda.get_device_name() if device == "cuda" else f"CPU threads: {torch.get_num_threads()}"

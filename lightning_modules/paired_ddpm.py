@@ -44,10 +44,13 @@ class PairedDDPM(DiffusionSamplingMixin, WeightAverageMixin, PairedGenerativeMod
             acceptance measured during training samples that.
         sampler: default sampler, 'ddpm' (T steps), 'ddim', or a solver: 'dpmpp_2m', 'dpmpp_2m_sde', 'unipc'.
         sampling_steps: steps k of every sampler but 'ddpm'.
-        ddim_eta: DDIM's eta (Song et al., eq. 16): 0 is the deterministic DDIM of the paper, 1 adds the
-            DDPM posterior noise at every one of the k steps, which corrects the errors of earlier steps
-            (more samples pass the acceptance check for an under-trained model).
+        ddim_eta: DDIM's eta (Song et al., eq. 16): 0 is the deterministic DDIM, 1 (default) adds the DDPM
+            posterior noise at every one of the k steps, which corrects the errors of earlier steps: on the demo
+            DDPM, DDIM 10 accepts 13.5 % at eta 1 and 5.2 % at eta 0 (README, sampler parity table), and the
+            study's default DDIM 10 runs at the model's eta.
     """
+
+    sampling_memory_format = torch.channels_last  # 1.65x per sampling call (DiffusionSamplingMixin)
 
     def __init__(
         self,
@@ -68,7 +71,7 @@ class PairedDDPM(DiffusionSamplingMixin, WeightAverageMixin, PairedGenerativeMod
         ema_warmup: bool = True,
         sampler: Sampler = "ddpm",
         sampling_steps: int = 50,
-        ddim_eta: float = 0.0,
+        ddim_eta: float = 1.0,
     ):
         super().__init__(image_size, heatmap_sigma)
         self.save_hyperparameters()

@@ -164,12 +164,12 @@ def test_an_unreadable_generator_checkpoint_stops_the_study_with_its_name(cli, t
 
 
 def test_demo_study_runs_at_smoke_size(cli, tmp_path):
-    """configs/demo/hand_augment.yaml (the `make demo` job) with fewer samples and steps: the shipped DDPM
-    is checked against the training set it records, and results.json names every row's generator."""
+    """configs/demo/hand_augment.yaml (the `make demo` job) with fewer samples and steps: the shipped DDPM and
+    VAE are checked against the training set they record, and results.json names every row's generator."""
     demo = yaml.safe_load(open("configs/demo/hand_augment.yaml"))
     study = demo["experiment"]
     study["training_sets"] = {"full": 1.0}
-    del study["generators"]["vae"]
+    study["generators"]["vae"]["ckpt"] = {"full": study["generators"]["vae"]["ckpt"]["full"]}
     study.update(num_samples=6, rate_runs=1, rate_samples=6, steps=4, batch_size=6)
     study["localizer"]["args"] = ["--trainer.max_steps", "4", "--trainer.enable_progress_bar", "false"]
     path = tmp_path / "demo.yaml"
@@ -183,6 +183,11 @@ def test_demo_study_runs_at_smoke_size(cli, tmp_path):
     assert ddpm["train_images"] == study["data"]["phantom_counts"]["train"] == 2000
     assert ddpm["global_step"] == shipped["global_step"] > 0 and ddpm["accepted"]["n"] == 6
     assert f"{shipped['global_step']} steps on 2000 real training images" in (tmp_path / "out/results.md").read_text()
+    # the VAE baseline is shipped on the DDPM's budget: its row is comparable
+    vae = results["training_sets"]["full"]["generators"]["vae"]
+    assert not vae["trained"] and vae["checkpoint"].endswith("demo_hand_vae.ckpt")
+    assert vae["global_step"] == ddpm["global_step"] and vae["accepted"]["n"] == 6
+    assert "not comparable" not in (tmp_path / "out/results.md").read_text()
     assert "Table 1" in stdout and "Table 2" in stdout
 
     # the same checkpoint offered for a training set it was not trained on is refused

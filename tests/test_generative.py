@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -120,6 +122,23 @@ def test_vae_trains_and_samples_from_its_prior(cli, tmp_path):
         "sample", "--ckpt_path", checkpoint, "--num_samples", 3, "--sampler", "ddim", "--out", tmp_path / "x"
     )
     assert code != 0 and "samples from its prior" in err
+
+    # scripts/export_demo_checkpoint.py on a model without EMA (how the demo's VAEs ship): its own weights in
+    # float16, no optimizer state, and it samples like the source
+    spec = importlib.util.spec_from_file_location("export_demo_checkpoint", "scripts/export_demo_checkpoint.py")
+    exporter = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(exporter)
+    exporter.export(Path(checkpoint), tmp_path / "slim.ckpt")
+    source, slim = (torch.load(p, weights_only=False) for p in (checkpoint, tmp_path / "slim.ckpt"))
+    assert "optimizer_states" not in slim and slim["xraydiff"]["train_data"] == source["xraydiff"]["train_data"]
+    assert slim["state_dict"].keys() == source["state_dict"].keys()
+    assert all(torch.equal(slim["state_dict"][k], v.half()) for k, v in source["state_dict"].items())
+    code, _, err = cli("sample", "--ckpt_path", tmp_path / "slim.ckpt", "--num_samples", 3, "--out", tmp_path / "e")
+    assert code == 0, err
+    for name in ("s0-000000.npz", "s0-000002.npz"):
+        np.testing.assert_allclose(
+            np.load(tmp_path / "e" / name)["image"], np.load(tmp_path / "s" / name)["image"], atol=0.05
+        )
 
 
 def _same_training_state(a: dict, b: dict) -> None:
@@ -361,3 +380,23 @@ def test_the_paired_ddpm_average_warms_up_like_the_other_models(warmup):
         model.ema.update_parameters(model.unet)
     shift = float(next(iter(model.ema.module.parameters()))[0].flatten()[0] - initial[0].flatten()[0])
     assert shift > 5.0 if warmup else shift < 0.01
+
+
+def test_channels_last_sampling_draws_the_same_pairs_and_then_trains_on():
+    """The paired DDPM samples with its EMA U-Net in channels-last (faster on CPU, ``sampling_memory_format``):
+    the same pairs as in the contiguous format from the same seed, a contiguous result, and training goes on
+    (an EMA update, a loss) with the converted average."""
+    torch.manual_seed(0)
+    model = PairedDDPM(image_size=(16, 16), channels=(8, 8), num_res_blocks=1, norm_num_groups=4,
+                       num_train_timesteps=20, sampler="ddim", sampling_steps=4)  # fmt: skip
+    assert model.sampling_memory_format == torch.channels_last
+    draws = {}
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        model.sampling_memory_format = fmt
+        draws[fmt] = model.generate(2, torch.Generator().manual_seed(3), "ddim", 4)
+    assert draws[torch.channels_last].is_contiguous()
+    torch.testing.assert_close(draws[torch.channels_last], draws[torch.contiguous_format], atol=1e-5, rtol=1e-5)
+    assert next(p for p in model.ema.parameters() if p.dim() == 4).is_contiguous(memory_format=torch.channels_last)
+    model.ema.update_parameters(model.unet)
+    batch = {"image": torch.rand(2, 1, 16, 16) * 2 - 1, "landmarks": torch.rand(2, 37, 2) * 15}
+    assert torch.isfinite(model.diffusion_loss(model.to_pairs(batch)))

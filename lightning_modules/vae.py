@@ -51,13 +51,28 @@ class PairedVAE(PairedGenerativeModule):
             use_sigmoid=False,
         )
 
+    def encode(self, x0: Tensor) -> tuple[Tensor, Tensor]:
+        """Posterior moments (mu, logvar) of q(z|x0), each (B, latent_size), in float32; logvar clamped to
+        [-30, 20] as in the latent-diffusion autoencoders (Rombach et al.), so that exp(logvar) stays finite."""
+        mu, logvar = self.net.encode_forward(x0)
+        return mu.float(), logvar.float().clamp(-30.0, 20.0)
+
     def vae_loss(self, x0: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """(total, reconstruction, KL), each per element of x0."""
-        reconstruction, mu, logvar, _ = self.net(x0)
+        """(total, reconstruction, KL), each per element of x0, with z = mu + sigma * eps (Kingma & Welling,
+        eq. 10) in training and evaluation alike (MONAI's eval mode would decode mu + sigma)."""
+        mu, logvar = self.encode(x0)
+        z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
+        reconstruction = self.net.decode_forward(z, use_sigmoid=False)
         return vae_loss(torch.tanh(reconstruction.float()), x0, mu, logvar, self.hparams.kl_weight)
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         loss, recon, kl = self.vae_loss(self.to_pairs(batch))
+        if not torch.isfinite(loss):
+            # before the update: one non-finite gradient, clipped, turns every weight into NaN for good
+            raise FloatingPointError(
+                f"PairedVAE: non-finite loss at step {self.global_step} (reconstruction {recon}, KL {kl}); "
+                "resume from the last checkpoint, e.g. with a lower learning rate"
+            )
         self.log_dict({"train/loss": loss, "train/reconstruction": recon, "train/kl": kl}, prog_bar=False)
         self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"])
         return loss

@@ -2,7 +2,8 @@
 
 Keeps the hyperparameters, the class tag and the weights used for sampling, stored in float16: for a
 diffusion model its EMA weights (the raw weights are set to them), for a model without EMA (the VAE)
-its weights; optimizer, loop and callback states are dropped. The result loads with ``load_model`` / ``xraydiff sample --ckpt_path``.
+its weights; optimizer, loop and callback states are dropped. The result loads with ``load_model`` /
+``xraydiff sample --ckpt_path``.
 
     # the two training stages of configs/demo/hand_ddpm_pretrain.yaml (about 2.7 h on 2 CPU cores)
     xraydiff fit --config configs/demo/hand_ddpm_pretrain.yaml \\

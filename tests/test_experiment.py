@@ -193,6 +193,7 @@ def test_demo_study_runs_at_smoke_size(cli, tmp_path):
     # the same checkpoint offered for a training set it was not trained on is refused
     study["training_sets"] = {"reduced": 0.1}
     study["generators"]["ddpm"].update(ckpt={"reduced": "xraydiff/assets/demo_hand_ddpm.ckpt"}, sets=None)
+    del study["generators"]["vae"]
     path.write_text(yaml.safe_dump(demo))
     code, _, err = cli("experiment", "augment", "--config", path, "--out", tmp_path / "other")
     assert code != 0 and "train_images: 2000 vs 200" in err and "trained on another training set" in err

@@ -28,9 +28,7 @@ import time
 
 import torch
 
-
-def _autocast(device: str, precision: str):
-    return torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
+from xraydiff.precision import autocast
 
 
 def _sync(device: str) -> None:
@@ -51,7 +49,7 @@ def train_worker(size: int, steps: int, batch: int, device: str = "cpu", precisi
 
     def step():
         optimizer.zero_grad()
-        with _autocast(device, precision):
+        with autocast(device, precision):
             loss = model.diffusion_loss(model.to_pairs(data))
         loss.backward()
         optimizer.step()
@@ -78,7 +76,7 @@ def sample_worker(size: int, sampler: str, steps: int, device: str = "cpu", prec
 
     model = PairedDDPM(image_size=(size, size)).to(device).eval()
     generator = torch.Generator(device=device).manual_seed(0)
-    with _autocast(device, precision):
+    with autocast(device, precision):
         model.generate(1, generator, "ddim", 2)  # warm-up
         _sync(device)
         start = time.perf_counter()
@@ -108,7 +106,7 @@ def step_worker(checkpoint: str, batch: int, mode: str, repeats: int, precision:
         x = x.contiguous(memory_format=torch.channels_last)
     if mode.startswith("compile"):
         network = torch.compile(network)
-    with torch.no_grad(), _autocast("cpu", precision):
+    with torch.no_grad(), autocast("cpu", precision):
         start = time.perf_counter()
         network(x, timesteps=t)
         first = time.perf_counter() - start

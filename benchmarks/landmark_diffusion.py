@@ -24,6 +24,8 @@ import time
 
 import torch
 
+from xraydiff.precision import autocast
+
 CHANNELS = [32, 32, 64, 128, 128]
 # 'low': attention at the two lowest levels (the project's default); 'paper': at downsample factors 4 and 8
 ATTENTION = {"low": [False, False, False, True, True], "paper": [False, False, True, True, False]}
@@ -37,10 +39,6 @@ def _model(height: int, width: int, channels: list[int], attention: str):
     return LandmarkDiffusion(
         image_size=(height, width), channels=channels, attention_levels=levels, norm_num_groups=8, num_head_channels=32
     )
-
-
-def _autocast(precision: str, device: str = "cpu"):
-    return torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
 
 
 def _sync(device: str) -> None:
@@ -62,7 +60,7 @@ def train_worker(
 
     def step():
         optimizer.zero_grad()
-        with _autocast(precision, device):
+        with autocast(device, precision):
             loss = model.loss(data, model.unet)[0]
         loss.backward()
         optimizer.step()
@@ -86,7 +84,7 @@ def infer_worker(
     image = (torch.rand(1, 1, height, width, generator=torch.Generator().manual_seed(0)) * 2 - 1).to(device)
     settings = {"mode": mode, "steps": steps, "ensemble": ensemble}
     index = torch.tensor([0], device=device)
-    with torch.no_grad(), _autocast(precision, device):
+    with torch.no_grad(), autocast(device, precision):
         model.infer(image, index, {"mode": "single", "steps": None, "ensemble": 1})  # warm-up
         result = model.infer(image, index, settings)
     return {

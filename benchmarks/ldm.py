@@ -25,6 +25,7 @@ import torch
 import yaml
 
 from xraydiff.diffusion.latent import FIRST_STAGE_ARCHITECTURE, PosteriorCache
+from xraydiff.precision import BF16, FP32, autocast
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "panoramic"
 
@@ -109,7 +110,7 @@ def train_worker(height: int, width: int, batch: int, repeats: int, model: str, 
 
     def step():
         optimizer.zero_grad()
-        with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
+        with autocast(device, BF16 if device == "cuda" else FP32):
             value = loss()
         value.backward()
         optimizer.step()
@@ -120,7 +121,7 @@ def train_worker(height: int, width: int, batch: int, repeats: int, model: str, 
 def sample_worker(height: int, width: int, batch: int, steps: int, device: str = "cpu") -> dict:
     module = _ldm(height, width).to(device).eval()
     generator = torch.Generator(device=device).manual_seed(0)
-    with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
+    with autocast(device, BF16 if device == "cuda" else FP32):
         module.generate(1, generator, "ddim", 2)  # warm-up
         _sync(device)
         start = time.perf_counter()

@@ -36,7 +36,7 @@ from xraydiff.acceptance.rate import generate_heatmaps
 from xraydiff.acceptance.statistics import ShapeStatistics
 from xraydiff.data.imageio import atomic_write_bytes
 from xraydiff.data.samples import batch_seed
-from xraydiff.precision import autocast_dtype, describe_hardware, resolve_precision
+from xraydiff.precision import autocast, autocast_dtype, describe_hardware, resolve_precision
 
 SAMPLERS = [
     *(f"ddim{k}-eta{eta}" for k in (10, 20, 50, 100) for eta in (0, 1)),
@@ -124,7 +124,7 @@ def main() -> None:
     todo = [p for p in plan if not (cache / f"{p[0]}-{p[1]}.json").is_file()]
     # the projected time: one network call at this batch size, timed now, times the calls left
     probe = torch.randn((args.batch_size, 2, *model.image_size))
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16-mixed"):
+    with torch.no_grad(), autocast("cpu", precision):
         model.ema(probe, timesteps=torch.zeros(args.batch_size, dtype=torch.long))  # warm-up
         start = time.perf_counter()
         model.ema(probe, timesteps=torch.zeros(args.batch_size, dtype=torch.long))

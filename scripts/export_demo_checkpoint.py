@@ -47,7 +47,7 @@ def export(source: Path, target: Path, train_data: dict | None = None) -> dict:
     ema = {k[len("ema.module.") :]: v for k, v in slim_state.items() if k.startswith("ema.module.")}
     if not ema and any(key.startswith("unet.") for key in slim_state):
         raise SystemExit(f"{source}: a diffusion model without EMA weights")
-    for key in slim_state if ema else ():
+    for key in slim_state:
         if key.startswith("unet."):
             slim_state[key] = ema[key[len("unet.") :]]  # the same tensor: torch.save stores it once
     slim = {

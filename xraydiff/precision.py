@@ -52,3 +52,10 @@ def describe_hardware(accelerator: str | None = "auto") -> str:
 def autocast_dtype(precision: str | int | None) -> torch.dtype | None:
     """The autocast dtype of a resolved Lightning precision value (None: no autocast)."""
     return {BF16: torch.bfloat16, "16-mixed": torch.float16}.get(str(precision))
+
+
+def autocast(device_type: str, precision: str | int | None) -> torch.autocast:
+    """``torch.autocast`` on ``device_type`` for a resolved precision, where no Trainer sets it (benchmarks):
+    the dtype of ``autocast_dtype``, disabled for 32-bit."""
+    dtype = autocast_dtype(precision)
+    return torch.autocast(device_type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)

@@ -33,7 +33,7 @@ from experiments.steps import StepRunner, StudyCommand
 from lightning_modules.landmark_diffusion import LandmarkDiffusion
 from xraydiff.checkpoints import CHECKPOINT_KEY, read_checkpoint
 from xraydiff.data.imageio import atomic_write_bytes
-from xraydiff.diffusion.landmark import check_blur, check_decoding, check_inference
+from xraydiff.diffusion.landmark import LandmarkSampler, check_blur, check_decoding, check_inference
 from xraydiff.errors import DataError
 from xraydiff.metrics import paired_difference
 
@@ -45,13 +45,14 @@ class Mode(Named):
     """A row of the table: inference options of LandmarkDiffusion (the model's own where not named), and how
     many evaluation images an expensive mode (the T-step chain on a CPU) runs on."""
 
-    sampler: Literal["single", "ddpm", "ddim"]
+    sampler: LandmarkSampler
     sampling_steps: int | None = option(None, min=1)
     ddim_eta: float = option(0.0, min=0, max=1)
     ensemble: int = option(1, min=1)
     # None: the model's own (a Named option set keeps only what a mode names)
     sigma_max: float = option(None, above=0)
     sigma_min: float = option(None, min=0)
+    blur_scaling: str = None
     seed: int = 0
     chain_decoding: str = None
     x0_estimate: str = None
@@ -118,7 +119,9 @@ def load_landmark_study_config(path: Path) -> LandmarkStudyConfig:
                 mode.get("ddim_eta", 0.0),
             )
             check_blur(
-                float(mode.get("sigma_max", hparams["sigma_max"])), float(mode.get("sigma_min", hparams["sigma_min"]))
+                float(mode.get("sigma_max", hparams["sigma_max"])),
+                float(mode.get("sigma_min", hparams["sigma_min"])),
+                mode.get("blur_scaling", hparams["blur_scaling"]),
             )
             check_decoding(
                 mode.get("x0_estimate", hparams["x0_estimate"]), mode.get("chain_decoding", hparams["chain_decoding"])
@@ -259,9 +262,11 @@ def row_label(name: str, row: dict) -> str:
     if row["model"] == "baseline":
         return "baseline (no diffusion)"
     kind = mode["sampler"]
-    label = {"single": "single-step (x0 from x_T)", "ddpm": "multi-step (T steps)"}.get(
-        kind, f"DDIM k={mode.get('sampling_steps')}"
-    )
+    label = {
+        "single": "single-step (x0 from x_T)",
+        "ddpm": "multi-step (T steps)",
+        "empty": "diagnostic: one call at t = 0 on the empty heatmap",
+    }.get(kind, f"DDIM k={mode.get('sampling_steps')}")
     if int(mode.get("ensemble", 1)) > 1:
         label += f", ensemble M={mode['ensemble']}"
     return f"{label} [{name}]"

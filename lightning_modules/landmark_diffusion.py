@@ -15,6 +15,9 @@ from lightning_modules.optim import adamw_with_schedule, check_lr_schedule
 from xraydiff.data.geometry import to_original_pixels
 from xraydiff.diffusion.engine import check_sampling
 from xraydiff.diffusion.landmark import (
+    ONE_CALL,
+    BetaScaling,
+    BlurScaling,
     ChainDecoding,
     LandmarkSampler,
     X0Estimate,
@@ -27,18 +30,24 @@ from xraydiff.diffusion.landmark import (
     ensemble_statistics,
     item_generators,
     landmark_diffusion_loss,
+    landmark_scheduler,
     sample_heatmaps,
 )
-from xraydiff.diffusion.objectives import make_scheduler
 from xraydiff.errors import DataError
 from xraydiff.landmarks.heatmaps import gaussian_heatmaps
 from xraydiff.landmarks.localization import decode_landmarks
 from xraydiff.landmarks.metrics import radial_errors_mm
 
 INFERENCE_OPTIONS = (
-    "sampler", "sampling_steps", "ddim_eta", "ensemble", "seed", "sigma_max", "sigma_min", "chain_decoding",
-    "x0_estimate",
+    "sampler", "sampling_steps", "ddim_eta", "ensemble", "seed", "sigma_max", "sigma_min", "blur_scaling",
+    "chain_decoding", "x0_estimate",
 )  # fmt: skip
+# Training options a checkpoint must share with the model config; the value a checkpoint saved before the
+# option existed was trained with (None: the option has always been saved).
+TRAINED_WITH = {
+    "num_landmarks": None, "image_channels": None, "image_size": None, "num_train_timesteps": None,
+    "beta_scaling": "literal",
+}  # fmt: skip
 
 
 class HeatmapDenoiser(nn.Module):
@@ -72,10 +81,13 @@ class LandmarkDiffusion(WeightAverageMixin, TaggedCheckpointMixin, L.LightningMo
     t = 0): the paper's "no diffusion" baseline, image in, heatmaps out, one call at inference.
 
     Inference (validate / test / predict, all from one checkpoint, set by ``sampler``):
-    'single' (x0_hat from x_T in one call), 'ddpm' (the T-step chain with the shrinking blur of
-    eq. 12), 'ddim' (``sampling_steps`` steps, ``ddim_eta``): the names of the other diffusion models.
-    The baseline and 'single' are decoded from the logits as the localizer decodes (arg-max, soft-argmax
-    refinement); a chain from its final x0
+    'single' (x0_hat from x_{T-1} in one call), 'ddpm' (the T-step chain with the shrinking blur of
+    eq. 12), 'ddim' (``sampling_steps`` steps, ``ddim_eta``): the names of the other diffusion models;
+    'empty', a diagnostic: one call at t = 0 on the empty heatmap, what the network finds from the image
+    alone, which tells the network's training apart from its sampling. Every mode starts from
+    q(x_{T-1} | x0 = the empty heatmap), the input training showed at t = T - 1.
+    The baseline, 'single' and 'empty' are decoded from the logits as the localizer decodes (arg-max,
+    soft-argmax refinement); a chain from its final x0
     (``chain_decoding`` 'argmax': the same refinement on log x0; 'topk': the weighted mean of the 9
     highest pixels, the authors' framework). ``ensemble`` M > 1 runs M stochastic
     members in one batch and averages their decoded coordinates, the spread of the M predictions
@@ -91,9 +103,13 @@ class LandmarkDiffusion(WeightAverageMixin, TaggedCheckpointMixin, L.LightningMo
             paper's asymmetric widths).
         diffusion: False trains the no-diffusion baseline.
         num_train_timesteps, beta_start, beta_end: T and the linear variance schedule (200, 1e-4, 0.02).
+        beta_scaling: 'scaled' multiplies both ends by 1000 / T (improved-diffusion's convention, so that
+            x_{T-1} is noise at any T), 'literal' uses them as given (``landmark_scheduler``).
         heatmap_sigma: target Gaussian sigma in pixels (1 = the paper's few-hot map).
         lambda_nll, lambda_s: weights of eq. 11 (1 and 0.01).
         sigma_max, sigma_min: the blur of eq. 12 at t = T - 1 and t = 0 (14 and ``sigma_min``).
+        blur_scaling: 'image': sigma and the 13 x 13 kernel are the paper's at its 800 x 640 and scale with the
+            image (3 x 3, sigma_max 2.8 px at 160 x 128); 'pixels': as given at any size.
         sampler, sampling_steps, ddim_eta, ensemble, chain_decoding: the inference mode (see above).
         x0_estimate: what each reverse step takes as x0 from the logits: 'softmax' (the trained
             distribution as a heatmap, ``xraydiff.diffusion.landmark.softmax_heatmap``) or 'clamp'
@@ -127,11 +143,13 @@ class LandmarkDiffusion(WeightAverageMixin, TaggedCheckpointMixin, L.LightningMo
         num_train_timesteps: int = 200,
         beta_start: float = 1e-4,
         beta_end: float = 0.02,
+        beta_scaling: BetaScaling = "scaled",
         heatmap_sigma: float = 1.0,
         lambda_nll: float = 1.0,
         lambda_s: float = 0.01,
         sigma_max: float = 14.0,
         sigma_min: float = 1.0,
+        blur_scaling: BlurScaling = "image",
         sampler: LandmarkSampler = "ddpm",
         sampling_steps: int | None = None,
         ddim_eta: float = 0.0,
@@ -160,13 +178,14 @@ class LandmarkDiffusion(WeightAverageMixin, TaggedCheckpointMixin, L.LightningMo
             "ensemble": ensemble,
             "sigma_max": sigma_max,
             "sigma_min": sigma_min,
+            "blur_scaling": blur_scaling,
             "chain_decoding": chain_decoding,
             "x0_estimate": x0_estimate,
         }
         check_decoding(x0_estimate, chain_decoding)
         check_lr_schedule(lr_schedule, warmup_fraction)
         self.inference_seed = seed
-        check_blur(sigma_max, sigma_min)
+        check_blur(sigma_max, sigma_min, blur_scaling)
         check_inference(sampler, sampling_steps, ensemble, num_train_timesteps, ddim_eta)
         check_inference(fit_validation, sampling_steps, 1, num_train_timesteps, ddim_eta)
         self.image_size = (int(image_size[0]), int(image_size[1]))
@@ -185,9 +204,7 @@ class LandmarkDiffusion(WeightAverageMixin, TaggedCheckpointMixin, L.LightningMo
             use_flash_attention=use_flash_attention,
         )
         self.init_weight_average("unet", ema_decay, ema_warmup)
-        self.scheduler = make_scheduler(
-            num_train_timesteps, beta_start=beta_start, beta_end=beta_end, prediction_type="sample"
-        )
+        self.scheduler = landmark_scheduler(num_train_timesteps, beta_start, beta_end, beta_scaling)
 
     # ------------------------------------------------------------------------------ training
 
@@ -240,9 +257,11 @@ class LandmarkDiffusion(WeightAverageMixin, TaggedCheckpointMixin, L.LightningMo
         state = checkpoint.get("state_dict", {})
         for key in [k for k in state if k.startswith("net.")]:  # checkpoints before the network was `unet`
             state["unet." + key[len("net.") :]] = state.pop(key)
-        for key in ("num_landmarks", "image_channels", "image_size", "num_train_timesteps"):
-            if key in saved and list(np.atleast_1d(saved[key])) != list(np.atleast_1d(self.hparams[key])):
-                raise DataError(path, f"checkpoint has {key} {saved[key]}, the model config {self.hparams[key]}")
+        for key, before in TRAINED_WITH.items():
+            value = saved.get(key, before)
+            if value is not None and list(np.atleast_1d(value)) != list(np.atleast_1d(self.hparams[key])):
+                hint = "" if key in saved else f" (saved before the option existed; --model.init_args.{key} {value})"
+                raise DataError(path, f"checkpoint has {key} {value}, the model config {self.hparams[key]}{hint}")
 
     # ------------------------------------------------------------------------------ inference
 
@@ -261,7 +280,7 @@ class LandmarkDiffusion(WeightAverageMixin, TaggedCheckpointMixin, L.LightningMo
         inference = self.inference
         steps = (
             1
-            if mode == "single"
+            if mode in ONE_CALL
             else check_sampling(mode, inference["sampling_steps"], inference["ddim_eta"], hp.num_train_timesteps)
         )
         return {"mode": mode, "steps": steps, "ensemble": ensemble}
@@ -297,8 +316,9 @@ class LandmarkDiffusion(WeightAverageMixin, TaggedCheckpointMixin, L.LightningMo
                 sigma_max=self.inference["sigma_max"],
                 sigma_min=self.inference["sigma_min"],
                 x0_estimate=self.inference["x0_estimate"],
+                blur_scaling=self.inference["blur_scaling"],
             )
-            if settings["mode"] == "single":
+            if settings["mode"] in ONE_CALL:
                 positions = decode_landmarks(logits, hp.refine_window)
             elif self.inference["chain_decoding"] == "topk":
                 positions = decode_topk(heatmaps)

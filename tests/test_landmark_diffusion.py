@@ -53,7 +53,7 @@ def test_blur_schedule_is_eq_12_and_the_kernel_is_13_by_13_gaussian():
     used = []
     original = ld.blur_heatmaps
     try:
-        ld.blur_heatmaps = lambda x, sigma: used.append(sigma) or original(x, sigma)
+        ld.blur_heatmaps = lambda x, sigma, **scaled: used.append(sigma) or original(x, sigma, **scaled)
         alphas = make_scheduler(10, prediction_type="sample")
         generators = ld.item_generators(0, [0], 1)
         zeros = lambda x, t: torch.zeros_like(x)  # noqa: E731

@@ -144,7 +144,7 @@ def test_bad_study_configs_stop_before_any_work_naming_file_and_line(cli, tmp_pa
 
 
 def test_the_shipped_study_configs_are_valid():
-    for path, rows in (("configs/ceph/landmarks_cpu.yaml", 7), ("configs/demo/ceph_landmarks.yaml", 5)):
+    for path, rows in (("configs/ceph/landmarks_cpu.yaml", 7), ("configs/demo/ceph_landmarks.yaml", 6)):
         config = load_landmark_study_config(path)
         assert len(config.modes) == rows and config.max_steps > 0
         multi = config.modes["multi"]

@@ -9,8 +9,11 @@ convolution, sect. 3.1); x0_hat = clamp(l, -1, 1). Training minimises (eq. 10-11
     L = lambda_nll * E[-q . log softmax(l)] + lambda_s * E ||x0 - x0_hat||^2,
 
 with q the target renormalised to [0, 1] and then to a distribution over pixels. The reverse process
-blurs every x0_hat with a fixed 13 x 13 Gaussian whose sigma falls linearly with t (eq. 12)
-before x_{t-1} is drawn from the posterior q(x_{t-1} | x_t, x0_blurred).
+starts where training ends, from q(x_{T-1} | x0 = the empty heatmap) (eq. 3), and blurs every x0_hat
+with a Gaussian whose sigma falls linearly with t (eq. 12) before x_{t-1} is drawn from the posterior
+q(x_{t-1} | x_t, x0_blurred). The paper's 13 x 13 kernel and sigma hold at its 800 x 640 images; at
+other sizes both scale with the image (``blur_scaling: image``), so one config blurs the same share of
+the skull at every size. The linear betas scale with T (``landmark_scheduler``), so x_{T-1} is noise.
 
 Every random draw of sampling is per image (and per ensemble member) from its own generator, so a
 prediction does not depend on the batch it was computed in, the process that computed it, or the
@@ -28,13 +31,22 @@ from monai.networks.schedulers import DDPMScheduler
 from torch import Tensor
 
 from xraydiff.diffusion.engine import check_sampling, draw_noise, reverse_process, step_rule
+from xraydiff.diffusion.objectives import make_scheduler
 from xraydiff.errors import DataError
 from xraydiff.landmarks.localization import decode_landmarks, spatial_softmax_nll
 
-LandmarkSampler = Literal["single", "ddpm", "ddim"]  # one call, the T-step chain, k DDIM steps
+# one call from x_{T-1}, the T-step chain, k DDIM steps; 'empty': the diagnostic call at t = 0 on the empty heatmap
+LandmarkSampler = Literal["single", "ddpm", "ddim", "empty"]
+ONE_CALL: tuple[LandmarkSampler, ...] = ("single", "empty")  # decoded from the logits of their one call
 X0Estimate = Literal["softmax", "clamp"]
 ChainDecoding = Literal["argmax", "topk"]
+# 'scaled': the linear betas' ends x 1000 / T (Nichol & Dhariwal's improved-diffusion); 'literal': as given
+BetaScaling = Literal["scaled", "literal"]
+# 'image': kernel and sigma given at BLUR_REFERENCE_SIZE and scaled with the image; 'pixels': as given
+BlurScaling = Literal["image", "pixels"]
 BLUR_KERNEL_SIZE = 13
+BLUR_REFERENCE_SIZE = (800, 640)  # (H, W) of the paper's downsampled ISBI images, where 13 x 13 and sigma 14 hold
+MAX_BETA = 0.999  # a scaled beta never reaches 1 (alpha_t = 0 would end the chain in one step)
 # Predicts the logits l of x0 from (x_t, t); the condition (image) is closed over.
 X0Predictor = Callable[[Tensor, Tensor], Tensor]
 
@@ -43,15 +55,46 @@ def check_inference(mode: str, steps: int | None, ensemble: int, num_train_times
     """DataError for an unknown mode, DDIM steps outside [1, T], eta outside [0, 1] or an ensemble below 1."""
     if mode not in get_args(LandmarkSampler):
         raise DataError(None, f"sampler must be one of {get_args(LandmarkSampler)}, got {mode!r}")
-    if mode != "single":
+    if mode not in ONE_CALL:
         check_sampling(mode, steps, eta, num_train_timesteps)
     if ensemble < 1:
         raise DataError(None, f"ensemble size M must be at least 1, got {ensemble}")
 
 
-def check_blur(sigma_max: float, sigma_min: float) -> None:
+def check_blur(sigma_max: float, sigma_min: float, scaling: str = "image") -> None:
     if sigma_min < 0 or sigma_max < sigma_min:
         raise DataError(None, f"blur sigmas need 0 <= sigma_min <= sigma_max, got {sigma_min} and {sigma_max}")
+    if scaling not in get_args(BlurScaling):
+        raise DataError(None, f"blur_scaling must be one of {get_args(BlurScaling)}, got {scaling!r}")
+
+
+def landmark_scheduler(
+    num_train_timesteps: int, beta_start: float = 1e-4, beta_end: float = 0.02, scaling: BetaScaling = "scaled"
+) -> DDPMScheduler:
+    """The variance schedule of eq. 1-3: betas linear from ``beta_start`` to ``beta_end``, prediction of x0.
+
+    The paper gives the ends of Ho et al.'s T = 1000 schedule (1e-4, 0.02) "to allow x_T to approximate an
+    isotropic Gaussian"; taken literally at its T = 200, abar_{T-1} = 0.13 and x_{T-1} still holds 36 % of the
+    heatmap. ``scaled`` (default) multiplies both ends by 1000 / T, as improved-diffusion's linear schedule does
+    (Nichol & Dhariwal 2021; T = 200: 5e-4 -> 0.1, abar_{T-1} = 2.4e-5), capped at ``MAX_BETA``; ``literal``
+    keeps them as given.
+    """
+    if scaling not in get_args(BetaScaling):
+        raise DataError(None, f"beta_scaling must be one of {get_args(BetaScaling)}, got {scaling!r}")
+    if scaling == "scaled":
+        factor = 1000.0 / num_train_timesteps
+        beta_start, beta_end = min(beta_start * factor, MAX_BETA), min(beta_end * factor, MAX_BETA)
+    return make_scheduler(num_train_timesteps, beta_start=beta_start, beta_end=beta_end, prediction_type="sample")
+
+
+def start_state(noise: Tensor, scheduler: DDPMScheduler) -> Tensor:
+    """x_{T-1} ~ q(x_{T-1} | x0 = -1) = sqrt(abar_{T-1}) (-1) + sqrt(1 - abar_{T-1}) noise (eq. 3): what training
+    showed the network at t = T - 1 for the background, which is every pixel but N. Not N(0, I): under a schedule
+    that does not end in noise, that start is offset from every input of training and DDIM carries the offset
+    down the chain."""
+    empty = torch.full_like(noise, -1.0)
+    t = torch.full((noise.shape[0],), scheduler.num_train_timesteps - 1, dtype=torch.long, device=noise.device)
+    return scheduler.add_noise(empty, noise, t)
 
 
 def check_decoding(x0_estimate: str, chain_decoding: str) -> None:
@@ -122,21 +165,45 @@ def blur_sigma(t: int, num_train_timesteps: int, sigma_max: float, sigma_min: fl
     return float(sigma_min + t * (sigma_max - sigma_min) / (num_train_timesteps - 1))
 
 
-def blur_heatmaps(x0: Tensor, sigma: float, kernel_size: int = BLUR_KERNEL_SIZE) -> Tensor:
-    """x0 (B, N, H, W) in [-1, 1] convolved per channel with a normalised ``kernel_size``^2 Gaussian.
+def blur_scale(image_size: Sequence[int], scaling: BlurScaling = "image") -> tuple[float, float]:
+    """(s_y, s_x) by which the blur's sigma and kernel radius are multiplied at ``image_size`` (H, W): the
+    image's size over ``BLUR_REFERENCE_SIZE`` for ``image`` (at 160 x 128 sigma_max 14 -> 2.8 px, 13 x 13 -> 3 x 3),
+    1 for ``pixels``."""
+    check_blur(0.0, 0.0, scaling)
+    if scaling == "pixels":
+        return (1.0, 1.0)
+    return (image_size[0] / BLUR_REFERENCE_SIZE[0], image_size[1] / BLUR_REFERENCE_SIZE[1])
+
+
+def blur_kernel(sigma: float, scale: float = 1.0, kernel_size: int = BLUR_KERNEL_SIZE) -> Tensor | None:
+    """The 1-D kernel of one axis: MONAI's sampled Gaussian of sigma x ``scale``, truncated at the radius
+    round((kernel_size - 1) / 2 x scale) pixels and renormalised to sum 1 (at sigma 14 and 13 taps nearly a box
+    filter); None where that leaves no blur (sigma 0 or radius 0)."""
+    sigma, radius = float(sigma) * scale, int((kernel_size - 1) / 2 * scale + 0.5)
+    if sigma <= 0 or radius == 0:
+        return None
+    kernel = gaussian_1d(torch.tensor(sigma), truncated=radius / sigma, approx="sampled", normalize=True)
+    if kernel.numel() != 2 * radius + 1:
+        raise DataError(None, f"blur kernel of {kernel.numel()} taps, expected {2 * radius + 1}")
+    return kernel
+
+
+def blur_heatmaps(
+    x0: Tensor, sigma: float, kernel_size: int = BLUR_KERNEL_SIZE, scale: Sequence[float] = (1.0, 1.0)
+) -> Tensor:
+    """x0 (B, N, H, W) in [-1, 1] convolved per channel with a normalised Gaussian of ``kernel_size`` taps
+    (``blur_kernel``, rows scaled by scale[0] and columns by scale[1]; ``blur_scale``).
 
     The blur acts on the [0, 1] heatmap with zero padding, so the background stays -1 up to the
-    border; sigma 0 returns x0 unchanged. The kernel is MONAI's sampled Gaussian truncated at
-    (kernel_size - 1) / 2 pixels, renormalised to sum 1 (at sigma 14 it is nearly a box filter).
+    border; sigma 0 (or a kernel scaled below 3 taps on both axes) returns x0 unchanged.
     """
-    if sigma <= 0:
+    identity = torch.ones(1)
+    kernels = [blur_kernel(sigma, s, kernel_size) for s in scale]
+    if all(k is None for k in kernels):
         return x0
-    radius = (kernel_size - 1) / 2
-    kernel = gaussian_1d(torch.tensor(float(sigma)), truncated=radius / sigma, approx="sampled", normalize=True)
-    if kernel.numel() != kernel_size:
-        raise DataError(None, f"blur kernel of {kernel.numel()} taps, expected {kernel_size}")
+    kernels = [(identity if k is None else k).to(x0.device) for k in kernels]
     unit = (x0.float() + 1.0) / 2.0
-    blurred = separable_filtering(unit, [kernel.to(x0.device), kernel.to(x0.device)], mode="zeros")
+    blurred = separable_filtering(unit, kernels, mode="zeros")
     return (blurred * 2.0 - 1.0).to(x0.dtype)
 
 
@@ -162,25 +229,36 @@ def sample_heatmaps(
     sigma_max: float = 14.0,
     sigma_min: float = 1.0,
     x0_estimate: X0Estimate = "softmax",
+    blur_scaling: BlurScaling = "image",
 ) -> tuple[Tensor, Tensor, int]:
-    """(x0 (B, N, H, W) in [-1, 1], the logits of the last call, network calls per image) from x_T ~ N(0, I).
+    """(x0 (B, N, H, W) in [-1, 1], the logits of the last call, network calls per image).
 
-    Each call's logits enter as ``estimate_x0(logits, x0_estimate)``.
+    Each call's logits enter as ``estimate_x0(logits, x0_estimate)``; every mode starts from ``start_state``,
+    the input training showed at t = T - 1 for the empty heatmap.
 
-    * ``single``: x0_hat(x_T, T - 1) in one network call, unblurred.
+    * ``single``: x0_hat(x_{T-1}, T - 1) in one network call, unblurred.
+    * ``empty``: the diagnostic call x0_hat(x_0, 0) with x_0 ~ q(x_0 | x0 = the empty heatmap): what the network
+      finds from the image alone where training showed it nearly noise-free heatmaps.
     * ``ddpm``: the T-step DDPM chain, eta = 1 (every step: predict x0, blur by eq. 12, draw from the posterior).
     * ``ddim``: k = ``steps`` steps with ``eta``, blurred likewise.
 
     The chains run on ``xraydiff.diffusion.engine.reverse_process`` (``scheduler``: prediction type 'sample'), the
-    blur as its x0 hook. ``shape`` is (N, H, W) per item; row i draws all its noise from ``generators[i]``.
+    blur (scaled to the image by ``blur_scaling``) as its x0 hook. ``shape`` is (N, H, W) per item; row i draws
+    all its noise from ``generators[i]``.
     """
     num_train_timesteps = scheduler.num_train_timesteps
-    x = draw_noise(generators, (len(generators), *shape), device)
+    noise = draw_noise(generators, (len(generators), *shape), device)
+    if mode == "empty":
+        t = torch.zeros(noise.shape[0], device=device, dtype=torch.long)
+        logits = predict_x0(scheduler.add_noise(torch.full_like(noise, -1.0), noise, t), t).float()
+        return estimate_x0(logits, x0_estimate), logits, 1
+    x = start_state(noise, scheduler)
     if mode == "single":
         t = torch.full((x.shape[0],), num_train_timesteps - 1, device=device, dtype=torch.long)
         logits = predict_x0(x, t).float()
         return estimate_x0(logits, x0_estimate), logits, 1
     rule = step_rule(mode, scheduler, steps, eta)
+    scale = blur_scale(shape[-2:], blur_scaling)
     last: dict[str, Tensor] = {}
 
     def network(x_t: Tensor, t: Tensor) -> Tensor:
@@ -188,7 +266,8 @@ def sample_heatmaps(
         return last["logits"]
 
     def blurred(logits: Tensor, t: int) -> Tensor:
-        return blur_heatmaps(estimate_x0(logits, x0_estimate), blur_sigma(t, num_train_timesteps, sigma_max, sigma_min))
+        sigma = blur_sigma(t, num_train_timesteps, sigma_max, sigma_min)
+        return blur_heatmaps(estimate_x0(logits, x0_estimate), sigma, scale=scale)
 
     x = reverse_process(network, x, scheduler, rule, generators, x0_hook=blurred)
     return x.clamp(-1, 1), last["logits"], len(rule.timesteps)
@@ -226,11 +305,17 @@ def ensemble_statistics(positions: Tensor) -> tuple[Tensor, Tensor]:
 
 __all__ = [
     "BLUR_KERNEL_SIZE",
+    "BLUR_REFERENCE_SIZE",
+    "ONE_CALL",
+    "BetaScaling",
+    "BlurScaling",
     "ChainDecoding",
     "LandmarkSampler",
     "X0Estimate",
     "as_x0",
     "blur_heatmaps",
+    "blur_kernel",
+    "blur_scale",
     "blur_sigma",
     "check_blur",
     "check_decoding",
@@ -241,6 +326,8 @@ __all__ = [
     "estimate_x0",
     "item_generators",
     "landmark_diffusion_loss",
+    "landmark_scheduler",
     "sample_heatmaps",
     "softmax_heatmap",
+    "start_state",
 ]

@@ -58,11 +58,25 @@ def heatmap_mse(logits: Tensor, target: Tensor, sigma: float, mask: Tensor | Non
     return (error * mask).sum() / mask.sum().clamp_min(1.0)
 
 
+def centred_argmax(flat: Tensor, width: int, tolerance: float = 1e-5) -> Tensor:
+    """(...,) flat index of the maximum of each row of ``flat`` (..., H * W): among values within ``tolerance``
+    of it, the one nearest their centroid. A plateau (a clamped heatmap's flat 1.0) is then decoded at its
+    centre; ``argmax`` would return its first pixel, the top left corner."""
+    index = torch.arange(flat.shape[-1], device=flat.device)
+    rows, cols = (index // width).float(), (index % width).float()
+    tied = (flat >= flat.amax(dim=-1, keepdim=True) - tolerance).float()
+    count = tied.sum(dim=-1, keepdim=True)
+    centre_row, centre_col = (tied * rows).sum(-1, keepdim=True) / count, (tied * cols).sum(-1, keepdim=True) / count
+    distance = (rows - centre_row) ** 2 + (cols - centre_col) ** 2
+    return distance.masked_fill(tied == 0, float("inf")).argmin(dim=-1)
+
+
 def decode_landmarks(logits: Tensor, window: int = 5) -> Tensor:
-    """(B, N, 2) sub-pixel positions (x, y): arg-max refined by a soft-argmax in a window around it."""
+    """(B, N, 2) sub-pixel positions (x, y): the arg-max (ties: ``centred_argmax``) refined by a soft-argmax
+    in a window around it."""
     batch, count, height, width = logits.shape
     flat = logits.float().flatten(2)
-    peak = flat.argmax(dim=-1)
+    peak = centred_argmax(flat, width)
     row, col = peak // width, peak % width
     half = window // 2
     offsets = torch.arange(-half, half + 1, device=logits.device)

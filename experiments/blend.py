@@ -36,7 +36,13 @@ from xraydiff.checkpoints import CHECKPOINT_KEY, read_checkpoint
 from xraydiff.data.imageio import atomic_write_bytes
 from xraydiff.diffusion.blending import COMPOSITES
 from xraydiff.errors import DataError
-from xraydiff.metrics import SEGMENTATION_SCORES, paired_difference, summarize_segmentation
+from xraydiff.metrics import (
+    SEGMENTATION_SCORES,
+    describe_paired,
+    paired_difference,
+    seed_spread,
+    summarize_segmentation,
+)
 
 # without ``variants``: one blend of the shared ``blend`` options (its strength, or run_blend's default steps / T,
 # Lim et al.'s Appendix A read literally); a variant never overrides what it does not name
@@ -244,7 +250,7 @@ class BlendStudy(StepRunner):
             row.update(seed_average(row["runs"]))
         for name, row in rows.items():
             if name != "real":
-                row["paired_dsc"] = paired_difference(*common_images(row, rows["real"]))
+                row["paired_dsc"] = paired_difference(*seed_scores(row, rows["real"]))
         results = {
             "autoencoder": autoencoder,
             "ldm": ldm,
@@ -278,10 +284,16 @@ def seed_average(runs: list[dict]) -> dict:
     }
 
 
-def common_images(row: dict, reference: dict) -> tuple[list[float], list[float]]:
-    """Per-image DSC of ``row`` and of ``reference`` on the test images both hold, in one order."""
-    ids = [i for i in row["per_image"] if i in reference["per_image"]]
-    return [row["per_image"][i]["dsc"] for i in ids], [reference["per_image"][i]["dsc"] for i in ids]
+def seed_scores(row: dict, reference: dict) -> tuple[list[list[float]], list[list[float]]]:
+    """Per-image DSC (seeds, images) of ``row`` and of ``reference`` on the test images that every run of
+    both holds, in one order: what ``paired_difference`` compares over images and seeds."""
+    runs = row["runs"] + reference["runs"]
+    ids = sorted(set.intersection(*(set(r["metrics"]["per_image"]) for r in runs)))
+
+    def scores(row_runs: list[dict]) -> list[list[float]]:
+        return [[r["metrics"]["per_image"][i]["dsc"] for i in ids] for r in row_runs]
+
+    return scores(row["runs"]), scores(reference["runs"])
 
 
 # --------------------------------------------------------------------------------------- report
@@ -302,8 +314,8 @@ def table(results: dict) -> str:
     images) with the blend, its anatomy survival and the paired DSC difference against real only."""
     lines = [
         "| latent selection | blend | real | synthetic | n synthetic | survival r in / out, median (IQR) | precision "
-        "| recall | DSC | DSC - real only [95 % CI] |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| recall | DSC | seeds (seed SD of DSC) | DSC - real only [95 % CI] |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in results["rows"].values():
         blend = results["blends"].get(row["synthetic"]) if row["synthetic"] else None
@@ -322,10 +334,8 @@ def table(results: dict) -> str:
             if survival.get("inside")
             else "-",
             *[f"{m[s]:.3f} +- {m[f'{s}_sd']:.3f}" for s in SEGMENTATION_SCORES],
-            "-"
-            if paired is None
-            else f"{paired['mean_difference']:+.3f} [{paired['ci95'][0]:+.3f}, "
-            f"{paired['ci95'][1]:+.3f}] {VERDICTS[paired['verdict']]}",
+            seed_spread(row["dsc_by_seed"]),
+            "-" if paired is None else describe_paired(paired, VERDICTS),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -359,8 +369,10 @@ def write_report(out: Path, results: dict) -> None:
             if results["synthetic_share"] is None
             else f"{results['synthetic_share']:.0%} of each epoch from the synthetic pairs"
         )
-        + ". The last column is the mean per-image DSC difference against real only with its 95 % bootstrap "
-        "interval (images resampled with their pair); a row beats real only only where the interval excludes 0. "
+        + ". The last column is the mean per-image DSC difference against real only with its 95 % interval over "
+        "the test images (paired) and each row's training seeds (Student t with Welch-Satterthwaite degrees of "
+        "freedom, `xraydiff.metrics.paired_difference`; with one seed a bootstrap over images, marked 'one "
+        "training seed'); a row beats real only only where the interval excludes 0. "
         "Survival: median (interquartile range) over the pairs of Pearson's r between the synthetic image and the "
         "guide's reconstruction (the guide itself for copy-paste) inside the guide's mask / outside the blended region "
         f"(`survival` in each blend's manifest.json). Generators: {first_stage}, "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -73,7 +74,7 @@ def _study(tmp_path, **changes) -> dict:
 
 
 def test_study_runs_end_to_end_and_resumes(cli, tmp_path):
-    config = _study(tmp_path)
+    config = _study(tmp_path, localizer_seeds=[0, 1])
     out = tmp_path / "out"
     code, stdout, err = cli("experiment", "augment", "--config", config, "--out", out)
     assert code == 0, err[-3000:]
@@ -88,6 +89,9 @@ def test_study_runs_end_to_end_and_resumes(cli, tmp_path):
             assert info["accepted"]["n"] == 4 and len(info["acceptance"]["by_rule_set"]) == 2
         real = entry["localizer"]["real"]
         assert real["n_images"] == 4 and real["n_landmarks"] == 37 and real["mre_mm"] > 0
+        seeds = entry["localizer_seeds"]["real"]  # seed 0 in the one-seed folder, seed 1 beside it
+        assert len(seeds) == 2 and seeds[0]["mre_mm"] == real["mre_mm"] != seeds[1]["mre_mm"]
+        assert (out / name / "localizer/real_seed1/test_metrics.json").exists()
     assert results["training_sets"]["reduced"]["fraction"] == 0.3
     report = (out / "results.md").read_text()
     assert "Table 1" in report and "Table 2" in report and "gallery.png" in report
@@ -237,3 +241,24 @@ def test_table_1_shows_both_rule_sets_and_marks_an_unequal_training_budget():
     assert "| training steps | 11250 | 60 |" in table1
     assert "vae full: not comparable, 60 training steps against 11250." in table1
     assert "ddpm full: not comparable" not in table1
+
+
+def test_table_2_shows_seeds_and_the_paired_interval_against_real_only():
+    from experiments.augment import GeneratorSpec, StudyConfig, per_image_errors, tables
+    from xraydiff.metrics import paired_difference
+
+    def localizer(errors):
+        return {"mre_mm": float(np.mean(errors)), "mre_sd_mm": 0.5, "outliers": {"2": 1},
+                "per_image_mre_mm": {str(i): e for i, e in enumerate(errors)}}  # fmt: skip
+
+    rng = np.random.default_rng(0)
+    real = [localizer(rng.uniform(2, 3, 8)) for _ in range(3)]
+    better = [localizer(np.array([m["per_image_mre_mm"][str(i)] for i in range(8)]) - 0.5) for m in real]
+    entry = {"generators": {"ddpm": None}, "localizer": {"real": real[0], "real+ddpm": better[0]},
+             "localizer_seeds": {"real": real, "real+ddpm": better},
+             "paired": {"real+ddpm": paired_difference(*per_image_errors(better, real))}}  # fmt: skip
+    config = StudyConfig(data={}, generators={}, localizer=GeneratorSpec(["unused.yaml"]), outlier_radii=[2.0])
+    _, table2 = tables({"generators": ["ddpm"], "training_sets": {"full": entry}}, config)
+    row = next(line for line in table2.splitlines() if "real+ddpm" in line)
+    seed_sd = np.std([m["mre_mm"] for m in better], ddof=1)
+    assert f"3 (seed SD {seed_sd:.3f})" in row and "-0.50 [" in row and "better than real only" in row

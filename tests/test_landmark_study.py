@@ -63,8 +63,8 @@ def test_study_trains_both_models_equally_evaluates_every_mode_and_resumes(cli, 
     for name, diffusion in (("baseline", False), ("diffusion", True)):
         saved = torch.load(out / name / "checkpoints/last.ckpt", weights_only=False, map_location="cpu")
         assert saved["global_step"] == 3 and saved["hyper_parameters"]["diffusion"] is diffusion
-        assert results["models"][name]["global_step"] == 3
-    assert results["budget"] == {"max_steps": 3, "batch_size": 2, "train_images": 4}
+        assert results["models"][f"{name} seed 0"]["global_step"] == 3
+    assert results["budget"] == {"max_steps": 3, "batch_size": 2, "train_images": 4, "seeds": [0]}
     assert results["test_sets"] == {"Test1": "val", "Test2": "test"}
     assert list(results["rows"]) == list(EXPECTED)
     for name, (calls, test1, test2) in EXPECTED.items():
@@ -94,17 +94,40 @@ def test_study_trains_both_models_equally_evaluates_every_mode_and_resumes(cli, 
         assert paired["n_images"] == len(row) == EXPECTED[name][1]
         assert paired["mean_difference"] == pytest.approx(expected)
         assert paired["ci95"][0] <= paired["mean_difference"] <= paired["ci95"][1]
+        assert paired["seeds"] == 1 and "(one training seed)" in table
     assert "## Paired comparison with the baseline" in table and "## Two doctors and prediction QC" in table
 
     # Rerun: every step is skipped and the results are the same; a step without its marker reruns.
     (out / "eval" / "ddim3" / "done.json").unlink()
     code, stdout, err = cli("experiment", "landmarks", "--config", _write(tmp_path), "--out", out)
     assert code == 0, err[-3000:]
-    assert stdout.count("[skip]") == 6 and "[run ] ddim3: evaluate" in stdout
+    assert stdout.count("[skip]") == 6 and "[run ] ddim3 seed 0: evaluate" in stdout
     again = json.loads((out / "results.json").read_text())
     assert again["rows"]["ddim3"]["metrics"]["Test1"]["mre_mm"] == pytest.approx(
         results["rows"]["ddim3"]["metrics"]["Test1"]["mre_mm"], rel=1e-6
     )  # the per-image seeds make inference a function of the checkpoint and the image
+
+
+def test_several_training_seeds_are_trained_evaluated_and_compared_over_seeds(cli, tmp_path):
+    out = tmp_path / "out"
+    config = _write(tmp_path, seeds=[0, 1], modes={"single": {"sampler": "single"}}, max_steps=2)
+    code, _, err = cli("experiment", "landmarks", "--config", config, "--out", out)
+    assert code == 0, err[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    for name in ("baseline", "diffusion"):  # seed 0 keeps the one-seed folder, seed 1 has its own
+        first, second = (
+            torch.load(out / f / "checkpoints/last.ckpt", weights_only=False) for f in (name, f"{name}_seed1")
+        )
+        assert not torch.equal(*(next(iter(c["state_dict"].values())) for c in (first, second)))
+    row, baseline = (results["rows"][n]["by_seed"] for n in ("single", "baseline"))
+    assert set(row) == {"0", "1"} and (out / "eval/single_seed1/val_metrics.json").exists()
+    paired = results["paired"]["Test1"]["single"]
+    assert paired["seeds"] == 2 and paired["seeds_per_row"] == [2, 2]
+    expected = np.mean([[row[s]["Test1"]["per_image_mre_mm"][i] - baseline[s]["Test1"]["per_image_mre_mm"][i]
+                         for i in row[s]["Test1"]["per_image_mre_mm"]] for s in ("0", "1")])  # fmt: skip
+    assert paired["mean_difference"] == pytest.approx(expected)
+    seed_sd = np.std([row[s]["Test1"]["mre_mm"] for s in ("0", "1")], ddof=1)
+    assert f"2 (seed SD {seed_sd:.3f})" in (out / "results.md").read_text()
 
 
 @pytest.mark.parametrize(

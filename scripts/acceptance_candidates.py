@@ -12,7 +12,7 @@ checks the same heatmaps with ``candidate_count`` L and 2L, under the paper's tw
 Shape statistics are fitted to the training set of ``--data-config`` at the checkpoint's size, as
 ``benchmarks/sampler_acceptance.py`` fits them.
 
-    python scripts/acceptance_candidates.py                         # prints the Markdown table
+    python -m scripts.acceptance_candidates                         # prints the Markdown table
 """
 
 from __future__ import annotations

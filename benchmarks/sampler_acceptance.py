@@ -66,13 +66,18 @@ def wilson_interval(accepted: int, n: int, z: float = 1.959964) -> tuple[float, 
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def statistics(data_config: Path, image_size) -> ShapeStatistics:
+def annotations(data_config: Path, image_size):
+    """The DataModule of ``data_config`` at ``image_size``, annotations only (its ``shape_table`` per split)."""
     parser = data_parser("benchmark", "")
     cfg = parser.parse_args(
         ["--config", str(data_config), "--data.init_args.annotations_only", "true",
          "--data.init_args.image_size", json.dumps(list(image_size))]
     )  # fmt: skip
-    datamodule = parser.instantiate_classes(cfg).data
+    return parser.instantiate_classes(cfg).data
+
+
+def statistics(data_config: Path, image_size) -> ShapeStatistics:
+    datamodule = annotations(data_config, image_size)
     shapes, spacing, frame = datamodule.shape_table("train")
     return ShapeStatistics.fit(shapes, spacing, image_size, datamodule.anatomy, AcceptanceConfig(), frame)
 

@@ -19,15 +19,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import platform
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from benchmarks.sampler_acceptance import statistics
-from commands.lightning_cli import data_parser
+from benchmarks.sampler_acceptance import annotations, statistics
 from lightning_modules.generative import load_model
 from xraydiff.acceptance.checker import AcceptanceChecker
 from xraydiff.acceptance.corruptions import render
@@ -47,17 +45,6 @@ def rates(stats, heatmaps: np.ndarray, counts: dict[str, int]) -> dict:
             rule: float(np.mean([v.accepted_by_rule_set[rule] for v in verdicts])) for rule in ("paper", "strict")
         }
     return result
-
-
-def test_annotations(data_config: Path, image_size, count: int) -> np.ndarray:
-    parser = data_parser("acceptance candidates", "")
-    cfg = parser.parse_args(
-        ["--config", str(data_config), "--data.init_args.annotations_only", "true",
-         "--data.init_args.image_size", json.dumps(list(image_size))]
-    )  # fmt: skip
-    datamodule = parser.instantiate_classes(cfg).data
-    shapes, _, _ = datamodule.shape_table("test")
-    return shapes[:count]
 
 
 def main() -> None:
@@ -82,7 +69,7 @@ def main() -> None:
             model, args.num_samples, args.seed, args.batch_size, "ddim", 10, autocast_dtype(precision)
         )
         rows[f"demo DDPM, DDIM 10, eta {eta:g} ({args.num_samples} samples)"] = rates(stats, heatmaps, counts)
-    shapes = test_annotations(args.data_config, model.image_size, args.num_samples)
+    shapes = annotations(args.data_config, model.image_size).shape_table("test")[0][: args.num_samples]
     rng = np.random.default_rng(args.seed)
     height, width = model.image_size
     blobs = [rng.uniform([4, 4], [width - 5, height - 5])[None] for _ in shapes]

@@ -28,12 +28,12 @@ from commands.acceptance import acceptance_rate_of_checkpoint
 from commands.lightning_cli import data_parser
 from commands.sampling import generate_samples
 from experiments.schema import fail, option, read_study_config
-from experiments.steps import StepRunner, StudyCommand
+from experiments.steps import StepRunner, StudyCommand, seeded
 from xraydiff.checkpoints import CHECKPOINT_KEY, read_checkpoint
 from xraydiff.data.imageio import atomic_write_bytes
 from xraydiff.diffusion.engine import Sampler
 from xraydiff.errors import DataError
-from xraydiff.metrics import describe_paired, paired_difference, seed_spread
+from xraydiff.metrics import common_image_rows, describe_paired, paired_difference, seed_spread
 from xraydiff.precision import resolve_precision
 
 # What identifies a training set: a generator row's checkpoint must agree with its row on all of these.
@@ -368,10 +368,9 @@ class Study(StepRunner):
             }
             by_seed: dict[str, list[dict]] = {}
             for variant, synthetic in variants.items():
-                folder = base / "localizer" / variant.replace("+", "_")
                 by_seed[variant] = [
                     self.step(
-                        folder if seed == 0 else folder.with_name(f"{folder.name}_seed{seed}"),
+                        seeded(base / "localizer" / variant.replace("+", "_"), seed),
                         f"{set_name}/localizer {variant}" + (f" seed {seed}" if seed else ""),
                         partial(self.train_localizer, fraction=fraction, synthetic=synthetic, seed=seed),
                     )["metrics"]
@@ -382,7 +381,11 @@ class Study(StepRunner):
                 variant: [{k: m[k] for k in ("mre_mm", "mre_sd_mm")} for m in runs] for variant, runs in by_seed.items()
             }
             entry["paired"] = {
-                variant: paired_difference(*per_image_errors(runs, by_seed["real"]))
+                variant: paired_difference(
+                    *common_image_rows(
+                        [m["per_image_mre_mm"] for m in runs], [m["per_image_mre_mm"] for m in by_seed["real"]]
+                    )
+                )
                 for variant, runs in by_seed.items()
                 if variant != "real"
             }
@@ -392,14 +395,6 @@ class Study(StepRunner):
             results["training_sets"][set_name] = entry
         write_report(self.out, results, c)
         return results
-
-
-def per_image_errors(runs: list[dict], reference: list[dict]) -> tuple[list[list[float]], list[list[float]]]:
-    """Per-image MRE (seeds, images) of a localizer row and of the reference row on the test images all hold."""
-    ids = sorted(set.intersection(*(set(m["per_image_mre_mm"]) for m in runs + reference)))
-    return [[m["per_image_mre_mm"][i] for i in ids] for m in runs], [
-        [m["per_image_mre_mm"][i] for i in ids] for m in reference
-    ]
 
 
 # --------------------------------------------------------------------------------------- report

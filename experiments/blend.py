@@ -38,6 +38,7 @@ from xraydiff.diffusion.blending import COMPOSITES
 from xraydiff.errors import DataError
 from xraydiff.metrics import (
     SEGMENTATION_SCORES,
+    common_image_rows,
     describe_paired,
     paired_difference,
     seed_spread,
@@ -285,15 +286,12 @@ def seed_average(runs: list[dict]) -> dict:
 
 
 def seed_scores(row: dict, reference: dict) -> tuple[list[list[float]], list[list[float]]]:
-    """Per-image DSC (seeds, images) of ``row`` and of ``reference`` on the test images that every run of
-    both holds, in one order: what ``paired_difference`` compares over images and seeds."""
-    runs = row["runs"] + reference["runs"]
-    ids = sorted(set.intersection(*(set(r["metrics"]["per_image"]) for r in runs)))
+    """Per-image DSC (seeds, images) of ``row`` and of ``reference`` (``common_image_rows``)."""
 
-    def scores(row_runs: list[dict]) -> list[list[float]]:
-        return [[r["metrics"]["per_image"][i]["dsc"] for i in ids] for r in row_runs]
+    def dsc(runs: list[dict]) -> list[dict[str, float]]:
+        return [{i: scores["dsc"] for i, scores in r["metrics"]["per_image"].items()} for r in runs]
 
-    return scores(row["runs"]), scores(reference["runs"])
+    return common_image_rows(dsc(row["runs"]), dsc(reference["runs"]))
 
 
 # --------------------------------------------------------------------------------------- report

@@ -35,13 +35,13 @@ import numpy as np
 from commands.lightning_cli import data_parser
 from commands.parsing import read_yaml
 from experiments.schema import Named, fail, option, read_study_config
-from experiments.steps import StepRunner, StudyCommand
+from experiments.steps import StepRunner, StudyCommand, seeded
 from lightning_modules.landmark_diffusion import LandmarkDiffusion
 from xraydiff.checkpoints import CHECKPOINT_KEY, read_checkpoint
 from xraydiff.data.imageio import atomic_write_bytes
 from xraydiff.diffusion.landmark import LandmarkSampler, check_blur, check_decoding, check_inference
 from xraydiff.errors import DataError
-from xraydiff.metrics import describe_paired, paired_difference, seed_spread
+from xraydiff.metrics import common_image_rows, describe_paired, paired_difference, seed_spread
 
 MODELS = {"baseline": False, "diffusion": True}  # model name -> LandmarkDiffusion's ``diffusion``
 
@@ -274,11 +274,6 @@ class LandmarkStudy(StepRunner):
         return results
 
 
-def seeded(folder: Path, seed: int) -> Path:
-    """The folder of a step of training seed ``seed``: ``folder`` itself for seed 0 (a one-seed study's)."""
-    return folder if seed == 0 else folder.with_name(f"{folder.name}_seed{seed}")
-
-
 # --------------------------------------------------------------------------------------- report
 
 
@@ -350,11 +345,9 @@ def paired_comparisons(results: dict) -> dict:
             values = [m["per_image_mre_mm"] for m in by_seed(row, label) if m.get("per_image_mre_mm")]
             if name == "baseline" or not values:
                 continue
-            ids = [i for i in values[0] if all(i in per_image for per_image in values + reference)]
-            if len(ids) >= 2:
-                comparisons.setdefault(label, {})[name] = paired_difference(
-                    [[v[i] for i in ids] for v in values], [[r[i] for i in ids] for r in reference]
-                )
+            rows = common_image_rows(values, reference)
+            if len(rows[0][0]) >= 2:
+                comparisons.setdefault(label, {})[name] = paired_difference(*rows)
     return comparisons
 
 

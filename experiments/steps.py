@@ -23,6 +23,12 @@ MARKER = "done.json"
 CSV_LOGGER = '{"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "."}}'
 
 
+def seeded(folder: Path, seed: int) -> Path:
+    """The folder of a step of training seed ``seed``: ``folder`` itself for seed 0 (a one-seed study's, so that
+    studies written before seeds existed resume), ``folder_seed{seed}`` beside it otherwise."""
+    return folder if seed == 0 else folder.with_name(f"{folder.name}_seed{seed}")
+
+
 @dataclass(frozen=True)
 class StudyCommand:
     """What ``xraydiff experiment NAME --config YAML --out DIR`` runs: ``run(config, out)`` runs (or resumes)

@@ -1,10 +1,10 @@
 """How much a real-only segmenter's DSC depends on its training seed (the blend study's reference row).
 
-Trains the blend study's real-only row (the segmenter of ``--study``'s config, its data overrides) once per
-seed for exactly ``--steps`` optimizer steps, tests each on the hold-out split and prints the mean DSC per
-seed, their mean and SD, and the seconds per run. Extra LightningCLI overrides after ``--`` choose the
-network and schedule to measure (e.g. ``-- --model.init_args.network unet``). Resumable: a seed whose
-``test_metrics.json`` exists is read, not retrained.
+Runs the real-only segmenter step of ``--study`` (``BlendStudy.train_segmenter``: exactly ``--steps`` optimizer
+steps, no validation, then the test on the hold-out split) once per seed into ``--out`` and prints the mean DSC
+per seed, their mean and SD, and the seconds per run. Extra LightningCLI overrides after ``--`` choose the
+network and schedule to measure (e.g. ``-- --model.init_args.network unet``). Resumable: finished seeds are
+steps of an xraydiff output folder, read rather than retrained.
 
     python -m scripts.segmenter_seed_spread --out runs/segmenter_seeds/unet400 --steps 400 -- \\
         --model.init_args.network unet
@@ -13,15 +13,13 @@ network and schedule to measure (e.g. ``-- --model.init_args.network unet``). Re
 from __future__ import annotations
 
 import argparse
-import json
-import time
+import dataclasses
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
-from commands.lightning_cli import XrayCLI
-from commands.parsing import read_yaml
-from experiments.steps import CSV_LOGGER, StepRunner
+from experiments.blend import BlendStudy, load_blend_study_config
 
 
 def main() -> None:
@@ -33,40 +31,22 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", help="LightningCLI overrides of the segmenter, after --")
     args = parser.parse_args()
 
-    study = read_yaml(args.study)["experiment"]
-    segmenter = study["segmenter"]
-    common = [a for c in segmenter["config"] for a in ("--config", c)]
-    common += [str(a) for a in segmenter.get("args", [])] + StepRunner.data_args(study.get("data", {}))
-    common += [str(a) for a in args.overrides]
-    scores = {}
+    config = dataclasses.replace(load_blend_study_config(args.study), segmenter_steps=args.steps)
+    study = BlendStudy(config, args.out)
+    study.prepare_folder()
+    overrides = [str(a) for a in args.overrides]
+    scores = []
     for seed in args.seeds:
-        folder = args.out / f"seed{seed}"
-        metrics = folder / "test_metrics.json"
-        run = [
-            "--trainer.default_root_dir",
-            str(folder),
-            "--trainer.logger",
-            CSV_LOGGER,
-            "--seed_everything",
-            str(seed),
-        ]
-        start = time.perf_counter()
-        if not metrics.is_file():
-            budget = [
-                "--trainer.max_steps",
-                str(args.steps),
-                "--trainer.max_epochs",
-                "-1",
-                "--trainer.max_time",
-                "null",
-            ]
-            XrayCLI(args=["fit", *common, *run, *budget, "--trainer.limit_val_batches", "0", "--ckpt_path", "last"])
-            XrayCLI(args=["test", *common, *run, "--ckpt_path", str(folder / "checkpoints/last.ckpt")])
-        scores[seed] = json.loads(metrics.read_text())["dsc"]
-        print(f"seed {seed}: DSC {scores[seed]:.3f} ({time.perf_counter() - start:.0f} s)", flush=True)
-    values = np.array(list(scores.values()))
+        record = study.step(
+            args.out / f"seed{seed}",
+            f"real only, seed {seed}: train {args.steps} steps and test",
+            partial(study.train_segmenter, extra=overrides, seed=seed),
+        )
+        scores.append(record["metrics"]["dsc"])
+        print(f"seed {seed}: DSC {scores[-1]:.3f} ({record['seconds']:.0f} s)", flush=True)
+    values = np.array(scores)
     spread = values.std(ddof=1) if len(values) > 1 else float("nan")
-    setting = " ".join(args.overrides) or "the study config"
+    setting = " ".join(overrides) or "the study config"
     print(f"{args.steps} steps, {setting}: DSC {values.mean():.3f}, seed SD {spread:.3f} over {len(values)} seeds")
 
 

@@ -244,8 +244,8 @@ def test_table_1_shows_both_rule_sets_and_marks_an_unequal_training_budget():
 
 
 def test_table_2_shows_seeds_and_the_paired_interval_against_real_only():
-    from experiments.augment import GeneratorSpec, StudyConfig, per_image_errors, tables
-    from xraydiff.metrics import paired_difference
+    from experiments.augment import GeneratorSpec, StudyConfig, tables
+    from xraydiff.metrics import common_image_rows, paired_difference
 
     def localizer(errors):
         return {"mre_mm": float(np.mean(errors)), "mre_sd_mm": 0.5, "outliers": {"2": 1},
@@ -256,7 +256,8 @@ def test_table_2_shows_seeds_and_the_paired_interval_against_real_only():
     better = [localizer(np.array([m["per_image_mre_mm"][str(i)] for i in range(8)]) - 0.5) for m in real]
     entry = {"generators": {"ddpm": None}, "localizer": {"real": real[0], "real+ddpm": better[0]},
              "localizer_seeds": {"real": real, "real+ddpm": better},
-             "paired": {"real+ddpm": paired_difference(*per_image_errors(better, real))}}  # fmt: skip
+             "paired": {"real+ddpm": paired_difference(
+                 *common_image_rows(*([m["per_image_mre_mm"] for m in row] for row in (better, real))))}}  # fmt: skip
     config = StudyConfig(data={}, generators={}, localizer=GeneratorSpec(["unused.yaml"]), outlier_radii=[2.0])
     _, table2 = tables({"generators": ["ddpm"], "training_sets": {"full": entry}}, config)
     row = next(line for line in table2.splitlines() if "real+ddpm" in line)

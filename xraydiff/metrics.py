@@ -3,7 +3,7 @@ comparisons of two rows on the same images, and segmentation scores."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -128,6 +128,16 @@ def paired_difference(
         "seed_sd": seed_sd,
         "method": method,
     }
+
+
+def common_image_rows(
+    values: Sequence[Mapping[str, float]], reference: Sequence[Mapping[str, float]]
+) -> tuple[list[list[float]], list[list[float]]]:
+    """Two rows of per-image scores ({image id: score}, one mapping per training seed) as (seeds, images) lists
+    on the images every run of both rows holds, in the first run's order: what ``paired_difference`` compares."""
+    runs = [*values, *reference]
+    ids = [i for i in runs[0] if all(i in run for run in runs)]
+    return [[run[i] for i in ids] for run in values], [[run[i] for i in ids] for run in reference]
 
 
 def seed_spread(values: Sequence[float]) -> str:

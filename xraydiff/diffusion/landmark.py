@@ -64,6 +64,10 @@ def check_inference(mode: str, steps: int | None, ensemble: int, num_train_times
 def check_blur(sigma_max: float, sigma_min: float, scaling: str = "image") -> None:
     if sigma_min < 0 or sigma_max < sigma_min:
         raise DataError(None, f"blur sigmas need 0 <= sigma_min <= sigma_max, got {sigma_min} and {sigma_max}")
+    check_blur_scaling(scaling)
+
+
+def check_blur_scaling(scaling: str) -> None:
     if scaling not in get_args(BlurScaling):
         raise DataError(None, f"blur_scaling must be one of {get_args(BlurScaling)}, got {scaling!r}")
 
@@ -87,14 +91,13 @@ def landmark_scheduler(
     return make_scheduler(num_train_timesteps, beta_start=beta_start, beta_end=beta_end, prediction_type="sample")
 
 
-def start_state(noise: Tensor, scheduler: DDPMScheduler) -> Tensor:
-    """x_{T-1} ~ q(x_{T-1} | x0 = -1) = sqrt(abar_{T-1}) (-1) + sqrt(1 - abar_{T-1}) noise (eq. 3): what training
-    showed the network at t = T - 1 for the background, which is every pixel but N. Not N(0, I): under a schedule
-    that does not end in noise, that start is offset from every input of training and DDIM carries the offset
-    down the chain."""
+def empty_heatmap_at(noise: Tensor, scheduler: DDPMScheduler, t: int) -> Tensor:
+    """x_t ~ q(x_t | x0 = -1) = sqrt(abar_t) (-1) + sqrt(1 - abar_t) noise (eq. 3): what training showed the
+    network at t for the background, which is every pixel but N. At t = T - 1 the start of every reverse
+    process: not N(0, I), which under a schedule that does not end in noise is offset from every input of
+    training, an offset DDIM carries down the chain."""
     empty = torch.full_like(noise, -1.0)
-    t = torch.full((noise.shape[0],), scheduler.num_train_timesteps - 1, dtype=torch.long, device=noise.device)
-    return scheduler.add_noise(empty, noise, t)
+    return scheduler.add_noise(empty, noise, torch.full((noise.shape[0],), t, dtype=torch.long, device=noise.device))
 
 
 def check_decoding(x0_estimate: str, chain_decoding: str) -> None:
@@ -169,7 +172,7 @@ def blur_scale(image_size: Sequence[int], scaling: BlurScaling = "image") -> tup
     """(s_y, s_x) by which the blur's sigma and kernel radius are multiplied at ``image_size`` (H, W): the
     image's size over ``BLUR_REFERENCE_SIZE`` for ``image`` (at 160 x 128 sigma_max 14 -> 2.8 px, 13 x 13 -> 3 x 3),
     1 for ``pixels``."""
-    check_blur(0.0, 0.0, scaling)
+    check_blur_scaling(scaling)
     if scaling == "pixels":
         return (1.0, 1.0)
     return (image_size[0] / BLUR_REFERENCE_SIZE[0], image_size[1] / BLUR_REFERENCE_SIZE[1])
@@ -233,8 +236,8 @@ def sample_heatmaps(
 ) -> tuple[Tensor, Tensor, int]:
     """(x0 (B, N, H, W) in [-1, 1], the logits of the last call, network calls per image).
 
-    Each call's logits enter as ``estimate_x0(logits, x0_estimate)``; every mode starts from ``start_state``,
-    the input training showed at t = T - 1 for the empty heatmap.
+    Each call's logits enter as ``estimate_x0(logits, x0_estimate)``; every mode starts from
+    ``empty_heatmap_at`` T - 1 (t = 0 for ``empty``), the input training showed there for the empty heatmap.
 
     * ``single``: x0_hat(x_{T-1}, T - 1) in one network call, unblurred.
     * ``empty``: the diagnostic call x0_hat(x_0, 0) with x_0 ~ q(x_0 | x0 = the empty heatmap): what the network
@@ -248,15 +251,12 @@ def sample_heatmaps(
     """
     num_train_timesteps = scheduler.num_train_timesteps
     noise = draw_noise(generators, (len(generators), *shape), device)
-    if mode == "empty":
-        t = torch.zeros(noise.shape[0], device=device, dtype=torch.long)
-        logits = predict_x0(scheduler.add_noise(torch.full_like(noise, -1.0), noise, t), t).float()
+    if mode in ONE_CALL:
+        t = 0 if mode == "empty" else num_train_timesteps - 1
+        batch_t = torch.full((noise.shape[0],), t, device=device, dtype=torch.long)
+        logits = predict_x0(empty_heatmap_at(noise, scheduler, t), batch_t).float()
         return estimate_x0(logits, x0_estimate), logits, 1
-    x = start_state(noise, scheduler)
-    if mode == "single":
-        t = torch.full((x.shape[0],), num_train_timesteps - 1, device=device, dtype=torch.long)
-        logits = predict_x0(x, t).float()
-        return estimate_x0(logits, x0_estimate), logits, 1
+    x = empty_heatmap_at(noise, scheduler, num_train_timesteps - 1)
     rule = step_rule(mode, scheduler, steps, eta)
     scale = blur_scale(shape[-2:], blur_scaling)
     last: dict[str, Tensor] = {}
@@ -318,10 +318,12 @@ __all__ = [
     "blur_scale",
     "blur_sigma",
     "check_blur",
+    "check_blur_scaling",
     "check_decoding",
     "check_inference",
     "decode_heatmaps",
     "decode_topk",
+    "empty_heatmap_at",
     "ensemble_statistics",
     "estimate_x0",
     "item_generators",
@@ -329,5 +331,4 @@ __all__ = [
     "landmark_scheduler",
     "sample_heatmaps",
     "softmax_heatmap",
-    "start_state",
 ]

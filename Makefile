@@ -25,7 +25,7 @@ $(VENV)/.installed: pyproject.toml
 # The main job on phantoms, the three studies of the project: synthetic augmentation (Hadzic et al.) on
 # hands (Tables 1 and 2, galleries), latent blending (Lim et al.) on jaws (Table 1, galleries), landmark
 # diffusion vs. no diffusion on skulls (Table 1). Resumable: a second `make demo` reuses finished steps;
-# `make clean` resets. 7 to 12 min from nothing on 2 idle cores with native bf16, 13 min 15 s on AVX2 only (README).
+# `make clean` resets. Its time on a 2-core CPU: docs/results.md.
 demo: setup
 	$(BIN)/xraydiff data summary --config configs/data/hand_phantom.yaml --out $(DEMO_OUT)/data --overwrite
 	$(BIN)/xraydiff experiment augment --config configs/demo/hand_augment.yaml --out $(DEMO_OUT)/study

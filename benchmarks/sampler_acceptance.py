@@ -12,7 +12,7 @@ continues where it stopped; the projected time of what is left is printed before
 
     python benchmarks/sampler_acceptance.py xraydiff/assets/demo_hand_ddpm.ckpt --cache runs/sampler_parity
 
-The rule of the README: the default sampler is the cheapest (fewest calls per accepted pair) whose interval
+The rule of docs/hands.md: the default sampler is the cheapest (fewest calls per accepted pair) whose interval
 overlaps DDIM 100's at the model's configured eta (printed for eta 0 and 1).
 """
 
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from commands.lightning_cli import data_parser
+from commands.parsing import data_parser
 from lightning_modules.generative import load_model
 from xraydiff.acceptance.checker import AcceptanceChecker
 from xraydiff.acceptance.config import AcceptanceConfig

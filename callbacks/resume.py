@@ -7,6 +7,8 @@ import random
 import signal
 import subprocess
 import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
@@ -145,22 +147,38 @@ class RandomStateCheckpoint(Callback):
 
 
 class PreemptionCheckpoint(Callback):
-    """Saves ``last.ckpt`` when a SIGTERM stops training, so ``--ckpt_path last`` continues from it;
-    on SLURM, saves ``hpc_ckpt_N.ckpt`` and requeues the job when the early-warning signal arrives.
+    """Saves ``last.ckpt`` when a SIGTERM or a Ctrl-C (SIGINT) stops training, so ``--ckpt_path last``
+    continues from it exactly; on SLURM, saves ``hpc_ckpt_N.ckpt`` and requeues the job when the
+    early-warning signal arrives.
 
     Lightning turns SIGTERM into a clean stop at the next step boundary (SIGTERMException); this
     callback writes the checkpoint at that moment. Lightning's own SLURM handler saves the HPC
     checkpoint inside the signal handler, which breaks a checkpoint write that the signal happened
     to interrupt (a nested file-system transaction); here the handler only raises a flag and the
-    checkpoint is written at the next step boundary, on every rank at once.
+    checkpoint is written at the next step boundary, on every rank at once. A first Ctrl-C asks for the
+    same stop as SIGTERM (Lightning's own KeyboardInterrupt handling would stop mid-step and save nothing);
+    a second one stops at once.
     """
 
     def __init__(self) -> None:
         self._requeue_requested = False
         self._previous_handler = None
         self._signal = None
+        self._previous_sigint = None
+        self._stopped_by = "SIGTERM"
+
+    def _stop_at_step_end(self, trainer: L.Trainer) -> Callable:
+        def handler(signum, frame) -> None:
+            signal.signal(signal.SIGINT, self._previous_sigint)  # a second Ctrl-C interrupts at once
+            self._stopped_by = "Ctrl-C (SIGINT)"
+            trainer._signal_connector.received_sigterm = True
+            rank_zero_info("xraydiff: Ctrl-C: stopping at the end of this step and saving last.ckpt (again: stop now)")
+
+        return handler
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if threading.current_thread() is threading.main_thread():
+            self._previous_sigint = signal.signal(signal.SIGINT, self._stop_at_step_end(trainer)) or signal.SIG_DFL
         # Installed before Lightning registers its handlers (it keeps an existing one and adds none).
         environment = trainer._accelerator_connector.cluster_environment
         if not isinstance(environment, SLURMEnvironment) or not environment.auto_requeue:
@@ -191,6 +209,9 @@ class PreemptionCheckpoint(Callback):
             rank_zero_info(f"requeue of SLURM job {job_id}: {'done' if result == 0 else f'failed ({result})'}")
 
     def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self._previous_sigint is not None:
+            signal.signal(signal.SIGINT, self._previous_sigint)
+            self._previous_sigint = None
         if self._signal is not None and self._previous_handler is not None:
             signal.signal(self._signal, self._previous_handler)
         self._signal = None
@@ -202,4 +223,4 @@ class PreemptionCheckpoint(Callback):
         directory = Path(checkpoint.dirpath) if checkpoint and checkpoint.dirpath else Path(trainer.default_root_dir)
         path = directory / f"{ModelCheckpoint.CHECKPOINT_NAME_LAST}{ModelCheckpoint.FILE_EXTENSION}"
         trainer.save_checkpoint(path)
-        rank_zero_info(f"Stopped by SIGTERM at step {trainer.global_step}: saved {path}")
+        rank_zero_info(f"Stopped by {self._stopped_by} at step {trainer.global_step}: saved {path}")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from commands.progress import network_calls, step_progress
 from commands.sampling import check_sampler_arguments
 from xraydiff.acceptance.config import AcceptanceConfig
 from xraydiff.acceptance.rate import file_digest, measure_acceptance_rate
@@ -92,20 +93,23 @@ def acceptance_rate_of_checkpoint(
     check_sampler_arguments(model, sampler, steps)
     device = torch.device("cuda" if uses_cuda(accelerator) else "cpu")
     model = model.to(device).eval()
-    return measure_acceptance_rate(
-        model,
-        file_digest(Path(ckpt_path)),
-        Path(stats),
-        Path(out),
-        runs,
-        num_samples,
-        sampler,
-        steps,
-        seed,
-        batch_size,
-        rule_set,
-        overwrite,
-        cache,
-        precision=resolve_precision(precision, accelerator),
-        description={"checkpoint": str(Path(ckpt_path).resolve())},
-    )
+    sampler_name, sampler_steps = model.sampling_description(sampler, steps)
+    with step_progress(runs * network_calls(num_samples, batch_size, sampler_steps), f"rate {sampler_name}"):
+        result = measure_acceptance_rate(
+            model,
+            file_digest(Path(ckpt_path)),
+            Path(stats),
+            Path(out),
+            runs,
+            num_samples,
+            sampler,
+            steps,
+            seed,
+            batch_size,
+            rule_set,
+            overwrite,
+            cache,
+            precision=resolve_precision(precision, accelerator),
+            description={"checkpoint": str(Path(ckpt_path).resolve())},
+        )
+    return result

@@ -26,11 +26,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from commands.progress import Countdown
 from commands.sampling import interruptible
 from xraydiff.checkpoints import CHECKPOINT_KEY, read_checkpoint
 from xraydiff.data.imageio import atomic_directory, atomic_write_bytes, check_output_folder, write_png
 from xraydiff.diffusion.blending import (
-    COMPOSITES,
     anatomy_survival,
     blend_latents,
     blend_timesteps,
@@ -42,6 +42,7 @@ from xraydiff.diffusion.blending import (
     top_k_partners,
 )
 from xraydiff.diffusion.blending import composite as alpha_composite
+from xraydiff.diffusion.choices import COMPOSITES
 from xraydiff.errors import DataError
 from xraydiff.precision import resolve_precision
 
@@ -214,7 +215,7 @@ def run_blend(
         latent_size = tuple(pool.shape[-2:])
         image_size = tuple(model.image_size)
         sigma = image_size[0] / latent_size[0] / 2  # half a latent cell
-        panels, survival = [], []
+        panels, survival, countdown = [], [], Countdown(len(guide_items))
         for g, (item, z_a) in enumerate(zip(guide_items, guide_latents, strict=True)):
             order, scores = top_k_partners(z_a, pool, top_k, data_range)
             region = latent_mask(torch.from_numpy(item.mask.astype(np.float32)), latent_size, dilation, mask_mode)
@@ -257,7 +258,7 @@ def run_blend(
                     {"image": best.image, "id": f"unlabelled {best.id} (SSIM {float(scores[0]):.3f})"},
                     {"image": synthetic[0].numpy(), "mask": item.mask, "id": "synthetic"},
                 ]
-            log(f"blend: guide {g + 1}/{len(guide_items)} {item.id}: {top_k} samples")
+            log(f"blend: guide {g + 1}/{len(guide_items)} {item.id}: {top_k} samples ({countdown.after(g + 1)})")
         manifest["survival"] = survival_summary(survival)
         manifest["count"] = len(manifest["samples"])
         atomic_write_bytes(staging / "manifest.json", json.dumps(manifest, indent=1).encode())

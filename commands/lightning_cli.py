@@ -2,27 +2,29 @@
 
 from __future__ import annotations
 
-import argparse
 import os
+import re
 import secrets
 import sys
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import lightning as L
-from jsonargparse import ActionConfigFile, Namespace
+from jsonargparse import Namespace
 from lightning.fabric.connector import _PRECISION_INPUT
 from lightning.fabric.utilities.rank_zero import _get_rank
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from callbacks.run_record import RunRecord, check_config_copy, remove_earlier_run
 from commands.parsing import (
-    ConfigParser,
-    XrayArgumentParser,
+    ConciseErrors,
     config_paths,
     init_parameters,
     key_lines,
+    located,
     nearest,
+    parsed_arguments,
     read_yaml,
 )
 from commands.quiet import silence_wandb
@@ -31,17 +33,25 @@ from xraydiff.errors import DataError
 from xraydiff.precision import AUTO, describe_hardware, resolve_precision
 
 DEFAULT_ROOT = "runs/default"
-# Sections of a full LightningCLI config that the plain subcommands accept and ignore.
-LIGHTNING_SECTIONS = (
-    "model",
-    "trainer",
-    "seed_everything",
-    "ckpt_path",
-    "optimizer",
-    "lr_scheduler",
-    "checkpoint",
-    "step_checkpoint",
-)
+
+
+GROUP_TITLES = {
+    "trainer": "trainer: Lightning's Trainer (precision 'auto': bf16 where the hardware has it natively, else 32-bit)",
+    "model": "model: the LightningModule (xraydiff fit --model.help CLASS lists a model's options)",
+    "data": "data: the LightningDataModule (xraydiff fit --data.help CLASS lists a DataModule's options)",
+    "checkpoint": "checkpoint: the epoch-end checkpoints (the epoch's and last.ckpt, in checkpoints/)",
+    "step_checkpoint": "step_checkpoint: the rolling last-step.ckpt every N training steps",
+    "optimizer": "optimizer: a torch optimizer replacing the model's own",
+    "lr_scheduler": "lr_scheduler: a learning-rate schedule replacing the model's own",
+}
+
+
+class XrayArgumentParser(ConciseErrors, LightningArgumentParser):
+    """LightningCLI's parser without abbreviations, with concise errors."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
 
 class Trainer(L.Trainer):
@@ -88,7 +98,9 @@ class XrayCLI(LightningCLI):
             subclass_mode_data=True,
             save_config_kwargs={"overwrite": True},
             seed_everything_default=0,
-            trainer_defaults={"callbacks": [RandomStateCheckpoint(), PreemptionCheckpoint(), ParameterSummary()]},
+            trainer_defaults={
+                "callbacks": [RandomStateCheckpoint(), PreemptionCheckpoint(), ParameterSummary(), RunRecord()]
+            },
             args=args,
             run=run,
         )
@@ -96,11 +108,14 @@ class XrayCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument(
             "--overwrite_run", type=bool, default=False,
-            help="fit: start a new run in a default_root_dir that holds checkpoints of an earlier one "
-            "(they are replaced); without it such a fit is refused unless it resumes (--ckpt_path last)",
+            help="fit: start a new run in a default_root_dir that holds an earlier one: the files xraydiff wrote "
+            "there (checkpoints, config copy, logs, galleries, metrics) are removed, every other file stays; "
+            "without it such a fit is refused unless it resumes (--ckpt_path last)",
         )  # fmt: skip
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.add_lightning_class_args(ModelCheckpoint, "step_checkpoint")
+        for key, group in parser.groups.items():  # titles of their own, not a docstring cut at its first colon
+            group.title = GROUP_TITLES.get(key, re.split(r"(?<=\.)\s|:\s*$", group.title or key)[0].rstrip(":"))
         parser.set_defaults(
             {
                 "trainer.default_root_dir": DEFAULT_ROOT,
@@ -141,6 +156,8 @@ class XrayCLI(LightningCLI):
             dirpath = config[group].dirpath
             config[group].dirpath = str(root / "checkpoints" if dirpath is None else _under(root, dirpath))
         config.ckpt_path = self._resolve_ckpt_path(subcommand, config.ckpt_path, root, config.checkpoint.dirpath)
+        if subcommand == "fit":
+            check_config_copy(root)
         if subcommand == "fit" and config.ckpt_path is None and not config.get("overwrite_run"):
             _refuse_a_new_run_over(root, Path(config.checkpoint.dirpath))
         if config.ckpt_path is not None and Path(config.ckpt_path).is_file():
@@ -162,7 +179,7 @@ class XrayCLI(LightningCLI):
         except DataError:
             raise
         except ValueError as err:
-            raise DataError(None, f"invalid configuration: {err}") from None
+            raise located(err, parsed_arguments()) from None
 
     @staticmethod
     def _resolve_ckpt_path(subcommand: str, ckpt_path: str | None, root: Path, checkpoint_dir: str) -> str | None:
@@ -201,6 +218,11 @@ class XrayCLI(LightningCLI):
 
     def before_fit(self) -> None:
         self._check_data("fit")
+        config = self.config[self.subcommand]
+        if config.ckpt_path is None and config.get("overwrite_run") and _get_rank() in (None, 0):
+            root = Path(config.trainer.default_root_dir)
+            removed = remove_earlier_run(root)
+            print(f"xraydiff: --overwrite_run: removed the {len(removed)} files of the earlier run in {root}")
 
     def before_validate(self) -> None:
         self._check_data("validate")
@@ -296,15 +318,3 @@ def _renaming_models() -> list[type]:
 
 
 # ------------------------------------------------------------------------------- data parser
-
-
-def data_parser(prog: str, description: str, uses: tuple[str, ...] = ()) -> ConfigParser:
-    """A parser that takes a config with a ``data`` section; the other sections of a LightningCLI
-    config are accepted and ignored (hidden from the help) unless in ``uses``."""
-    parser = ConfigParser(prog=prog, description=description)
-    parser.add_argument("--config", action=ActionConfigFile, help="YAML config with a data section")
-    parser.add_subclass_arguments(L.LightningDataModule, "data", required=True)
-    for key in LIGHTNING_SECTIONS:
-        if key not in uses:
-            parser.add_argument(f"--{key}", type=Any, default=None, help=argparse.SUPPRESS)
-    return parser

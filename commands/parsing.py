@@ -5,6 +5,7 @@ No option may be abbreviated (``--trainer.max_step`` is not ``--trainer.max_step
 from __future__ import annotations
 
 import argparse
+import ast
 import difflib
 import importlib
 import inspect
@@ -15,13 +16,23 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from jsonargparse import ActionConfigFile, DefaultHelpFormatter
 from jsonargparse import ArgumentParser as JsonArgumentParser
-from jsonargparse import DefaultHelpFormatter
-from lightning.pytorch.cli import LightningArgumentParser
 
 from xraydiff.errors import DataError
 
 MAX_LINES = 5
+# Sections of a full LightningCLI config that the plain subcommands accept and ignore.
+LIGHTNING_SECTIONS = (
+    "model",
+    "trainer",
+    "seed_everything",
+    "ckpt_path",
+    "optimizer",
+    "lr_scheduler",
+    "checkpoint",
+    "step_checkpoint",
+)
 
 
 def nearest(name: str, valid: Iterable[str]) -> str | None:
@@ -88,8 +99,9 @@ def init_parameters(cls: type) -> set[str] | None:
     return names
 
 
-def where(key: str, argv: list[str]) -> str:
-    """``FILE:LINE`` of the last config file that sets ``key`` (dotted), else "command line"."""
+def given_at(key: str, argv: list[str]) -> str | None:
+    """Where ``key`` (dotted) was given: "command line", ``FILE:LINE`` of the last config file that sets it,
+    or None."""
     if any(arg == f"--{key}" or arg.startswith(f"--{key}=") for arg in argv):
         return "command line"
     parts = tuple(key.split("."))
@@ -100,7 +112,22 @@ def where(key: str, argv: list[str]) -> str:
             line = None
         if line is not None:
             return f"{path}:{line}"
-    return "command line"
+    return None
+
+
+def given_value(key: str, argv: list[str]) -> str | None:
+    """The value given to ``--key`` on the command line, if it was."""
+    for k, arg in enumerate(argv):
+        if arg == f"--{key}" and k + 1 < len(argv):
+            return argv[k + 1]
+        if arg.startswith(f"--{key}="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def where(key: str, argv: list[str]) -> str:
+    """``given_at``, "command line" when the key was not given at all (its default)."""
+    return given_at(key, argv) or "command line"
 
 
 def _class_parameters(class_path: str) -> set[str]:
@@ -135,6 +162,15 @@ def explain(message: str, valid: Iterable[str], argv: list[str]) -> str:
         expected = re.sub(r"<class '(?:[\w.]+\.)?(\w+)'>", r"\1", inner.group(2))
         return f"{where(key, argv)}: {key}: expected {expected}, got {inner.group(3).strip()!r}"
 
+    keyed = re.findall(r'Parser key "([\w.]+)"', message)
+    key = (keyed[-1] if not prefix or keyed[-1].startswith(prefix) else prefix + keyed[-1]) if keyed else None
+    restricted = re.search(r"Not of type (\w+):.*?does not conform to restriction (.+)", message)
+    union = re.search(r"Errors:\s*\n\s*- (.+)", message)
+    if key and (restricted or union):
+        value = given_value(key, argv)
+        reason = f"must satisfy {restricted.group(2).strip()}" if restricted else union.group(1).strip()
+        return f"{where(key, argv)}: {key}: {reason}" + (f", got {value!r}" if value is not None else "")
+
     unrecognized = re.search(r"[Uu]nrecognized arguments: (--?[\w.\-]+)", message)
     if unrecognized:
         option = unrecognized.group(1)
@@ -143,6 +179,31 @@ def explain(message: str, valid: Iterable[str], argv: list[str]) -> str:
 
     lines = [line for line in message.strip().splitlines() if line.strip()]
     return "\n".join(lines[:MAX_LINES])
+
+
+def located(error: Exception, argv: list[str], groups: tuple[str, ...] = ("data", "model")) -> DataError:
+    """A value a class refused when it was instantiated from a config (jsonargparse wraps the class's DataError
+    in a many-line Union report), as one line naming the key and where it was set: ``FILE:LINE`` of the config
+    that sets it, or "command line"."""
+    cause: BaseException | None = error
+    while cause is not None and not isinstance(cause, DataError):
+        cause = cause.__cause__ or cause.__context__
+    if cause is None:
+        return DataError(None, f"invalid configuration: {str(error).strip().splitlines()[0]}")
+    if cause.path is not None:  # it names its file already
+        return cause
+    # the option the message names: the first of its words that was given as a key of a group
+    keys = [f"{group}.init_args.{word}" for word in re.findall(r"[A-Za-z_]\w*", cause.reason) for group in groups]
+    key = next((key for key in keys if given_at(key, argv)), None)
+    return DataError(None, f"{given_at(key, argv)}: {key}: {cause.reason}" if key else cause.reason)
+
+
+def instantiate(parser: JsonArgumentParser, cfg):
+    """``parser.instantiate_classes(cfg)``; a value a class refuses stops in one line (``located``)."""
+    try:
+        return parser.instantiate_classes(cfg)
+    except ValueError as err:
+        raise located(err, parsed_arguments()) from None
 
 
 def _option_names(parser: argparse.ArgumentParser) -> set[str]:
@@ -165,7 +226,7 @@ class ConciseErrors:
     def error(self, message: str, ex: Exception | None = None):
         if not getattr(self, "exit_on_error", True):  # a parser jsonargparse nests: the error goes up
             return super().error(message, ex)  # type: ignore[misc]
-        argv = _argv()
+        argv = parsed_arguments()
         text = explain(str(message), _option_names(self), argv)  # type: ignore[arg-type]
         prog = self.prog.replace(" [options]", "")
         if prog.split()[:1] == ["xraydiff"] and len(prog.split()) == 1 and argv:
@@ -178,7 +239,8 @@ class ConciseErrors:
 _ARGV: list[str] | None = None
 
 
-def _argv() -> list[str]:
+def parsed_arguments() -> list[str]:
+    """The argument list being parsed: ``sys.argv[1:]`` unless ``parsing`` named another."""
     return sys.argv[1:] if _ARGV is None else _ARGV
 
 
@@ -214,7 +276,7 @@ class ConfigParser(ConciseErrors, JsonArgumentParser):
         valid = _option_names(self)
         unknown = [
             option
-            for option in (a.split("=", 1)[0] for a in _argv() if a.startswith("--"))
+            for option in (a.split("=", 1)[0] for a in parsed_arguments() if a.startswith("--"))
             if "." not in option and option not in valid
         ]
         if unknown and getattr(self, "exit_on_error", True):
@@ -222,9 +284,37 @@ class ConfigParser(ConciseErrors, JsonArgumentParser):
         super().error(message, ex)
 
 
-class XrayArgumentParser(ConciseErrors, LightningArgumentParser):
-    """LightningCLI's parser without abbreviations, with concise errors."""
+def asks_for_help() -> bool:
+    """Whether the argument list being parsed asks for a help page (which must not wait for Lightning)."""
+    return any(arg in ("-h", "--help") for arg in parsed_arguments())
 
-    def __init__(self, *args, **kwargs):
-        kwargs.setdefault("allow_abbrev", False)
-        super().__init__(*args, **kwargs)
+
+def datamodule_names() -> list[str]:
+    """The DataModules ``datamodules`` exports (its ``__all__``, read without importing Lightning)."""
+    tree = ast.parse((Path(__file__).parents[1] / "datamodules" / "__init__.py").read_text())
+    found = [node.value for node in tree.body if isinstance(node, ast.Assign) and node.targets[0].id == "__all__"]
+    return ast.literal_eval(found[0]) if found else []
+
+
+def data_parser(prog: str, description: str, uses: tuple[str, ...] = ()) -> ConfigParser:
+    """A parser that takes a config with a ``data`` section; the other sections of a LightningCLI
+    config are accepted and ignored (hidden from the help) unless in ``uses``. For a help page the data
+    section is described, not resolved, so that Lightning is not imported to print it."""
+    parser = ConfigParser(prog=prog, description=description)
+    parser.add_argument("--config", action=ActionConfigFile, help="YAML config with a data section")
+    if asks_for_help():
+        parser.add_argument(
+            "--data",
+            metavar="DATAMODULE",
+            help=f"the dataset: a DataModule ({', '.join(datamodule_names())}), usually the data section of "
+            "--config configs/data/NAME.yaml; any of its options as --data.init_args.NAME VALUE "
+            f"(listed by {prog} --data.help CLASS)",
+        )
+    else:
+        import lightning as L
+
+        parser.add_subclass_arguments(L.LightningDataModule, "data", required=True)
+    for key in LIGHTNING_SECTIONS:
+        if key not in uses:
+            parser.add_argument(f"--{key}", type=Any, default=None, help=argparse.SUPPRESS)
+    return parser

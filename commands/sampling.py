@@ -11,6 +11,7 @@ from pathlib import Path
 
 from lightning.fabric.utilities.rank_zero import _get_rank
 
+from commands.progress import network_calls, step_progress
 from xraydiff.data.imageio import check_output_folder
 from xraydiff.errors import DataError, Interrupted
 from xraydiff.precision import resolve_precision
@@ -105,6 +106,9 @@ def generate_samples(
             if launcher:
                 shutil.rmtree(staging, ignore_errors=True)
                 staging.mkdir(parents=True)
+            # Our bar counts network calls (rate, time left); Lightning's counts batches, for the VAE's one pass
+            # and under DDP, where each process runs its own share.
+            calls = network_calls(num_samples, batch_size, sampler_steps) if devices == 1 else 0
             trainer = L.Trainer(
                 accelerator=accelerator,
                 devices=devices,
@@ -116,11 +120,15 @@ def generate_samples(
                 callbacks=[SampleWriter(staging, out, manifest, num_samples)],
                 default_root_dir=str(staging),
                 enable_model_summary=False,
+                enable_progress_bar=calls == 0,
             )
             datamodule = SampleIndexDataModule(num_samples, batch_size, seed, sampler, steps)
-            trainer.predict(model, datamodule=datamodule, return_predictions=False)
+            with step_progress(calls, f"sample {sampler_name} {sampler_steps}"):
+                trainer.predict(model, datamodule=datamodule, return_predictions=False)
         except BaseException:
             if launcher:
                 shutil.rmtree(staging, ignore_errors=True)
             raise
+    if launcher:
+        print(f"xraydiff sample: wrote {num_samples} samples to {out}/ (manifest.json, <id>.npz, <id>.png)")
     return out

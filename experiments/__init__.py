@@ -1,7 +1,8 @@
 """The studies: one module each, found by ``xraydiff experiment NAME`` without an edit of ``cli.py``.
 
-A study module defines ``STUDY = StudyCommand(name, summary, description, run)`` (``experiments.steps``);
-``studies`` lists them without importing (so ``xraydiff --help`` stays fast) and ``study`` imports one.
+A study module defines ``STUDY = StudyCommand(name, summary, description, run, schema)`` (``experiments.steps``);
+``studies`` lists them and ``study_help`` prints one's command line and config schema without importing them
+(help stays fast), and ``study`` imports one.
 """
 
 from __future__ import annotations
@@ -9,21 +10,125 @@ from __future__ import annotations
 import ast
 import importlib
 import pkgutil
+import re
 from pathlib import Path
+from typing import Literal, get_origin
+
+from commands.parsing import ConfigParser
+
+
+def _study_call(tree: ast.Module) -> ast.Call | None:
+    """The ``StudyCommand(...)`` call a module assigns to ``STUDY``, if it does."""
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "STUDY" for t in node.targets):
+            return node.value
+    return None
+
+
+def _keyword(call: ast.Call, name: str) -> ast.expr | None:
+    return next((k.value for k in call.keywords if k.arg == name), None)
 
 
 def studies() -> dict[str, str]:
     """name -> one-line summary of every module of this package that assigns ``STUDY`` (read by ``ast``)."""
     found = {}
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
-        tree = ast.parse(Path(info.module_finder.path, f"{info.name}.py").read_text())
-        for node in tree.body:
-            if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "STUDY" for t in node.targets):
-                summary = next((k.value for k in node.value.keywords if k.arg == "summary"), None)
-                found[info.name] = ast.literal_eval(summary) if summary is not None else ""
+        call = _study_call(ast.parse(Path(__path__[0], f"{info.name}.py").read_text()))
+        if call is not None:
+            summary = _keyword(call, "summary")
+            found[info.name] = ast.literal_eval(summary) if summary is not None else ""
     return found
 
 
 def study(name: str):
     """The ``StudyCommand`` of the study module ``name``."""
     return importlib.import_module(f"experiments.{name}").STUDY
+
+
+def study_parser(name: str, description: str) -> ConfigParser:
+    """The command line of ``xraydiff experiment NAME``."""
+    parser = ConfigParser(prog=f"xraydiff experiment {name}", description=description)
+    parser.add_argument("--config", type=Path, required=True, help="YAML with an 'experiment' section")
+    parser.add_argument("--out", type=Path, required=True, help="study folder (new, or an earlier run to resume)")
+    return parser
+
+
+def study_help(name: str) -> str:
+    """``xraydiff experiment NAME --help``: the command line and the config's schema, without importing the study."""
+    description = _keyword(_study_call(ast.parse(Path(__path__[0], f"{name}.py").read_text())), "description")
+    parser = study_parser(name, ast.literal_eval(description) if description is not None else "")
+    return f"{parser.format_help()}\nThe config's 'experiment' section (type, default, checks):\n\n{schema_text(name)}"
+
+
+def schema_text(name: str) -> str:
+    """The ``experiment:`` section a study reads, from its module's source (read, not imported: the help page
+    waits for no model): the dataclass named by ``STUDY``'s ``schema`` and every dataclass of the module its
+    fields name, one line per key with its type, its default (or "required"), its checks and its comment."""
+    path = Path(__path__[0], f"{name}.py")
+    source = path.read_text()
+    tree, lines = ast.parse(source), source.splitlines()
+    classes = {
+        node.name: node
+        for node in tree.body
+        if isinstance(node, ast.ClassDef) and any("dataclass" in ast.unparse(d) for d in node.decorator_list)
+    }
+    root = ast.unparse(_keyword(_study_call(tree), "schema"))
+    shown, pending, out = set(), [("experiment", root)], []
+    while pending:
+        title, cls = pending.pop(0)
+        if cls in shown:
+            continue
+        shown.add(cls)
+        out.append(f"{title}:" + (f"  # {cls}" if title != cls else ""))
+        for base in (b.id for b in classes[cls].bases if isinstance(b, ast.Name) and b.id in classes):
+            out.append(f"  (and the keys of {base})")
+            pending.append((base, base))
+        for item in classes[cls].body:
+            if not isinstance(item, ast.AnnAssign) or ast.unparse(item.annotation).startswith("ClassVar"):
+                continue
+            kind = _choices(ast.unparse(item.annotation))
+            comment = lines[item.lineno - 1].partition("  # ")[2] or _comment_above(lines, item.lineno)
+            out.append(f"  {item.target.id}: {kind}{_default(item.value)}" + (f"  # {comment}" if comment else ""))
+            pending += [(used, used) for used in classes if re.search(rf"\b{used}\b", kind)]
+        out.append("")
+    return "\n".join(out).rstrip()
+
+
+def _default(value: ast.expr | None) -> str:
+    """`` = DEFAULT (checks)`` of a field's right-hand side; "required" where there is no default."""
+    call = ast.unparse(value.func) if isinstance(value, ast.Call) else None
+    if call not in ("option", "field"):
+        return f" = {ast.unparse(value)}" if value is not None else " (required)"
+    keywords = {k.arg: k.value for k in value.keywords}
+    default = value.args[0] if value.args else keywords.pop("default", None)
+    factory = keywords.pop("default_factory", None)
+    if isinstance(factory, ast.Lambda):
+        default = factory.body
+    elif factory is not None:  # dict, list
+        default = ast.parse({"dict": "{}", "list": "[]"}.get(ast.unparse(factory), "...")).body[0].value
+    checks = [key if ast.unparse(v) == "True" else f"{key} {ast.unparse(v)}" for key, v in keywords.items()]
+    if default is None:
+        return f" (required{''.join(', ' + check for check in checks)})"
+    return f" = {ast.unparse(default)}" + (f" ({', '.join(checks)})" if checks else "")
+
+
+def _choices(annotation: str) -> str:
+    """An annotation with the named choices of ``xraydiff.diffusion.choices`` spelt out."""
+    from xraydiff.diffusion import choices  # imports nothing heavy
+
+    for name, value in vars(choices).items():
+        if get_origin(value) is Literal or (name.isupper() and isinstance(value, tuple)):
+            spelt = value if get_origin(value) is Literal else Literal[value]
+            annotation = re.sub(
+                rf"(?<!\w)(Literal\[{name}\]|{name})(?!\w)", repr(spelt).replace("typing.", ""), annotation
+            )
+    return annotation
+
+
+def _comment_above(lines: list[str], lineno: int) -> str:
+    """The comment lines just above a field (line ``lineno``, 1-based), joined."""
+    found, k = [], lineno - 2
+    while k >= 0 and lines[k].strip().startswith("#"):
+        found.insert(0, lines[k].strip().lstrip("# "))
+        k -= 1
+    return " ".join(found)

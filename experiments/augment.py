@@ -25,13 +25,13 @@ import numpy as np
 import torch
 
 from commands.acceptance import acceptance_rate_of_checkpoint
-from commands.lightning_cli import data_parser
+from commands.parsing import data_parser
 from commands.sampling import generate_samples
 from experiments.schema import fail, option, read_study_config
 from experiments.steps import StepRunner, StudyCommand, seeded
 from xraydiff.checkpoints import CHECKPOINT_KEY, read_checkpoint
 from xraydiff.data.imageio import atomic_write_bytes
-from xraydiff.diffusion.engine import Sampler
+from xraydiff.diffusion.choices import Sampler
 from xraydiff.errors import DataError
 from xraydiff.metrics import common_image_rows, describe_paired, paired_difference, seed_spread
 from xraydiff.precision import resolve_precision
@@ -72,7 +72,7 @@ class StudyConfig:
         default_factory=lambda: {"full": 1.0, "reduced": 0.1}, nonempty=True, above=0, max=1
     )
     num_samples: int = option(400, min=1)
-    # DDIM 10 (at the generator's eta): the cheapest sampler whose acceptance overlaps DDIM 100's (README)
+    # DDIM 10 (at the generator's eta): the cheapest sampler whose acceptance overlaps DDIM 100's (docs/hands.md)
     sampler: Sampler | None = "ddim"
     steps: int | None = option(10, min=1)
     batch_size: int = option(16, min=1)
@@ -524,5 +524,6 @@ STUDY = StudyCommand(
     name="augment",
     summary="the synthetic-augmentation study, end to end",
     description="The synthetic-augmentation study of Hadzic et al.: generators, acceptance, localizer; resumable.",
+    schema=StudyConfig,
     run=_run,
 )

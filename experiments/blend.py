@@ -29,12 +29,12 @@ from typing import Any, ClassVar, Literal
 
 import torch
 
-from commands.lightning_cli import data_parser
+from commands.parsing import data_parser
 from experiments.schema import Named, fail, option, read_study_config
 from experiments.steps import StepRunner, StudyCommand
 from xraydiff.checkpoints import CHECKPOINT_KEY, read_checkpoint
 from xraydiff.data.imageio import atomic_write_bytes
-from xraydiff.diffusion.blending import COMPOSITES
+from xraydiff.diffusion.choices import COMPOSITES
 from xraydiff.errors import DataError
 from xraydiff.metrics import (
     SEGMENTATION_SCORES,
@@ -45,11 +45,9 @@ from xraydiff.metrics import (
     summarize_segmentation,
 )
 
+
 # without ``variants``: one blend of the shared ``blend`` options (its strength, or run_blend's default steps / T,
 # Lim et al.'s Appendix A read literally); a variant never overrides what it does not name
-DEFAULT_VARIANTS = ({"name": "blend"},)
-
-
 @dataclass
 class ModelSpec:
     """A model of the study: its LightningCLI config(s), overrides, and optionally a ready checkpoint."""
@@ -92,7 +90,7 @@ class BlendStudyConfig:
     data: dict[str, Any] = field(default_factory=dict)  # overrides of every config's data.init_args
     blend: BlendOptions = field(default_factory=dict)  # shared by every variant
     # one blend per k and variant: its name and the options overriding ``blend``
-    variants: list[Variant] = option(default_factory=lambda: [dict(v) for v in DEFAULT_VARIANTS], nonempty=True)
+    variants: list[Variant] = option(default_factory=lambda: [{"name": "blend"}], nonempty=True)
     seeds: list[int] = option(default_factory=lambda: [0], nonempty=True, distinct=True)  # of the segmenter
     synthetic_only: bool = True  # the paper's "synthetic only" rows (not for re-imposed or copy-paste blends)
     # of real + synthetic epochs: a fixed half, so that a real image is seen as often whatever k is (null:
@@ -395,5 +393,6 @@ STUDY = StudyCommand(
     summary="latent-blending augmentation of a segmenter (Lim et al., Table 1)",
     description="Lim et al.'s Table 1: generators, latent blending for each k, the segmenter on real, "
     "synthetic and real + synthetic pairs, tested on the hold-out set. Resumable: finished steps are kept.",
+    schema=BlendStudyConfig,
     run=_run,
 )

@@ -32,14 +32,14 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 
-from commands.lightning_cli import data_parser
-from commands.parsing import read_yaml
+from commands.parsing import data_parser, read_yaml
 from experiments.schema import Named, fail, option, read_study_config
 from experiments.steps import StepRunner, StudyCommand, seeded
 from lightning_modules.landmark_diffusion import LandmarkDiffusion
 from xraydiff.checkpoints import CHECKPOINT_KEY, read_checkpoint
 from xraydiff.data.imageio import atomic_write_bytes
-from xraydiff.diffusion.landmark import LandmarkSampler, check_blur, check_decoding, check_inference
+from xraydiff.diffusion.choices import LandmarkSampler
+from xraydiff.diffusion.landmark import check_blur, check_decoding, check_inference
 from xraydiff.errors import DataError
 from xraydiff.metrics import common_image_rows, describe_paired, paired_difference, seed_spread
 
@@ -436,5 +436,6 @@ STUDY = StudyCommand(
     summary="landmark diffusion vs. the same network without diffusion",
     description="Landmark diffusion vs. the same network without diffusion at equal budget (the paper's "
     "Table 1): train both, evaluate every inference mode; resumable.",
+    schema=LandmarkStudyConfig,
     run=_run,
 )

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from commands.lightning_cli import XrayCLI
-from commands.parsing import ConfigParser
+from experiments import study_parser
 from xraydiff.data.imageio import atomic_write_bytes, check_output_folder, mark_output
 
 MARKER = "done.json"
@@ -38,12 +38,10 @@ class StudyCommand:
     summary: str
     description: str
     run: Callable[[Path, Path], str]
+    schema: type  # the dataclass of the config's ``experiment:`` section
 
     def main(self, argv: list[str]) -> None:
-        parser = ConfigParser(prog=f"xraydiff experiment {self.name}", description=self.description)
-        parser.add_argument("--config", type=Path, required=True, help="YAML with an 'experiment' section")
-        parser.add_argument("--out", type=Path, required=True, help="study folder (new, or an earlier run to resume)")
-        args = parser.parse_args(argv)
+        args = study_parser(self.name, self.description).parse_args(argv)
         print(self.run(args.config, args.out))
 
 

@@ -99,7 +99,7 @@ class LandmarkDiffusion(WeightAverageMixin, TaggedCheckpointMixin, L.LightningMo
         image_size: (H, W), divisible by 2 ** (len(channels) - 1).
         image_channels: channels of the conditioning image.
         channels, num_res_blocks, attention_levels, norm_num_groups, num_head_channels,
-            use_flash_attention: the MONAI ``DiffusionModelUNet`` (symmetric; see the README for the
+            use_flash_attention: the MONAI ``DiffusionModelUNet`` (symmetric; see docs/deviations.md for the
             paper's asymmetric widths).
         diffusion: False trains the no-diffusion baseline.
         num_train_timesteps, beta_start, beta_end: T and the linear variance schedule (200, 1e-4, 0.02).
@@ -113,7 +113,7 @@ class LandmarkDiffusion(WeightAverageMixin, TaggedCheckpointMixin, L.LightningMo
         sampler, sampling_steps, ddim_eta, ensemble, chain_decoding: the inference mode (see above).
         x0_estimate: what each reverse step takes as x0 from the logits: 'softmax' (the trained
             distribution as a heatmap, ``xraydiff.diffusion.landmark.softmax_heatmap``) or 'clamp'
-            (clamp(logits, -1, 1), the paper's text read literally; README deviation table).
+            (clamp(logits, -1, 1), the paper's text read literally; docs/deviations.md).
         fit_validation: inference mode of the validation inside ``fit``.
         seed: seed of the per-image noise of inference (a prediction depends on it and the image only).
         learning_rate, weight_decay: AdamW (1e-4 and 1e-4 in the paper).

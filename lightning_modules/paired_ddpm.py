@@ -42,11 +42,13 @@ class PairedDDPM(DiffusionSamplingMixin, WeightAverageMixin, PairedGenerativeMod
         ema_warmup: warm the average's decay up over the first updates (see ``init_weight_average``): without
             it, 0.9999 keeps most of the weight on the initial network for the first 10 000 steps, and the
             acceptance measured during training samples that.
-        sampler: default sampler, 'ddpm' (T steps), 'ddim', or a solver: 'dpmpp_2m', 'dpmpp_2m_sde', 'unipc'.
-        sampling_steps: steps k of every sampler but 'ddpm'.
+        sampler: default sampler, 'ddpm' (T steps, the paper's), 'ddim', or a solver: 'dpmpp_2m', 'dpmpp_2m_sde',
+            'unipc'. The default, DDIM 10 at eta 1, is the cheapest whose acceptance interval overlaps DDIM 100's
+            on the demo DDPM (docs/hands.md); ``configs/hand/ddpm.yaml`` keeps the paper's chain.
+        sampling_steps: steps k of every sampler but 'ddpm' (default 10).
         ddim_eta: DDIM's eta (Song et al., eq. 16): 0 is the deterministic DDIM, 1 (default) adds the DDPM
             posterior noise at every one of the k steps, which corrects the errors of earlier steps: on the demo
-            DDPM, DDIM 10 accepts 13.5 % at eta 1 and 5.2 % at eta 0 (README, sampler parity table), and the
+            DDPM, DDIM 10 accepts 13.5 % at eta 1 and 5.2 % at eta 0 (docs/hands.md, sampler table), and the
             study's default DDIM 10 runs at the model's eta.
     """
 
@@ -69,8 +71,8 @@ class PairedDDPM(DiffusionSamplingMixin, WeightAverageMixin, PairedGenerativeMod
         learning_rate: float = 1e-3,
         ema_decay: float = 0.999,
         ema_warmup: bool = True,
-        sampler: Sampler = "ddpm",
-        sampling_steps: int = 50,
+        sampler: Sampler = "ddim",
+        sampling_steps: int = 10,
         ddim_eta: float = 1.0,
     ):
         super().__init__(image_size, heatmap_sigma)

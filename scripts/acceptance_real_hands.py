@@ -1,5 +1,5 @@
 """The acceptance check's figures on real hands: how many real hands it accepts, how many corrupted
-ones it rejects (the README's "Measured" paragraph of the quality-control section).
+ones it rejects (the "Measured" paragraph of docs/hands.md).
 
 Statistics from the 597 training annotations of CV set 1 of the Digital Hand Atlas (no validation
 hold-out, as in the paper), the 298 set-1 test hands rendered as sigma-1 heatmaps at 256 x 256, each

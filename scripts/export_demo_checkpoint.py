@@ -16,6 +16,9 @@ Checkpoints record the training set they were trained on (``xraydiff.train_data`
 checks against each row. The shipped checkpoint predates that record; it was added afterwards with
     python scripts/export_demo_checkpoint.py --ckpt_path xraydiff/assets/demo_hand_ddpm.ckpt \\
         --out xraydiff/assets/demo_hand_ddpm.ckpt --train-config configs/demo/hand_ddpm_pretrain.yaml
+and its default sampling set to the sampler table's choice (docs/hands.md: DDIM 10 at eta 1) with
+    python scripts/export_demo_checkpoint.py --ckpt_path xraydiff/assets/demo_hand_ddpm.ckpt \\
+        --out xraydiff/assets/demo_hand_ddpm.ckpt --hparam sampler=ddim --hparam sampling_steps=10 --hparam ddim_eta=1.0
 """
 
 from __future__ import annotations
@@ -25,21 +28,25 @@ import io
 from pathlib import Path
 
 import torch
+import yaml
 
 from xraydiff.data.imageio import atomic_write_bytes
 
 
 def describe_training_set(config: Path, overrides: list[str]) -> dict:
     """The training set of a fit config's data section (for checkpoints older than provenance records)."""
-    from commands.lightning_cli import data_parser
+    from commands.parsing import data_parser
 
     parser = data_parser("export", "")
     cfg = parser.parse_args(["--config", str(config), *overrides, "--data.init_args.annotations_only", "true"])
     return parser.instantiate_classes(cfg).data.training_set_description()
 
 
-def export(source: Path, target: Path, train_data: dict | None = None) -> dict:
+def export(source: Path, target: Path, train_data: dict | None = None, hparams: dict | None = None) -> dict:
     checkpoint = torch.load(source, map_location="cpu", weights_only=False)
+    unknown = sorted(set(hparams or {}) - set(checkpoint["hyper_parameters"]))
+    if unknown:
+        raise SystemExit(f"{source}: no hyperparameter {unknown[0]}")
     if train_data is None and "train_data" not in checkpoint["xraydiff"]:
         raise SystemExit(f"{source}: records no training set; pass --train-config (and its data overrides)")
     state = checkpoint["state_dict"]
@@ -52,13 +59,16 @@ def export(source: Path, target: Path, train_data: dict | None = None) -> dict:
             slim_state[key] = ema[key[len("unet.") :]]  # the same tensor: torch.save stores it once
     slim = {
         "state_dict": slim_state,
-        "hyper_parameters": checkpoint["hyper_parameters"],
+        "hyper_parameters": {**checkpoint["hyper_parameters"], **(hparams or {})},
         "hparams_name": checkpoint.get("hparams_name", "kwargs"),
         "pytorch-lightning_version": checkpoint["pytorch-lightning_version"],
         "xraydiff": {
             **checkpoint["xraydiff"],
             **({"train_data": train_data} if train_data is not None else {}),
-            "exported_from": str(source),
+            # re-exporting a shipped checkpoint in place keeps the record of the training run it came from
+            "exported_from": checkpoint["xraydiff"].get("exported_from", str(source))
+            if Path(source).resolve() == Path(target).resolve()
+            else str(source),
             "global_step": checkpoint["global_step"],
             "epoch": checkpoint["epoch"],
         },
@@ -76,10 +86,15 @@ def main() -> None:
     parser.add_argument("--ckpt_path", type=Path, required=True)
     parser.add_argument("--out", type=Path, default=Path("xraydiff/assets/demo_hand_ddpm.ckpt"))
     parser.add_argument("--train-config", type=Path, help="fit config whose data section the model was trained on")
+    parser.add_argument(
+        "--hparam", action="append", default=[], metavar="NAME=VALUE",
+        help="replace a hyperparameter (a YAML value), e.g. the default sampling: --hparam sampling_steps=10",
+    )  # fmt: skip
     parser.add_argument("overrides", nargs="*", help="data overrides of that fit (--data.init_args.KEY VALUE)")
     args, unknown = parser.parse_known_args()
     train_data = describe_training_set(args.train_config, args.overrides + unknown) if args.train_config else None
-    info = export(args.ckpt_path, args.out, train_data)
+    hparams = {name: yaml.safe_load(value) for name, _, value in (item.partition("=") for item in args.hparam)}
+    info = export(args.ckpt_path, args.out, train_data, hparams)
     print(f"training set: {info.get('train_data')}")
     print(f"{args.out}: {args.out.stat().st_size / 1e6:.1f} MB, step {info['global_step']}, epoch {info['epoch']}")
 

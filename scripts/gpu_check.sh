@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check (README, "GPU"): on one GPU, from a fresh clone, in at most 8 minutes: set up, run every
+# The GPU check (docs/training.md, "The GPU check"): on one GPU, from a fresh clone, in at most 8 minutes: set up, run every
 # model on the GPU (tests/test_gpu.py: training steps under bf16-mixed, a checkpoint saved and loaded,
 # sampling with DDIM and a solver) and print each model's paper-scale training steps/s and sampling seconds
 # per sample (benchmarks/*.py --device cuda). Without a GPU it says so and exits 0.

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The latent diffusion CPU recipe on the real UFBA-425 radiographs (README, "Latent diffusion"): the
+# The latent diffusion CPU recipe on the real UFBA-425 radiographs (docs/panoramic.md): the
 # autoencoder (35 min), its test PSNR / SSIM, the LDM on top of it (25 min) and 16 DDIM samples.
-# Prints the figures the README quotes. Run from the project root with ../shared/data beside it.
+# Prints the figures docs/panoramic.md quotes. Run from the project root with ../shared/data beside it.
 set -euo pipefail
 XRAYDIFF=${XRAYDIFF:-xraydiff}
 $XRAYDIFF fit --config configs/data/panoramic.yaml --config configs/panoramic/autoencoder_cpu.yaml

@@ -1,4 +1,4 @@
-"""The prediction plausibility check on real cephalograms (the README's "Plausibility" figures).
+"""The prediction plausibility check on real cephalograms (the "Plausibility" figures of docs/localization.md).
 
 Fits the check (``callbacks.plausibility.fit_prediction_checker``) on the 150 ISBI 2015 training
 annotations (mean of the two doctors) at 320 x 256, once per calibration of the shape rule's limit

@@ -1,4 +1,4 @@
-"""Does the prediction QC catch a cephalogram facing the other way? (README, "The comparison study").
+"""Does the prediction QC catch a cephalogram facing the other way? (docs/cephalograms.md).
 
 Loads a trained landmark model (``LandmarkDiffusion``, baseline or diffusion), predicts the first
 ``--images`` Test1 images as they are and flipped left-right, and checks every predicted configuration

@@ -22,7 +22,8 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 requires_shared_data = pytest.mark.skipif(
-    not SHARED_DATA.is_dir(), reason=f"real data not found at {SHARED_DATA} (see README, 'Real data')"
+    not SHARED_DATA.is_dir(),
+    reason=f"real data not found at {SHARED_DATA} (see docs/data.md, 'Real data for development')",
 )
 
 

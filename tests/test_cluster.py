@@ -181,6 +181,23 @@ def test_sigterm_saves_a_checkpoint_exits_cleanly_and_resumes_exactly(tmp_path, 
     _continue_and_compare(root, base, "last", stopped["global_step"] + 4, tmp_path)
 
 
+def test_ctrl_c_saves_like_sigterm_and_resumes_exactly(tmp_path):
+    """SIGINT (Ctrl-C) stops at the end of the step and writes last.ckpt, as SIGTERM does (Lightning alone
+    reports "Detected KeyboardInterrupt" and saves nothing); --ckpt_path last then continues exactly."""
+    name, base, steps_per_epoch = MODELS["paired_ddpm"]
+    root = tmp_path / "run"
+    process = _start_fit(root, base)
+    _wait_for(root / "checkpoints/last.ckpt", process)
+    time.sleep(1.0)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr[-3000:]
+    assert "Stopped by Ctrl-C (SIGINT)" in stderr and "Detected KeyboardInterrupt" not in stderr
+    stopped = torch.load(root / "checkpoints/last.ckpt", weights_only=False)
+    assert _completed_steps(stopped) > steps_per_epoch  # saved at the step it stopped, not at the epoch's end
+    _continue_and_compare(root, base, "last", stopped["global_step"] + 4, tmp_path)
+
+
 def test_slurm_signal_saves_hpc_checkpoint_and_requeues(tmp_path):
     """SIGUSR1 before the time limit: Lightning's SLURM environment saves and requeues the job. (The HPC
     checkpoint is written at a step's end, as the step checkpoint, for every loop kind; one model here.)"""

@@ -163,7 +163,7 @@ def test_an_unreadable_generator_checkpoint_stops_the_study_with_its_name(cli, t
     code, _, err = cli(
         "experiment", "augment", "--config", _study(tmp_path, generators={"ddpm": ddpm}), "--out", tmp_path / "out"
     )
-    assert code != 0 and f"{broken}: cannot read checkpoint" in err
+    assert code != 0 and f"{broken}: not a checkpoint" in err
     assert not list((tmp_path / "out").rglob("done.json"))
 
 

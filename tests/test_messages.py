@@ -86,33 +86,13 @@ def test_help_shows_every_default_and_every_option_has_help(cli):
     assert "samples per network call (default: 16)" in out and "seed of the samples (default: 0)" in out
     import cli as entry
 
-    for name, command in [("sample", entry.sample), ("acceptance run", entry.acceptance_run)]:
-        parser = _parser_of(command)
-        for action in parser._actions:
+    for words, (build, _) in entry.COMMANDS.items():
+        name = " ".join(words)
+        for action in build()._actions:
             assert action.help, f"xraydiff {name} {action.option_strings}: no help"
             assert all("-" not in option[2:] for option in action.option_strings if option.startswith("--")), (
                 f"xraydiff {name}: {action.option_strings} spelt with a dash"
             )
-
-
-def _parser_of(command):
-    """The parser a command builds (captured from its parse_args)."""
-    import commands.parsing as parsing
-
-    captured = {}
-    original = parsing.ConfigParser.parse_args
-
-    def capture(self, args=None, *rest, **kwargs):
-        captured["parser"] = self
-        raise SystemExit(0)
-
-    parsing.ConfigParser.parse_args = capture
-    try:
-        with pytest.raises(SystemExit):
-            command([])
-    finally:
-        parsing.ConfigParser.parse_args = original
-    return captured["parser"]
 
 
 def test_one_parser_library_for_every_command():

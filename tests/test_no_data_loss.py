@@ -88,3 +88,32 @@ def test_a_new_fit_over_an_earlier_runs_checkpoints_is_refused(tmp_path):
     assert "--ckpt_path last" in result.stderr and (root / "checkpoints/last.ckpt").read_bytes() == last
     result = run([*fit, "--overwrite_run", "true"])  # asked for explicitly
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_fit_never_replaces_a_config_yaml_it_did_not_write(tmp_path):
+    """A user's own config.yaml in the run folder was overwritten by the config copy, silently."""
+    root = tmp_path / "run"
+    root.mkdir()
+    (root / "config.yaml").write_text("# my experiment notes\nlr: 0.1\n")
+    result = run(["fit", *LOCALIZER, "--trainer.default_root_dir", root, "--trainer.max_steps", "1"])
+    assert result.returncode != 0 and f"{root / 'config.yaml'}: a file xraydiff did not write" in result.stderr
+    assert (root / "config.yaml").read_text() == "# my experiment notes\nlr: 0.1\n"
+    assert not (root / "checkpoints").exists()
+
+
+def test_overwrite_run_removes_exactly_the_earlier_runs_files(tmp_path):
+    """--overwrite_run left the old run's checkpoints beside the new ones; and it must not touch a user's file."""
+    root = tmp_path / "run"
+    fit = ["fit", *LOCALIZER, "--trainer.default_root_dir", root]
+    result = run([*fit, "--trainer.max_steps", "8"])  # two epochs of 4 steps
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert {p.name for p in (root / "checkpoints").glob("epoch=*.ckpt")} == {"epoch=0001-step=0000008.ckpt"}
+    (root / "notes.txt").write_text("mine")
+    (root / "checkpoints" / "my_copy.txt").write_text("mine too")
+    result = run([*fit, "--trainer.max_steps", "4", "--overwrite_run", "true"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "removed the" in result.stdout + result.stderr
+    now = {p.name for p in (root / "checkpoints").glob("epoch=*.ckpt")}
+    assert now == {"epoch=0000-step=0000004.ckpt"}, now  # the earlier run's epoch=0001 checkpoint is gone
+    assert (root / "notes.txt").read_text() == "mine" and (root / "checkpoints" / "my_copy.txt").exists()
+    assert len(list(root.glob("version_*"))) == 1  # the earlier run's CSV logs are gone, the new run's are there

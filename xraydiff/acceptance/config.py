@@ -41,7 +41,9 @@ class AcceptanceConfig:
         shape_sd_limit: limit of |b_k| / sqrt(lambda_k) of the 'box' rule.
         blob_threshold: heatmap level in [0, 1] of a "strong" blob for the unassigned-blob rule.
         blob_radius_px: a blob closer than this to a labelled landmark counts as assigned.
-        bp_damping, bp_max_iterations, bp_tolerance: loopy belief propagation.
+        bp_damping: share of the previous message kept in each loopy belief-propagation update.
+        bp_max_iterations: belief-propagation sweeps at most.
+        bp_tolerance: largest message change at which belief propagation has converged.
         topology: MRF edges over the mean shape: 'delaunay', 'knn' or 'tree'.
         knn: neighbours per landmark for the 'knn' topology.
         variance_share: SSM modes kept up to this share of the variance.
@@ -133,7 +135,7 @@ def defaults_for(anatomy: str, num_landmarks: int) -> dict:
             "shape_calibration": "training",
         }  # fmt: skip
     if anatomy == "ceph":
-        # leave-one-out: in-sample, 2.7 % of the ISBI Test1 annotations failed (README, "Plausibility")
+        # leave-one-out: in-sample, 2.7 % of the ISBI Test1 annotations failed (docs/localization.md, "Plausibility")
         return {
             "shared_pairs": CEPH_SHARED_PAIRS, "stable_landmarks": CEPH_STABLE_LANDMARKS, "stable_max_mm": 16.0,
             "shape_calibration": "leave_one_out",

@@ -174,8 +174,6 @@ def blend_denoise(
 
 # ----------------------------------------------------------------------------- pixel space
 
-COMPOSITES = ("latent", "pixel", "copy_paste")
-
 
 def pixel_region(region: Tensor, image_size: tuple[int, int]) -> Tensor:
     """The latent mask G'_a (h, w) back at image resolution (H, W): every pixel of a marked latent cell,

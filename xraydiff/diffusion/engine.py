@@ -7,25 +7,20 @@ variant (Lu et al. 2022, sect. 4 and 5) and UniPC (Zhao et al. 2023, bh2).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Literal, Protocol, get_args
+from typing import Protocol, get_args
 
 import torch
 from monai.networks.schedulers import DDPMScheduler
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from xraydiff.diffusion.choices import SOLVERS, Sampler
 from xraydiff.diffusion.objectives import Denoiser, PredictionType
 from xraydiff.errors import DataError
-
-Sampler = Literal["ddpm", "ddim", "dpmpp_2m", "dpmpp_2m_sde", "unipc"]
-# diffusers scheduler class and options of each solver; all are given the engine's x0 (prediction 'sample')
-SOLVERS = {
-    "dpmpp_2m": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "solver_order": 2}),
-    "dpmpp_2m_sde": ("DPMSolverMultistepScheduler", {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}),
-    "unipc": ("UniPCMultistepScheduler", {"solver_order": 2, "solver_type": "bh2"}),
-}
 
 
 def check_diffusion_options(
@@ -186,6 +181,21 @@ def step_rule(
     return PosteriorRule(timesteps, 1.0 if sampler == "ddpm" else eta, scheduler.alphas_cumprod)
 
 
+# Called with 1 after every network call of ``reverse_process``: a command's progress counts the steps of
+# every chain it runs, whichever loop (Lightning's predict, the acceptance rate, blending) drives them.
+_STEP_OBSERVERS: ContextVar[tuple[Callable[[int], object], ...]] = ContextVar("step_observers", default=())
+
+
+@contextlib.contextmanager
+def observing_steps(observer: Callable[[int], object]) -> Iterator[None]:
+    """Inside the block, ``observer(1)`` runs after every step of every reverse process (e.g. ``tqdm.update``)."""
+    token = _STEP_OBSERVERS.set((*_STEP_OBSERVERS.get(), observer))
+    try:
+        yield
+    finally:
+        _STEP_OBSERVERS.reset(token)
+
+
 @torch.no_grad()
 def reverse_process(
     denoiser: Denoiser,
@@ -220,6 +230,8 @@ def reverse_process(
         x = rule.step(x, x0, i, z)
         if x_hook is not None:
             x = x_hook(x, t_prev)
+        for observe in _STEP_OBSERVERS.get():
+            observe(1)
     return x
 
 

@@ -30,14 +30,12 @@ from monai.networks.layers import gaussian_1d, separable_filtering
 from monai.networks.schedulers import DDPMScheduler
 from torch import Tensor
 
+from xraydiff.diffusion.choices import ONE_CALL, LandmarkSampler
 from xraydiff.diffusion.engine import check_sampling, draw_noise, reverse_process, step_rule
 from xraydiff.diffusion.objectives import make_scheduler
 from xraydiff.errors import DataError
 from xraydiff.landmarks.localization import decode_landmarks, spatial_softmax_nll
 
-# one call from x_{T-1}, the T-step chain, k DDIM steps; 'empty': the diagnostic call at t = 0 on the empty heatmap
-LandmarkSampler = Literal["single", "ddpm", "ddim", "empty"]
-ONE_CALL: tuple[LandmarkSampler, ...] = ("single", "empty")  # decoded from the logits of their one call
 X0Estimate = Literal["softmax", "clamp"]
 ChainDecoding = Literal["argmax", "topk"]
 # 'scaled': the linear betas' ends x 1000 / T (Nichol & Dhariwal's improved-diffusion); 'literal': as given
@@ -126,7 +124,7 @@ def estimate_x0(logits: Tensor, kind: X0Estimate = "softmax") -> Tensor:
     Why not the clamp by default: L_nll fixes only the logits' differences and lambda_s = 0.01 barely
     pulls the background to -1, so the clamped logits are salt and pepper (tiny phantom model: 12 % of
     the pixels above 0.5 against 0.2 % of the target's). Fed back into x_{t-1} that background is far
-    from every x_t of training and each step made the prediction worse (README, "The comparison study").
+    from every x_t of training and each step made the prediction worse (docs/cephalograms.md).
     """
     check_decoding(kind, "argmax")
     return softmax_heatmap(logits) if kind == "softmax" else as_x0(logits)

@@ -168,7 +168,9 @@ def explain(message: str, valid: Iterable[str], argv: list[str]) -> str:
     union = re.search(r"Errors:\s*\n\s*- (.+)", message)
     if key and (restricted or union):
         value = given_value(key, argv)
-        reason = f"must satisfy {restricted.group(2).strip()}" if restricted else union.group(1).strip()
+        # "v>0 and v<=1" reads "must be > 0 and <= 1"
+        rule = re.sub(r"v\s*([<>=!]+)\s*", r"\1 ", restricted.group(2).strip()) if restricted else None
+        reason = f"must be {rule}" if rule else union.group(1).strip()
         return f"{where(key, argv)}: {key}: {reason}" + (f", got {value!r}" if value is not None else "")
 
     unrecognized = re.search(r"[Uu]nrecognized arguments: (--?[\w.\-]+)", message)

@@ -29,14 +29,20 @@ def _keyword(call: ast.Call, name: str) -> ast.expr | None:
     return next((k.value for k in call.keywords if k.arg == name), None)
 
 
+def _sources() -> dict[str, Path]:
+    """name -> source file of every module of this package (on every entry of its ``__path__``)."""
+    modules = sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name)
+    return {info.name: Path(info.module_finder.path, f"{info.name}.py") for info in modules if not info.ispkg}
+
+
 def studies() -> dict[str, str]:
     """name -> one-line summary of every module of this package that assigns ``STUDY`` (read by ``ast``)."""
     found = {}
-    for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
-        call = _study_call(ast.parse(Path(__path__[0], f"{info.name}.py").read_text()))
+    for name, source in _sources().items():
+        call = _study_call(ast.parse(source.read_text()))
         if call is not None:
             summary = _keyword(call, "summary")
-            found[info.name] = ast.literal_eval(summary) if summary is not None else ""
+            found[name] = ast.literal_eval(summary) if summary is not None else ""
     return found
 
 
@@ -55,7 +61,7 @@ def study_parser(name: str, description: str) -> ConfigParser:
 
 def study_help(name: str) -> str:
     """``xraydiff experiment NAME --help``: the command line and the config's schema, without importing the study."""
-    description = _keyword(_study_call(ast.parse(Path(__path__[0], f"{name}.py").read_text())), "description")
+    description = _keyword(_study_call(ast.parse(_sources()[name].read_text())), "description")
     parser = study_parser(name, ast.literal_eval(description) if description is not None else "")
     return f"{parser.format_help()}\nThe config's 'experiment' section (type, default, checks):\n\n{schema_text(name)}"
 
@@ -64,15 +70,17 @@ def schema_text(name: str) -> str:
     """The ``experiment:`` section a study reads, from its module's source (read, not imported: the help page
     waits for no model): the dataclass named by ``STUDY``'s ``schema`` and every dataclass of the module its
     fields name, one line per key with its type, its default (or "required"), its checks and its comment."""
-    path = Path(__path__[0], f"{name}.py")
-    source = path.read_text()
+    source = _sources()[name].read_text()
     tree, lines = ast.parse(source), source.splitlines()
     classes = {
         node.name: node
         for node in tree.body
         if isinstance(node, ast.ClassDef) and any("dataclass" in ast.unparse(d) for d in node.decorator_list)
     }
-    root = ast.unparse(_keyword(_study_call(tree), "schema"))
+    schema = _keyword(_study_call(tree), "schema")
+    if schema is None:
+        return "(the study declares no schema)"
+    root = ast.unparse(schema)
     shown, pending, out = set(), [("experiment", root)], []
     while pending:
         title, cls = pending.pop(0)

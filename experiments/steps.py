@@ -38,7 +38,7 @@ class StudyCommand:
     summary: str
     description: str
     run: Callable[[Path, Path], str]
-    schema: type  # the dataclass of the config's ``experiment:`` section
+    schema: type | None = None  # the dataclass of the config's ``experiment:`` section
 
     def main(self, argv: list[str]) -> None:
         args = study_parser(self.name, self.description).parse_args(argv)

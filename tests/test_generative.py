@@ -195,7 +195,7 @@ def test_bad_runs_are_refused_before_any_work(cli, tmp_path, ddpm_checkpoint):
     code, _, err = cli("sample", "--ckpt_path", tmp_path / "nope.ckpt", "--num_samples", 2, "--out", tmp_path / "s")
     assert code != 0 and "checkpoint not found" in err
     code, _, err = cli("sample", "--ckpt_path", ddpm_checkpoint, "--num_samples", 0, "--out", tmp_path / "s")
-    assert code != 0 and "at least 1" in err
+    assert code != 0 and "num_samples: must be > 0" in err
     (tmp_path / "junk.ckpt").write_bytes(b"not a checkpoint")
     code, _, err = cli("sample", "--ckpt_path", tmp_path / "junk.ckpt", "--num_samples", 2, "--out", tmp_path / "s")
     assert code != 0 and "not a checkpoint" in err

@@ -7,7 +7,7 @@ import re
 import secrets
 import sys
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import lightning as L
 from jsonargparse import Namespace
@@ -114,8 +114,6 @@ class XrayCLI(LightningCLI):
         )  # fmt: skip
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.add_lightning_class_args(ModelCheckpoint, "step_checkpoint")
-        for key, group in parser.groups.items():  # titles of their own, not a docstring cut at its first colon
-            group.title = GROUP_TITLES.get(key, re.split(r"(?<=\.)\s|:\s*$", group.title or key)[0].rstrip(":"))
         parser.set_defaults(
             {
                 "trainer.default_root_dir": DEFAULT_ROOT,
@@ -140,6 +138,13 @@ class XrayCLI(LightningCLI):
                 "step_checkpoint.enable_version_counter": False,
             }
         )
+
+    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any) -> LightningArgumentParser:
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        for key, group in parser.groups.items():  # titles of their own, not a docstring cut at its first colon
+            title = GROUP_TITLES.get(key) or re.split(r"(?<=\.)\s", (group.title or key).rstrip(":"))[0]
+            group.title = title.rstrip(".:")
+        return parser
 
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
         super().parse_arguments(parser, args)

@@ -10,7 +10,7 @@ from jsonargparse.typing import NonNegativeInt, PositiveInt, restricted_number_t
 
 from commands.parsing import ConfigParser, data_parser
 from xraydiff.acceptance.config import AcceptanceConfig
-from xraydiff.diffusion.choices import COMPOSITES, SAMPLERS
+from xraydiff.diffusion.choices import COMPOSITES, SAMPLERS, STEP_SAMPLERS
 from xraydiff.precision import AUTO, PRECISIONS
 
 SPLITS = ("train", "val", "test")
@@ -87,7 +87,7 @@ def blend_parser() -> ConfigParser:
     parser.add_argument("--steps", type=PositiveInt, default=25, help="reverse steps of the LDM")
     parser.add_argument(
         "--sampler",
-        choices=[name for name in SAMPLERS if name != "ddpm"],
+        choices=STEP_SAMPLERS,
         default="ddim",
         help="the LDM's step rule (Lim et al.: ddim)",
     )

@@ -34,7 +34,7 @@ from experiments.schema import Named, fail, option, read_study_config
 from experiments.steps import StepRunner, StudyCommand
 from xraydiff.checkpoints import CHECKPOINT_KEY, read_checkpoint
 from xraydiff.data.imageio import atomic_write_bytes
-from xraydiff.diffusion.choices import COMPOSITES
+from xraydiff.diffusion.choices import COMPOSITES, StepSampler
 from xraydiff.errors import DataError
 from xraydiff.metrics import (
     SEGMENTATION_SCORES,
@@ -72,7 +72,7 @@ class BlendOptions(Named):
     seed: int = 0
     composite: Literal[COMPOSITES] = "latent"
     reimpose: bool = False
-    sampler: Literal["ddim", "dpmpp_2m", "dpmpp_2m_sde", "unipc"] = "ddim"
+    sampler: StepSampler = "ddim"
 
 
 @dataclass(kw_only=True)

@@ -14,6 +14,9 @@ from typing import Literal, get_args
 
 Sampler = Literal["ddpm", "ddim", "dpmpp_2m", "dpmpp_2m_sde", "unipc"]
 SAMPLERS: tuple[str, ...] = get_args(Sampler)
+# the samplers on a grid of k steps, of which a blend runs the tail (the full chain has no such grid)
+STEP_SAMPLERS = tuple(name for name in SAMPLERS if name != "ddpm")
+StepSampler = Literal[STEP_SAMPLERS]  # type: ignore[valid-type]
 # Landmark diffusion's inference modes: 'single' one x0 prediction at t = T - 1, 'ddpm' the T-step chain, 'ddim'
 # k steps, 'empty' the diagnostic call at t = 0 on the empty heatmap
 LandmarkSampler = Literal["single", "ddpm", "ddim", "empty"]

@@ -99,9 +99,8 @@ class DiffusionSamplingMixin:
     [-1, 1] (images: yes; unit-variance latents: no)."""
 
     clip_sample: bool = True
-    # The memory format the EMA network samples in; channels-last where measured faster (``benchmarks/ddpm.py
-    # --compile-step``): the paired DDPM's U-Net at 128 x 128 runs 1.65x faster per call, the LDM's on its
-    # 4 x 8 x 16 latents 0.89x.
+    # The memory format the EMA network samples in: channels-last where measured faster per call
+    # (``benchmarks/ddpm.py --compile-step``, docs/hands.md): the paired DDPM's U-Net, not the LDM's.
     sampling_memory_format: torch.memory_format = torch.contiguous_format
 
     def make_scheduler(self):

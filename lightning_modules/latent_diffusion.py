@@ -60,8 +60,8 @@ class LatentDiffusion(DiffusionSamplingMixin, WeightAverageMixin, GenerativeModu
         scale_images: training images whose latents estimate the scale factor.
         cache_latents: encode the training images once, at the start of fit, and draw z ~ q(z | x) from the
             stored posterior (z_mu, z_sigma) at every step instead of running the encoder: the same latent
-            distribution, the denoiser's step without the encoder's cost (2.5x faster on a CPU at 128 x 256,
-            ``benchmarks/ldm.py``). Only for training data without augmentation (refused otherwise).
+            distribution, the denoiser's step without the encoder's cost (``benchmarks/ldm.py``). Only for
+            training data without augmentation (refused otherwise).
         autoencoder: the autoencoder's architecture, recorded from ``autoencoder_ckpt`` (set automatically;
             a saved LDM rebuilds its autoencoder from it without the autoencoder's file).
     """

@@ -135,7 +135,7 @@ def defaults_for(anatomy: str, num_landmarks: int) -> dict:
             "shape_calibration": "training",
         }  # fmt: skip
     if anatomy == "ceph":
-        # leave-one-out: in-sample, 2.7 % of the ISBI Test1 annotations failed (docs/localization.md, "Plausibility")
+        # leave-one-out: the in-sample quantile rejects real Test1 annotations (docs/localization.md, "Plausibility")
         return {
             "shared_pairs": CEPH_SHARED_PAIRS, "stable_landmarks": CEPH_STABLE_LANDMARKS, "stable_max_mm": 16.0,
             "shape_calibration": "leave_one_out",

@@ -79,8 +79,8 @@ class ShapeStatistics:
         """Fit from (M, N, 2) training shapes in model pixels and their (x, y) mm per model pixel,
         (2,) or one row per shape (M, 2), whose median becomes the statistics' mm per pixel.
 
-        ``edge_distributions=False`` skips the Student-t fits of the pairwise term (about 0.2 s per
-        edge): such statistics serve ``check_configurations`` only, not the MRF labelling of heatmaps.
+        ``edge_distributions=False`` skips the Student-t fits of the pairwise term (one fit per edge, the
+        slow part): such statistics serve ``check_configurations`` only, not the MRF labelling of heatmaps.
         """
         shapes_px = np.asarray(shapes_px, dtype=np.float64)
         if shapes_px.ndim != 3 or shapes_px.shape[0] < 3:

@@ -122,9 +122,9 @@ def estimate_x0(logits: Tensor, kind: X0Estimate = "softmax") -> Tensor:
     """The x0 the reverse process steps with: ``softmax_heatmap`` or the clamped logits ``as_x0``.
 
     Why not the clamp by default: L_nll fixes only the logits' differences and lambda_s = 0.01 barely
-    pulls the background to -1, so the clamped logits are salt and pepper (tiny phantom model: 12 % of
-    the pixels above 0.5 against 0.2 % of the target's). Fed back into x_{t-1} that background is far
-    from every x_t of training and each step made the prediction worse (docs/cephalograms.md).
+    pulls the background to -1, so the clamped logits are salt and pepper, far more pixels above 0.5 than
+    the target has. Fed back into x_{t-1} that background is far from every x_t of training and each step
+    made the prediction worse (docs/cephalograms.md, docs/deviations.md).
     """
     check_decoding(kind, "argmax")
     return softmax_heatmap(logits) if kind == "softmax" else as_x0(logits)

@@ -170,9 +170,9 @@ def main(argv: list[str] | None = None) -> None:
 
             # args=None lets LightningCLI read sys.argv itself (it warns when given both).
             XrayCLI(args=None if from_command_line else argv)
-        elif command_of(argv):
+        elif words := command_of(argv):
             parser, cfg = parse(argv)
-            COMMANDS[command_of(argv)][1](parser, cfg)
+            COMMANDS[words][1](parser, cfg)
         elif argv[:1] == ["experiment"] and len(argv) > 1 and argv[1] in studies():
             if any(arg in ("-h", "--help") for arg in argv[2:]):
                 print(study_help(argv[1]))

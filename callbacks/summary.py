@@ -18,10 +18,11 @@ class ParameterSummary(Callback):
     table says that a user acts on, without its FLOPs total (0 without an example input)."""
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        trained = sum(p.numel() for p in pl_module.parameters() if p.requires_grad)
-        frozen = Counter()
+        trained, frozen = 0, Counter()
         for name, parameter in pl_module.named_parameters():
-            if not parameter.requires_grad:
+            if parameter.requires_grad:
+                trained += parameter.numel()
+            else:
                 frozen[name.split(".")[0]] += parameter.numel()
         parts = [f"{trained:,} parameters trained"]
         parts += [f"{n:,} {FROZEN_ROLES.get(module, f'frozen in {module}')}" for module, n in frozen.items()]

@@ -90,12 +90,11 @@ def acceptance_rate_of_checkpoint(
     from lightning_modules.generative import PairedGenerativeModule, load_model
 
     model = load_model(ckpt_path, expected=PairedGenerativeModule)
-    check_sampler_arguments(model, sampler, steps)
+    sampler_name, sampler_steps = check_sampler_arguments(model, sampler, steps)
     device = torch.device("cuda" if uses_cuda(accelerator) else "cpu")
     model = model.to(device).eval()
-    sampler_name, sampler_steps = model.sampling_description(sampler, steps)
     with step_progress(runs * network_calls(num_samples, batch_size, sampler_steps), f"rate {sampler_name}"):
-        result = measure_acceptance_rate(
+        return measure_acceptance_rate(
             model,
             file_digest(Path(ckpt_path)),
             Path(stats),
@@ -112,4 +111,3 @@ def acceptance_rate_of_checkpoint(
             precision=resolve_precision(precision, accelerator),
             description={"checkpoint": str(Path(ckpt_path).resolve())},
         )
-    return result

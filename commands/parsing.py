@@ -155,15 +155,18 @@ def explain(message: str, valid: Iterable[str], argv: list[str]) -> str:
         hint = prefix + hint if prefix and hint else hint
         return f"{where(key, argv)}: {key}: no such option" + (f"; did you mean {hint}?" if hint else "")
 
+    def in_class(key: str) -> str:  # a key of the class being resolved, as the user spells it
+        return key if not prefix or key.startswith(prefix) else prefix + key
+
     typed = list(re.finditer(r'Parser key "([\w.]+)":\s*\n\s*Expected a (.+?)\. Got value: (.*)', message))
     if typed:
         inner = typed[-1]
-        key = inner.group(1) if not prefix or inner.group(1).startswith(prefix) else prefix + inner.group(1)
+        key = in_class(inner.group(1))
         expected = re.sub(r"<class '(?:[\w.]+\.)?(\w+)'>", r"\1", inner.group(2))
         return f"{where(key, argv)}: {key}: expected {expected}, got {inner.group(3).strip()!r}"
 
     keyed = re.findall(r'Parser key "([\w.]+)"', message)
-    key = (keyed[-1] if not prefix or keyed[-1].startswith(prefix) else prefix + keyed[-1]) if keyed else None
+    key = in_class(keyed[-1]) if keyed else None
     restricted = re.search(r"Not of type (\w+):.*?does not conform to restriction (.+)", message)
     union = re.search(r"Errors:\s*\n\s*- (.+)", message)
     if key and (restricted or union):
@@ -294,7 +297,11 @@ def asks_for_help() -> bool:
 def datamodule_names() -> list[str]:
     """The DataModules ``datamodules`` exports (its ``__all__``, read without importing Lightning)."""
     tree = ast.parse((Path(__file__).parents[1] / "datamodules" / "__init__.py").read_text())
-    found = [node.value for node in tree.body if isinstance(node, ast.Assign) and node.targets[0].id == "__all__"]
+    found = [
+        node.value
+        for node in tree.body
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "__all__" for t in node.targets)
+    ]
     return ast.literal_eval(found[0]) if found else []
 
 

@@ -21,10 +21,10 @@ def network_calls(num_samples: int, batch_size: int, steps: int | None) -> int:
 
 
 @contextlib.contextmanager
-def step_progress(total: int, what: str, enabled: bool = True) -> Iterator[None]:
-    """A bar over ``total`` network calls, counted by every reverse process run inside the block."""
+def step_progress(total: int, what: str) -> Iterator[None]:
+    """A bar over ``total`` network calls, counted by every reverse process run inside the block (none for 0)."""
     with (
-        tqdm(total=total, desc=what, unit="call", disable=not enabled or total < 1, file=sys.stderr) as bar,
+        tqdm(total=total, desc=what, unit="call", disable=total < 1, file=sys.stderr) as bar,
         observing_steps(bar.update),
     ):
         yield

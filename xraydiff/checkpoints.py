@@ -17,15 +17,6 @@ def class_path(obj_or_cls) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
-SIGNATURES = {b"\x89PNG": "a PNG image", b"\xff\xd8\xff": "a JPEG image", b"II*\x00": "a TIFF image",
-              b"MM\x00*": "a TIFF image", b"{": "JSON text", b"%YAM": "YAML text"}  # fmt: skip
-
-
-def describe_file(head: bytes) -> str:
-    """What the first bytes of a file say it is, for messages."""
-    return next((kind for signature, kind in SIGNATURES.items() if head.startswith(signature)), "of an unknown kind")
-
-
 def read_checkpoint(path: str | Path) -> dict:
     """An xraydiff checkpoint (memory-mapped); DataError for a missing, unreadable or foreign file."""
     path = Path(path)
@@ -34,7 +25,9 @@ def read_checkpoint(path: str | Path) -> dict:
     with path.open("rb") as handle:
         head = handle.read(4)
     if head[:2] != b"PK" and head[:1] != b"\x80":  # torch.save writes a zip archive (or, long ago, a pickle)
-        raise DataError(path, f"not a checkpoint: the file is {describe_file(head)}, not one written by torch.save")
+        raise DataError(
+            path, f"not a checkpoint: it starts with bytes {head.hex(' ')}, not the zip archive torch.save writes"
+        )
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
     except Exception as err:  # noqa: BLE001 - any unpickling problem means "not a checkpoint"

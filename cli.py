@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable
 
 from commands import options, quiet
-from commands.parsing import LIGHTNING_SECTIONS, ConfigParser, instantiate, nearest, parsing
+from commands.parsing import ConfigParser, instantiate, nearest, parsing
 from experiments import studies, study, study_help
 from xraydiff.errors import DataError, Interrupted
 
@@ -41,22 +41,20 @@ Each command has its own --help.
 def run_data_summary(parser: ConfigParser, cfg) -> None:
     from commands.data import write_data_summary
 
-    write_data_summary(instantiate(parser, cfg).data, cfg.out, cfg.overwrite, cfg.num_preview)
+    write_data_summary(instantiate(parser, cfg).data, options.options_of(options.DataSummaryOptions, cfg))
 
 
 def run_sample(parser: ConfigParser, cfg) -> None:
     from commands.sampling import generate_samples
 
-    generate_samples(**cfg.as_dict())
+    generate_samples(options.options_of(options.SampleOptions, cfg))
 
 
 def run_blend(parser: ConfigParser, cfg) -> None:
     from commands.blend import run_blend
 
     datamodule = instantiate(parser, cfg).data  # loads nothing yet: run_blend checks --out first
-    positional = ("config", "data", "ldm", "top_k", "out", *LIGHTNING_SECTIONS)
-    settings = {key: value for key, value in cfg.as_dict().items() if key not in positional}
-    manifest = run_blend(cfg.ldm, datamodule, cfg.out, cfg.top_k, **settings)
+    manifest = run_blend(options.options_of(options.BlendOptions, cfg), datamodule)
     print(f"wrote {manifest['count']} synthetic pairs to {cfg.out}/")
 
 
@@ -65,27 +63,26 @@ def run_acceptance_fit(parser: ConfigParser, cfg) -> None:
     from xraydiff.acceptance.config import AcceptanceConfig
 
     config = AcceptanceConfig(**vars(cfg.acceptance))
-    datamodule = instantiate(parser, cfg).data
-    fit_statistics(datamodule, cfg.split, config, cfg.out, cfg.overwrite, cfg.annotations_only)
+    fit_statistics(instantiate(parser, cfg).data, config, options.options_of(options.AcceptanceFitOptions, cfg))
 
 
 def run_acceptance_render(parser: ConfigParser, cfg) -> None:
     from commands.acceptance import render_split
 
-    datamodule = instantiate(parser, cfg).data
-    render_split(datamodule, cfg.split, cfg.acceptance.heatmap_sigma, cfg.out, cfg.overwrite, cfg.annotations_only)
+    datamodule, settings = instantiate(parser, cfg).data, options.options_of(options.AcceptanceRenderOptions, cfg)
+    render_split(datamodule, cfg.acceptance.heatmap_sigma, settings)
 
 
 def run_acceptance_run(parser: ConfigParser, cfg) -> None:
     from commands.acceptance import check_samples
 
-    check_samples(**cfg.as_dict())
+    check_samples(options.options_of(options.AcceptanceRunOptions, cfg))
 
 
 def run_acceptance_rate(parser: ConfigParser, cfg) -> None:
     from commands.acceptance import acceptance_rate_of_checkpoint
 
-    print(acceptance_rate_of_checkpoint(**cfg.as_dict())["table"])
+    print(acceptance_rate_of_checkpoint(options.options_of(options.AcceptanceRateOptions, cfg))["table"])
     print(f"wrote {cfg.out}/acceptance.json")
 
 

@@ -28,6 +28,8 @@ import time
 
 import torch
 
+from xraydiff.diffusion import choices
+from xraydiff.diffusion.choices import DEFAULT_SAMPLER, FULL_CHAIN
 from xraydiff.precision import autocast
 
 
@@ -77,7 +79,7 @@ def sample_worker(size: int, sampler: str, steps: int, device: str = "cpu", prec
     model = PairedDDPM(image_size=(size, size)).to(device).eval()
     generator = torch.Generator(device=device).manual_seed(0)
     with autocast(device, precision):
-        model.generate(1, generator, "ddim", 2)  # warm-up
+        model.generate(1, generator, DEFAULT_SAMPLER, 2)  # warm-up
         _sync(device)
         start = time.perf_counter()
         model.generate(1, generator, sampler, steps)
@@ -86,7 +88,7 @@ def sample_worker(size: int, sampler: str, steps: int, device: str = "cpu", prec
     return {
         "size": size,
         "sampler": sampler,
-        "steps": steps if sampler != "ddpm" else model.hparams.num_train_timesteps,
+        "steps": steps if choices.spec(sampler).grid else model.hparams.num_train_timesteps,
         "seconds_per_image": elapsed,
     }
 
@@ -123,6 +125,7 @@ def command_worker(memory_format: str, precision: str, num_samples: int, steps: 
     import tempfile
     from pathlib import Path
 
+    from commands.options import SampleOptions
     from commands.sampling import generate_samples
     from lightning_modules.paired_ddpm import PairedDDPM
 
@@ -130,8 +133,11 @@ def command_worker(memory_format: str, precision: str, num_samples: int, steps: 
     with tempfile.TemporaryDirectory() as folder:
         start = time.perf_counter()
         generate_samples(
-            Path("xraydiff/assets/demo_hand_ddpm.ckpt"), num_samples, Path(folder) / "samples", "ddim", steps,
-            seed=0, batch_size=12, accelerator="cpu", precision=precision,
+            SampleOptions(
+                ckpt_path=Path("xraydiff/assets/demo_hand_ddpm.ckpt"), num_samples=num_samples,
+                out=Path(folder) / "samples", sampler=DEFAULT_SAMPLER, steps=steps, batch_size=12, accelerator="cpu",
+                precision=precision,
+            )
         )  # fmt: skip
         return {"memory_format": memory_format, "seconds": time.perf_counter() - start}
 
@@ -178,8 +184,8 @@ def main() -> None:
         )
     print(f"sampling one {args.sample_size} x {args.sample_size} pair (EMA U-Net):")
     common = {"size": args.sample_size, "device": device, "precision": precision}
-    ddim = in_subprocess("sample", sampler="ddim", steps=50, **common)
-    ddpm = in_subprocess("sample", sampler="ddpm", steps=800, **common)
+    ddim = in_subprocess("sample", sampler=DEFAULT_SAMPLER, steps=50, **common)
+    ddpm = in_subprocess("sample", sampler=FULL_CHAIN, steps=800, **common)
     for r in (ddpm, ddim):
         print(f"  {r['sampler'].upper()}-{r['steps']:<4d} {r['seconds_per_image']:8.2f} s/image")
     print(f"  DDIM acceleration factor: {ddpm['seconds_per_image'] / ddim['seconds_per_image']:.1f}x")

@@ -24,6 +24,7 @@ import time
 
 import torch
 
+from xraydiff.diffusion.choices import DEFAULT_SAMPLER, FULL_CHAIN, SINGLE_CALL
 from xraydiff.precision import autocast
 
 CHANNELS = [32, 32, 64, 128, 128]
@@ -85,7 +86,7 @@ def infer_worker(
     settings = {"mode": mode, "steps": steps, "ensemble": ensemble}
     index = torch.tensor([0], device=device)
     with torch.no_grad(), autocast(device, precision):
-        model.infer(image, index, {"mode": "single", "steps": None, "ensemble": 1})  # warm-up
+        model.infer(image, index, {"mode": SINGLE_CALL, "steps": None, "ensemble": 1})  # warm-up
         result = model.infer(image, index, settings)
     return {
         "seconds_per_image": result["seconds"],
@@ -134,10 +135,10 @@ def main() -> None:
         )
         if args.train_only:
             continue
-        modes = [("single", None, 1)] + [("ddim", k, 1) for k in args.ddim]
-        modes.append(("ddim", args.ddim[0], args.ensemble))
+        modes = [(SINGLE_CALL, None, 1)] + [(DEFAULT_SAMPLER, k, 1) for k in args.ddim]
+        modes.append((DEFAULT_SAMPLER, args.ddim[0], args.ensemble))
         if size in args.multi_at:
-            modes.append(("ddpm", None, 1))
+            modes.append((FULL_CHAIN, None, 1))
         for mode, steps, members in modes:
             r = in_subprocess(
                 "infer", height=height, width=width, mode=mode, steps=steps, ensemble=members, precision=p, **net

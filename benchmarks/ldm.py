@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 import yaml
 
+from xraydiff.diffusion.choices import DEFAULT_SAMPLER
 from xraydiff.diffusion.latent import FIRST_STAGE_ARCHITECTURE, PosteriorCache
 from xraydiff.precision import BF16, FP32, autocast
 
@@ -122,10 +123,10 @@ def sample_worker(height: int, width: int, batch: int, steps: int, device: str =
     module = _ldm(height, width).to(device).eval()
     generator = torch.Generator(device=device).manual_seed(0)
     with autocast(device, BF16 if device == "cuda" else FP32):
-        module.generate(1, generator, "ddim", 2)  # warm-up
+        module.generate(1, generator, DEFAULT_SAMPLER, 2)  # warm-up
         _sync(device)
         start = time.perf_counter()
-        module.generate(batch, generator, "ddim", steps)
+        module.generate(batch, generator, DEFAULT_SAMPLER, steps)
         _sync(device)
     return {"seconds_per_image": (time.perf_counter() - start) / batch, "peak_rss_mb": _peak_mb()}
 

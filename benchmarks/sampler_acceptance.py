@@ -36,21 +36,22 @@ from xraydiff.acceptance.rate import generate_heatmaps
 from xraydiff.acceptance.statistics import ShapeStatistics
 from xraydiff.data.imageio import atomic_write_bytes
 from xraydiff.data.samples import batch_seed
+from xraydiff.diffusion import choices
+from xraydiff.diffusion.choices import DEFAULT_SAMPLER, FULL_CHAIN, STEP_SAMPLERS
 from xraydiff.precision import autocast, autocast_dtype, describe_hardware, resolve_precision
 
+# the posterior rule at eta 0 and 1, every solver of the registry, and the full chain
 SAMPLERS = [
-    *(f"ddim{k}-eta{eta}" for k in (10, 20, 50, 100) for eta in (0, 1)),
-    *(f"dpmpp_2m{k}" for k in (10, 15, 20)),
-    *(f"dpmpp_2m_sde{k}" for k in (10, 20)),
-    *(f"unipc{k}" for k in (10, 15, 20)),
-    "ddpm",
+    *(f"{DEFAULT_SAMPLER}{k}-eta{eta}" for k in (10, 20, 50, 100) for eta in (0, 1)),
+    *(f"{name}{k}" for name in STEP_SAMPLERS if choices.spec(name).rule == "solver" for k in (10, 15, 20)),
+    FULL_CHAIN,
 ]
 
 
 def parse_sampler(name: str) -> tuple[str, int | None, float]:
     """'ddim50-eta1' -> ('ddim', 50, 1.0); 'unipc10' -> ('unipc', 10, 0.0); 'ddpm' -> ('ddpm', None, 1.0)."""
-    if name == "ddpm":
-        return "ddpm", None, 1.0
+    if name == FULL_CHAIN:
+        return FULL_CHAIN, None, 1.0
     body, _, eta = name.partition("-eta")
     sampler = body.rstrip("0123456789")
     return sampler, int(body[len(sampler) :]), float(eta or 0)
@@ -85,7 +86,7 @@ def statistics(data_config: Path, image_size) -> ShapeStatistics:
 def run_batch(model, checker, name: str, b: int, count: int, seed: int, precision: str) -> dict:
     """Draw and check batch ``b`` (its own seed, as ``xraydiff sample`` seeds it) of one sampler."""
     sampler, steps, eta = parse_sampler(name)
-    model.hparams.ddim_eta = eta if sampler == "ddim" else 0.0
+    model.hparams.ddim_eta = eta if choices.spec(sampler).eta is None else 0.0
     start = time.perf_counter()
     # generate_heatmaps seeds its batch 0 with batch_seed(seed, 0): give this batch's seed as a one-batch run
     _, heatmaps = generate_heatmaps(model, count, batch_seed(seed, b), count, sampler, steps, autocast_dtype(precision))
@@ -122,7 +123,7 @@ def main() -> None:
 
     plan = []  # (sampler, batch index, count, network calls per sample)
     for name in args.samplers:
-        total = args.ddpm_samples if name == "ddpm" else args.num_samples
+        total = args.ddpm_samples if name == FULL_CHAIN else args.num_samples
         calls = parse_sampler(name)[1] or T
         for b, start in enumerate(range(0, total, args.batch_size)):
             plan.append((name, b, min(args.batch_size, total - start), calls))
@@ -166,7 +167,7 @@ def main() -> None:
              "paper_rules_rate": paper / n, "seconds_per_sample": seconds, "calls": calls,
              "calls_per_accepted": per_accepted}
         )  # fmt: skip
-        print(f"{name + (' *' if name == 'ddpm' else ''):<16} {n:>3} {accepted:>8} {accepted / n:>6.1%} "
+        print(f"{name + (' *' if name == FULL_CHAIN else ''):<16} {n:>3} {accepted:>8} {accepted / n:>6.1%} "
               f"{f'[{low:.1%}, {high:.1%}]':>15} {paper / n:>6.1%} {seconds:>9.2f} {per_accepted:>14.0f}",
               flush=True)  # fmt: skip
     for reference in (r for r in rows if r["sampler"].startswith("ddim100")):

@@ -14,8 +14,9 @@ from xraydiff.acceptance.checker import AcceptanceChecker
 from xraydiff.acceptance.config import AcceptanceConfig
 from xraydiff.acceptance.run import summarize
 from xraydiff.acceptance.statistics import ShapeStatistics
+from xraydiff.data.generation import generate_batches
 from xraydiff.data.preview import acceptance_grid
-from xraydiff.data.samples import batch_seed, sample_id
+from xraydiff.diffusion.choices import DEFAULT_SAMPLER
 from xraydiff.errors import DataError
 
 
@@ -23,9 +24,10 @@ class AcceptanceCallback(Callback):
     """Every ``every_n_epochs`` epochs, sample ``num_samples`` pairs (EMA weights), check them and log
     ``acceptance/rate`` (plus the rate of each rule set and the failures per rule) and a gallery.
 
-    Under DDP each rank samples its share (sample k goes to rank k mod world size) and the rate is
-    computed over all of them. The gallery of rank 0's samples goes to
-    ``<default_root_dir>/acceptance/epoch=NNNN.png`` and to W&B when a WandbLogger is active.
+    The samples are those of ``xraydiff sample --seed SEED --batch_size BATCH_SIZE`` (``xraydiff.data.generation``);
+    under DDP each rank draws its share of the batches and the rate is computed over all of them. The gallery
+    of rank 0's samples goes to ``<default_root_dir>/acceptance/epoch=NNNN.png`` and to W&B when a WandbLogger
+    is active.
 
     Args:
         stats: statistics file (``xraydiff acceptance fit``); None fits them from the training
@@ -44,7 +46,7 @@ class AcceptanceCallback(Callback):
         stats: str | None = None,
         every_n_epochs: int = 10,
         num_samples: int = 32,
-        sampler: str | None = "ddim",
+        sampler: str | None = DEFAULT_SAMPLER,
         steps: int | None = 50,
         seed: int = 0,
         rule_set: str | None = None,
@@ -82,19 +84,16 @@ class AcceptanceCallback(Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if (trainer.current_epoch + 1) % self.every_n_epochs:
             return
-        mine = list(range(trainer.global_rank, self.num_samples, trainer.world_size))
         was_training = pl_module.training
         pl_module.eval()
-        images, heatmaps = [], []
-        for start in range(0, len(mine), self.batch_size):
-            chunk = mine[start : start + self.batch_size]
-            generator = torch.Generator(device=pl_module.device).manual_seed(batch_seed(self.seed, chunk[0]))
-            pairs = pl_module.generate(len(chunk), generator, self.sampler, self.steps).float().cpu().numpy()
-            images.append(pairs[:, 0])
-            heatmaps.append(pairs[:, 1])
+        ids, images, heatmaps = [], [], []
+        run = (self.seed, self.num_samples, self.batch_size, self.sampler, self.steps)
+        for batch_ids, pairs in generate_batches(pl_module, *run, trainer.global_rank, trainer.world_size):
+            ids += batch_ids
+            images.append(pairs[:, 0].numpy())
+            heatmaps.append(pairs[:, 1].numpy())
         pl_module.train(was_training)
-        ids = [sample_id(self.seed, k) for k in mine]
-        verdicts = self.checker.check(np.concatenate(heatmaps), ids) if mine else []
+        verdicts = self.checker.check(np.concatenate(heatmaps), ids) if ids else []
         summary = summarize(verdicts, self.checker.rule_set)
         counts = torch.tensor(
             [

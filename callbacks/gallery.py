@@ -11,6 +11,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import WandbLogger
 
 from xraydiff.data.preview import pairs_grid
+from xraydiff.diffusion.choices import DEFAULT_SAMPLER
 
 
 class SampleGallery(Callback):
@@ -33,7 +34,7 @@ class SampleGallery(Callback):
         self,
         every_n_epochs: int = 1,
         num_samples: int = 8,
-        sampler: str | None = "ddim",
+        sampler: str | None = DEFAULT_SAMPLER,
         steps: int | None = 50,
         seed: int = 0,
     ):

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from commands.options import BlendOptions
 from commands.progress import Countdown
 from commands.sampling import interruptible
 from xraydiff.checkpoints import CHECKPOINT_KEY, read_checkpoint
@@ -94,45 +95,25 @@ def _finite(value: float) -> float | None:
     return value if value == value else None  # JSON has no NaN
 
 
-def run_blend(
-    ldm: Path,
-    datamodule,
-    out: Path,
-    top_k: int,
-    steps: int = 25,
-    strength: float | None = None,
-    seed: int = 0,
-    sampler: str = "ddim",
-    autoencoder: Path | None = None,
-    dilation: int = 1,
-    mask_mode: str = "max",
-    reimpose: bool = False,
-    composite: str = "latent",
-    guides: str = "train",
-    partners: str = "synthesis",
-    batch_size: int = 16,
-    accelerator: str = "auto",
-    precision: str = "auto",
-    overwrite: bool = False,
-    gallery: int = 8,
-    log=print,
-) -> dict:
-    """Blend every guide with its top-k partners into ``out``; returns the manifest (see the module docstring)."""
+def run_blend(options: BlendOptions, datamodule, gallery: int = 8, log=print) -> dict:
+    """Blend every guide with its top-k partners into ``options.out``; returns the manifest (module docstring)."""
     from lightning.fabric import Fabric
 
     from lightning_modules.generative import load_model
     from lightning_modules.latent_diffusion import LatentDiffusion
     from xraydiff.data.preview import mask_grid
 
-    out = Path(out)
+    o = options
+    ldm, autoencoder, out, top_k, steps, strength = o.ldm, o.autoencoder, Path(o.out), o.top_k, o.steps, o.strength
+    sampler, guides, partners, batch_size, composite = o.sampler, o.guides, o.partners, o.batch_size, o.composite
     inputs = (ldm, autoencoder, getattr(datamodule, "root", None))
-    check_output_folder(out, overwrite, "blend", inputs)
+    check_output_folder(out, o.overwrite, "blend", inputs)
     if batch_size < 1:
         raise DataError(None, f"--batch_size must be at least 1, got {batch_size}")
     if composite not in COMPOSITES:
         raise DataError(None, f"--composite must be one of {COMPOSITES}, got {composite!r}")
     diffused = composite != "copy_paste"
-    if reimpose and not diffused:
+    if o.reimpose and not diffused:
         raise DataError(None, "--reimpose needs the LDM; the copy-paste control has no diffusion to re-impose in")
     model = load_model(ldm, expected=LatentDiffusion)
     if not float(model.scale_factor) > 0:
@@ -170,8 +151,8 @@ def run_blend(
     # refused here, before anything is written, when the strength or the steps do not fit the chain
     t_start = int(blend_timesteps(model.scheduler, steps, strength, sampler)[0]) if diffused else None
 
-    resolved = resolve_precision(precision, accelerator)
-    fabric = Fabric(accelerator=accelerator, devices=1, precision=resolved)
+    resolved = resolve_precision(o.precision, o.accelerator)
+    fabric = Fabric(accelerator=o.accelerator, devices=1, precision=resolved)
     model = model.to(fabric.device).eval()
     manifest = {
         "command": "blend",
@@ -192,11 +173,11 @@ def run_blend(
         else "given",
         "t_start": t_start,
         "ddim_eta": float(model.hparams.ddim_eta),
-        "seed": seed,
+        "seed": o.seed,
         "batch_size": batch_size,
-        "dilation": dilation,
-        "mask_mode": mask_mode,
-        "reimpose": reimpose,
+        "dilation": o.dilation,
+        "mask_mode": o.mask_mode,
+        "reimpose": o.reimpose,
         "image_size": list(model.image_size),
         "mask_value": MASK_VALUE,
         "classes": list(getattr(datamodule, "classes", [])),
@@ -204,7 +185,7 @@ def run_blend(
         "skipped_empty_guides": empty,
         "samples": [],
     }
-    with interruptible(), atomic_directory(out, overwrite, "blend", inputs) as staging, torch.no_grad():
+    with interruptible(), atomic_directory(out, o.overwrite, "blend", inputs) as staging, torch.no_grad():
         (staging / "images").mkdir()
         (staging / "masks").mkdir()
         with fabric.autocast():
@@ -218,13 +199,13 @@ def run_blend(
         panels, survival, countdown = [], [], Countdown(len(guide_items))
         for g, (item, z_a) in enumerate(zip(guide_items, guide_latents, strict=True)):
             order, scores = top_k_partners(z_a, pool, top_k, data_range)
-            region = latent_mask(torch.from_numpy(item.mask.astype(np.float32)), latent_size, dilation, mask_mode)
+            region = latent_mask(torch.from_numpy(item.mask.astype(np.float32)), latent_size, o.dilation, o.mask_mode)
             region_px = pixel_region(region, image_size)
             partners_px = torch.from_numpy(np.stack([partner_items[p].image for p in order.tolist()]))
             if diffused:
                 z_init = blend_latents(z_a, pool[order], region)
-                generator = torch.Generator(device=fabric.device).manual_seed(seed * 1_000_003 + g)
-                reimposed = (z_a.to(fabric.device), region.to(fabric.device)) if reimpose else None
+                generator = torch.Generator(device=fabric.device).manual_seed(o.seed * 1_000_003 + g)
+                reimposed = (z_a.to(fabric.device), region.to(fabric.device)) if o.reimpose else None
                 decoded = []
                 with fabric.autocast():
                     for start in range(0, top_k, batch_size):

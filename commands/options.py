@@ -1,58 +1,228 @@
-"""The command line of every plain ``xraydiff`` command (all but LightningCLI's four): one parser builder each,
-importing nothing heavy, so that ``--help`` answers at once and a test can parse every command the
-documentation quotes without running it. ``cli.py`` pairs each parser with what it runs."""
+"""The options of every plain ``xraydiff`` command (all but LightningCLI's four), one typed object per command.
+
+Each dataclass is the one declaration of its command's options: ``add_options`` derives the command line (type,
+choices, default, help, checks) from it, the service function takes it, and the studies read their sections
+through the same classes (``experiments.schema``). Nothing heavy is imported, so ``--help`` answers at once and a
+test can parse every command the documentation quotes without running it. ``cli.py`` pairs each parser with what
+it runs.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import typing
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, TypeVar, get_args, get_origin
 
-from jsonargparse.typing import NonNegativeInt, PositiveInt, restricted_number_type
+from jsonargparse import typing as jsonargparse_types
 
 from commands.parsing import ConfigParser, data_parser
 from xraydiff.acceptance.config import AcceptanceConfig
-from xraydiff.diffusion.choices import COMPOSITES, SAMPLERS, STEP_SAMPLERS
+from xraydiff.diffusion.choices import COMPOSITES, DEFAULT_SAMPLER, Sampler, StepSampler
+from xraydiff.options import option, required
 from xraydiff.precision import AUTO, PRECISIONS
 
-SPLITS = ("train", "val", "test")
-# a share of the diffusion chain: in (0, 1]
-Fraction = restricted_number_type("Fraction", float, [(">", 0), ("<=", 1)], docstring="a number in (0, 1]")
+Split = Literal["train", "val", "test"]
+Precision = Literal[PRECISIONS]  # type: ignore[valid-type]
+RuleSet = Literal["strict", "paper"]
+_BOUNDS = {"min": ">=", "above": ">", "max": "<=", "below": "<"}
+# jsonargparse's own restricted types, which it refuses to register twice under another name
+_RESTRICTED: dict[tuple, type] = {
+    (int, ((">", 0),)): jsonargparse_types.PositiveInt,
+    (int, ((">=", 1),)): jsonargparse_types.PositiveInt,
+    (int, ((">=", 0),)): jsonargparse_types.NonNegativeInt,
+    (float, ((">", 0),)): jsonargparse_types.PositiveFloat,
+    (float, ((">=", 0),)): jsonargparse_types.NonNegativeFloat,
+    (float, ((">=", 0), ("<=", 1))): jsonargparse_types.ClosedUnitInterval,
+    (float, ((">", 0), ("<", 1))): jsonargparse_types.OpenUnitInterval,
+}
+
+
+def restricted(base: type, checks: typing.Mapping) -> type:
+    """``base`` (int or float) narrowed by an option's bounds, a jsonargparse restricted type (one per bounds)."""
+    conditions = tuple((_BOUNDS[key], checks[key]) for key in _BOUNDS if key in checks)
+    if not conditions:
+        return base
+    if (base, conditions) not in _RESTRICTED:
+        words = " and ".join(f"{op} {value}" for op, value in conditions)
+        name = f"{base.__name__.title()}_" + "_".join(f"{k}{checks[k]}" for k in _BOUNDS if k in checks)
+        _RESTRICTED[base, conditions] = jsonargparse_types.restricted_number_type(
+            name.replace(".", "p").replace("-", "m"), base, list(conditions), docstring=f"a number {words}"
+        )
+    return _RESTRICTED[base, conditions]
+
+
+def _command_line_type(tp, checks: typing.Mapping):
+    """The jsonargparse type of a field: numbers narrowed by the field's bounds, also inside ``X | None``."""
+    if tp in (int, float):
+        return restricted(tp, checks)
+    args = get_args(tp)
+    if type(None) in args and len(args) == 2:
+        inner = next(a for a in args if a is not type(None))
+        return _command_line_type(inner, checks) | None if inner in (int, float) else tp
+    return tp
+
+
+def _choices(tp) -> tuple | None:
+    """The values of a Literal, also of ``Literal[...] | None`` (None: not a Literal)."""
+    if get_origin(tp) is Literal:
+        return get_args(tp)
+    inner = [a for a in get_args(tp) if a is not type(None)]
+    return _choices(inner[0]) if len(inner) == 1 and len(get_args(tp)) == 2 else None
+
+
+def add_options(parser: ConfigParser, cls: type, skip: tuple[str, ...] = ()) -> ConfigParser:
+    """``--name`` for every field of the dataclass ``cls``: a flag for a bool, choices for a Literal, the bounds
+    of ``option`` checked by the type (one line naming the option when broken)."""
+    hints = typing.get_type_hints(cls)
+    fields = sorted(dataclasses.fields(cls), key=lambda f: not required(f))  # the required ones first
+    for field in (f for f in fields if f.name not in skip):
+        tp, checks, flag = hints[field.name], field.metadata, f"--{field.name}"
+        text = checks.get("help") or None
+        if tp is bool:
+            parser.add_argument(flag, action="store_true", help=text)
+            continue
+        default = None if required(field) else field.default
+        words = _choices(tp)
+        if words:
+            parser.add_argument(flag, choices=words, default=default, required=required(field), help=text)
+        else:
+            kind = _command_line_type(tp, checks)
+            parser.add_argument(flag, type=kind, default=default, required=required(field), help=text)
+    return parser
+
+
+Options = TypeVar("Options")
+
+
+def options_of(cls: type[Options], cfg) -> Options:
+    """The ``cls`` of a parsed command line (its other keys, e.g. the data section, are left out)."""
+    return cls(**{f.name: cfg[f.name] for f in dataclasses.fields(cls)})
+
+
+# ------------------------------------------------------------------------------------------ the options
+
+
+@dataclass(kw_only=True)
+class Output:
+    """Where a command writes; it never replaces what it did not write."""
+
+    out: Path = option(help="output folder (new, or an earlier output of this command)")
+    overwrite: bool = option(False, help="replace an earlier output of this command in --out")
+
+
+@dataclass(kw_only=True)
+class DataSummaryOptions(Output):
+    num_preview: int = option(16, min=0, help="augmented training samples in the preview")
+
+
+@dataclass(kw_only=True)
+class SamplingSettings:
+    """How a generator is sampled (``sample``, ``acceptance rate`` and the augmentation study)."""
+
+    sampler: Sampler | None = option(
+        None, help="the reverse process (xraydiff.diffusion.choices); default: the model's configured sampler"
+    )
+    steps: int | None = option(None, min=1, help="reverse steps (default: the model's; not for the full chain)")
+    seed: int = option(0, help="seed of the samples")
+    batch_size: int = option(16, min=1, help="samples per network call")
+    accelerator: str = option("auto", help="cpu, gpu or auto")
+    precision: Precision = option(AUTO, help="auto: bf16 autocast where the hardware has native bf16, else 32-bit")
+
+
+@dataclass(kw_only=True)
+class SamplingOptions(SamplingSettings):
+    ckpt_path: Path = option(help="checkpoint of a PairedDDPM, PairedVAE or LatentDiffusion")
+
+
+@dataclass(kw_only=True)
+class SampleOptions(SamplingOptions, Output):
+    num_samples: int = option(min=1, help="number of samples to generate")
+    devices: int = option(1, min=1, help="processes (DDP when > 1)")
+
+
+@dataclass(kw_only=True)
+class BlendSettings:
+    """How a blend is made: what a study sets, shared or per variant (``experiments.blend``)."""
+
+    steps: int = option(25, min=1, help="reverse steps of the LDM")
+    strength: float | None = option(
+        None,
+        above=0,
+        max=1,
+        help="noise level of z_init as a fraction of T (default: steps / T, Lim et al.'s Appendix A read literally)",
+    )
+    sampler: StepSampler = option(DEFAULT_SAMPLER, help="the LDM's step rule (Lim et al.: DDIM)")
+    seed: int = option(0, help="seed of the noise")
+    dilation: int = option(1, min=0, help="latent mask dilation radius in latent cells")
+    mask_mode: Literal["max", "area"] = option("max", help="mask downsampling")
+    reimpose: bool = option(False, help="re-impose the structure at every step (Blended Latent Diffusion)")
+    composite: Literal[COMPOSITES] = option(  # type: ignore[valid-type]
+        "latent",
+        help="latent: the decoded blend (Lim et al.); pixel: it inside the feathered region, the partner outside; "
+        "copy_paste: the guide's pixels pasted into the partner, no diffusion (a control)",
+    )
+    batch_size: int = option(16, min=1, help="latents per LDM call")
+
+
+@dataclass(kw_only=True)
+class BlendOptions(BlendSettings, Output):
+    ldm: Path = option(help="LatentDiffusion checkpoint (holds its autoencoder)")
+    autoencoder: Path | None = option(None, help="LatentAutoencoder checkpoint, checked to be the LDM's own")
+    top_k: int = option(min=1, help="partners per labelled image (5, 10, 20, 50)")
+    guides: str = option("train", help="labelled split that guides")
+    partners: str = option("synthesis", help="unlabelled split of partners")
+    accelerator: str = option("auto", help="cpu, gpu or auto")
+    precision: Precision = option(AUTO, help="autocast precision (auto: bf16 where native, else 32-bit)")
+
+
+@dataclass(kw_only=True)
+class AcceptanceDataOptions(Output):
+    annotations_only: bool = option(
+        False, help="read landmarks without images (see 'Frames and units' in docs/hands.md)"
+    )
+
+
+@dataclass(kw_only=True)
+class AcceptanceFitOptions(AcceptanceDataOptions):
+    out: Path = option(help="statistics file to write (.json)")
+    split: Split = option("train", help="split")
+
+
+@dataclass(kw_only=True)
+class AcceptanceRenderOptions(AcceptanceDataOptions):
+    split: Split = option("val", help="split")
+
+
+@dataclass(kw_only=True)
+class Checking:
+    """Which statistics judge the samples."""
+
+    stats: Path = option(help="statistics file (xraydiff acceptance fit)")
+    rule_set: RuleSet | None = option(None, help="strict or paper; default: the statistics'")
+
+
+@dataclass(kw_only=True)
+class AcceptanceRunOptions(Checking, Output):
+    samples: Path = option(help="folder of .npz samples (xraydiff sample)")
+    batch_size: int = option(128, min=1, help="heatmaps per MRF call")
+
+
+@dataclass(kw_only=True)
+class AcceptanceRateOptions(SamplingOptions, Checking, Output):
+    out: Path = option(help="folder for acceptance.json")
+    runs: int = option(10, min=1, help="runs; run r uses seed + r")
+    num_samples: int = option(100, min=1, help="samples per run")
+
+
+# ------------------------------------------------------------------------------------------ the parsers
 
 
 def data_summary_parser() -> ConfigParser:
     """Load a dataset's splits and write summary.json, landmarks.csv, preview.png."""
     parser = data_parser("xraydiff data summary", "Load every split and write summary.json, landmarks.csv, preview.png")
-    parser.add_argument("--out", type=Path, required=True, help="output folder")
-    parser.add_argument("--overwrite", action="store_true", help="replace an earlier output of xraydiff in --out")
-    parser.add_argument(
-        "--num_preview", type=NonNegativeInt, default=16, help="augmented training samples in the preview"
-    )
-    return parser
-
-
-def sampling_arguments(parser: ConfigParser) -> None:
-    """The options every sampling command shares, spelt alike."""
-    parser.add_argument(
-        "--ckpt_path", type=Path, required=True, help="checkpoint of a PairedDDPM, PairedVAE or LatentDiffusion"
-    )
-    parser.add_argument(
-        "--sampler",
-        choices=SAMPLERS,
-        default=None,
-        help="ddpm: the full chain of T steps; ddim, dpmpp_2m, dpmpp_2m_sde, unipc: --steps steps "
-        "(default: the model's configured sampler)",
-    )
-    parser.add_argument(
-        "--steps", type=PositiveInt | None, default=None, help="reverse steps (default: the model's; not for ddpm)"
-    )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the samples")
-    parser.add_argument("--batch_size", type=PositiveInt, default=16, help="samples per network call")
-    parser.add_argument("--accelerator", default="auto", help="cpu, gpu or auto")
-    parser.add_argument(
-        "--precision",
-        choices=PRECISIONS,
-        default=AUTO,
-        help="auto: bf16 autocast where the hardware has native bf16, else 32-bit",
-    )
+    return add_options(parser, DataSummaryOptions)
 
 
 def sample_parser() -> ConfigParser:
@@ -62,12 +232,7 @@ def sample_parser() -> ConfigParser:
         description="Generate samples: DIR/<id>.npz (float32 'image' and, for paired generators, 'heatmap', in "
         "[-1, 1]), DIR/<id>.png previews and DIR/manifest.json. Ids are reproducible from the seed.",
     )
-    sampling_arguments(parser)
-    parser.add_argument("--num_samples", type=PositiveInt, required=True, help="number of samples to generate")
-    parser.add_argument("--out", type=Path, required=True, help="output folder (must be new or an earlier sample run)")
-    parser.add_argument("--devices", type=PositiveInt, default=1, help="processes (DDP when > 1)")
-    parser.add_argument("--overwrite", action="store_true", help="replace an earlier sample run in --out")
-    return parser
+    return add_options(parser, SampleOptions)
 
 
 def blend_parser() -> ConfigParser:
@@ -78,92 +243,32 @@ def blend_parser() -> ConfigParser:
         "unlabelled images (latent SSIM) are blended with its structure and denoised by the LDM. Writes DIR/images, "
         "DIR/masks (the panoramic layout, for --data.init_args.extra_train_dirs), DIR/manifest.json, DIR/gallery.png.",
     )
-    parser.add_argument("--ldm", type=Path, required=True, help="LatentDiffusion checkpoint (holds its autoencoder)")
-    parser.add_argument(
-        "--autoencoder", type=Path, default=None, help="LatentAutoencoder checkpoint, checked to be the LDM's own"
-    )
-    parser.add_argument("--top_k", type=PositiveInt, required=True, help="partners per labelled image (5, 10, 20, 50)")
-    parser.add_argument("--out", type=Path, required=True, help="output folder (new or an earlier blend output)")
-    parser.add_argument("--steps", type=PositiveInt, default=25, help="reverse steps of the LDM")
-    parser.add_argument(
-        "--sampler",
-        choices=STEP_SAMPLERS,
-        default="ddim",
-        help="the LDM's step rule (Lim et al.: ddim)",
-    )
-    parser.add_argument(
-        "--strength",
-        type=Fraction | None,
-        default=None,
-        help="noise level of z_init as a fraction of T (default: steps / T, Lim et al.'s Appendix A read literally)",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the noise")
-    parser.add_argument(
-        "--dilation", type=NonNegativeInt, default=1, help="latent mask dilation radius in latent cells"
-    )
-    parser.add_argument("--mask_mode", choices=("max", "area"), default="max", help="mask downsampling")
-    parser.add_argument(
-        "--reimpose", action="store_true", help="re-impose the structure at every step (Blended Latent Diffusion)"
-    )
-    parser.add_argument(
-        "--composite",
-        choices=COMPOSITES,
-        default="latent",
-        help="latent: the decoded blend (Lim et al.); pixel: it inside the feathered region, the partner outside; "
-        "copy_paste: the guide's pixels pasted into the partner, no diffusion (a control)",
-    )
-    parser.add_argument("--guides", default="train", help="labelled split that guides")
-    parser.add_argument("--partners", default="synthesis", help="unlabelled split of partners")
-    parser.add_argument("--batch_size", type=PositiveInt, default=16, help="latents per LDM call")
-    parser.add_argument("--accelerator", default="auto", help="cpu, gpu or auto")
-    parser.add_argument(
-        "--precision",
-        choices=PRECISIONS,
-        default=AUTO,
-        help="autocast precision (auto: bf16 where native, else 32-bit)",
-    )
-    parser.add_argument("--overwrite", action="store_true", help="replace an earlier blend output in --out")
-    return parser
+    return add_options(parser, BlendOptions)
 
 
-def _acceptance_data_parser(prog: str, description: str) -> ConfigParser:
+def _acceptance_data_parser(prog: str, description: str, cls: type) -> ConfigParser:
     parser = data_parser(prog, description, uses=("acceptance",))
     parser.add_class_arguments(AcceptanceConfig, "acceptance")
-    parser.add_argument(
-        "--annotations_only",
-        action="store_true",
-        help="read landmarks without images (see 'Frames and units' in docs/hands.md)",
-    )
-    parser.add_argument("--overwrite", action="store_true", help="replace an earlier output of xraydiff")
-    return parser
+    return add_options(parser, cls)
 
 
 def acceptance_fit_parser() -> ConfigParser:
     """Fit the shape statistics of the check from a split's landmarks (JSON)."""
-    parser = _acceptance_data_parser(
+    return _acceptance_data_parser(
         "xraydiff acceptance fit",
         "Fit the shape statistics of the MRF-SSM check from the training landmarks and save them (JSON).",
+        AcceptanceFitOptions,
     )
-    parser.add_argument("--out", type=Path, required=True, help="statistics file to write (.json)")
-    parser.add_argument("--split", choices=SPLITS, default="train", help="split")
-    return parser
 
 
 def acceptance_render_parser() -> ConfigParser:
     """Write a split's ground truth as samples: the calibration set of the check."""
-    parser = _acceptance_data_parser(
+    return _acceptance_data_parser(
         "xraydiff acceptance render",
         "Write ground-truth samples (sample format plus a 'landmarks' array) of a split: the calibration "
         "set of the check. Calibrate on a split the localizer is not tested on (the default, 'val').",
+        AcceptanceRenderOptions,
     )
-    parser.add_argument("--out", type=Path, required=True, help="output folder")
-    parser.add_argument("--split", choices=SPLITS, default="val", help="split")
-    return parser
-
-
-def _checking_arguments(parser: ConfigParser) -> None:
-    parser.add_argument("--stats", type=Path, required=True, help="statistics file (xraydiff acceptance fit)")
-    parser.add_argument("--rule_set", choices=("strict", "paper"), default=None, help="default: the statistics'")
 
 
 def acceptance_run_parser() -> ConfigParser:
@@ -172,12 +277,7 @@ def acceptance_run_parser() -> ConfigParser:
         prog="xraydiff acceptance run",
         description="Check generated samples; write report.json, accepted/, gallery.png.",
     )
-    parser.add_argument("--samples", type=Path, required=True, help="folder of .npz samples (xraydiff sample)")
-    _checking_arguments(parser)
-    parser.add_argument("--out", type=Path, required=True, help="output folder (new or an earlier acceptance run)")
-    parser.add_argument("--batch_size", type=PositiveInt, default=128, help="heatmaps per MRF call")
-    parser.add_argument("--overwrite", action="store_true", help="replace an earlier acceptance run in --out")
-    return parser
+    return add_options(parser, AcceptanceRunOptions)
 
 
 def acceptance_rate_parser() -> ConfigParser:
@@ -186,10 +286,4 @@ def acceptance_rate_parser() -> ConfigParser:
         prog="xraydiff acceptance rate",
         description="The paper's protocol: acceptance rate mean and SD over independent sampling runs.",
     )
-    sampling_arguments(parser)
-    _checking_arguments(parser)
-    parser.add_argument("--runs", type=PositiveInt, default=10, help="runs; run r uses seed + r")
-    parser.add_argument("--num_samples", type=PositiveInt, default=100, help="samples per run")
-    parser.add_argument("--out", type=Path, required=True, help="folder for acceptance.json")
-    parser.add_argument("--overwrite", action="store_true", help="replace an earlier acceptance.json in --out")
-    return parser
+    return add_options(parser, AcceptanceRateOptions)

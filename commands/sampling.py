@@ -11,8 +11,10 @@ from pathlib import Path
 
 from lightning.fabric.utilities.rank_zero import _get_rank
 
+from commands.options import SampleOptions
 from commands.progress import network_calls, step_progress
 from xraydiff.data.imageio import check_output_folder
+from xraydiff.diffusion import choices
 from xraydiff.errors import DataError, Interrupted
 from xraydiff.precision import resolve_precision
 
@@ -41,31 +43,20 @@ def check_sampler_arguments(model, sampler: str | None, steps: int | None) -> tu
     if model.sampling_description(None, None)[0] == "prior" and (sampler is not None or steps is not None):
         raise DataError(None, f"--sampler/--steps: a {type(model).__name__} samples from its prior in one pass")
     sampler_name, sampler_steps = model.sampling_description(sampler, steps)
-    if sampler_name == "ddpm" and steps is not None and steps != sampler_steps:
+    full_chain = sampler_name in choices.REGISTRY and not choices.spec(sampler_name).grid
+    if full_chain and steps is not None and steps != sampler_steps:
         raise DataError(
-            None, f"--steps {steps}: the DDPM sampler always runs the full chain of T = {sampler_steps} steps "
-            "(use --sampler ddim --steps K for fewer)",
+            None, f"--steps {steps}: {sampler_name} always runs the full chain of T = {sampler_steps} steps "
+            f"(use --sampler {choices.DEFAULT_SAMPLER} --steps K for fewer)",
         )  # fmt: skip
     return sampler_name, sampler_steps
 
 
-def generate_samples(
-    ckpt_path: Path,
-    num_samples: int,
-    out: Path,
-    sampler: str | None = None,
-    steps: int | None = None,
-    seed: int = 0,
-    batch_size: int = 16,
-    devices: int = 1,
-    accelerator: str = "auto",
-    precision: str = "32-true",
-    overwrite: bool = False,
-) -> Path:
+def generate_samples(options: SampleOptions) -> Path:
     """Sample ``num_samples`` samples from the model in ``ckpt_path`` into ``out`` (see ``xraydiff sample``).
 
-    All or nothing: samples are written into a staging folder beside ``out`` that replaces it at the
-    end; on an error or SIGTERM/SIGINT the staging folder is removed and ``out`` is left as it was.
+    All or nothing: samples are written into a staging folder beside ``out`` that replaces it at the end; on an
+    error or SIGTERM/SIGINT the staging folder is removed and ``out`` is left as it was.
     """
     import lightning as L
 
@@ -74,31 +65,28 @@ def generate_samples(
     from lightning_modules.generative import GenerativeModule, load_model
     from xraydiff.checkpoints import class_path
 
-    if num_samples < 1:
-        raise DataError(None, f"--num_samples must be at least 1, got {num_samples}")
-    if batch_size < 1:
-        raise DataError(None, f"--batch_size must be at least 1, got {batch_size}")
-    if devices < 1:
-        raise DataError(None, f"--devices must be at least 1, got {devices}")
-    out = Path(out)
-    check_output_folder(out, overwrite, "sample", inputs=(ckpt_path,))
-    model = load_model(ckpt_path, expected=GenerativeModule)
-    sampler_name, sampler_steps = check_sampler_arguments(model, sampler, steps)
-    resolved = resolve_precision(precision, accelerator)
+    for name in ("num_samples", "batch_size", "devices"):
+        if getattr(options, name) < 1:
+            raise DataError(None, f"--{name} must be at least 1, got {getattr(options, name)}")
+    out = Path(options.out)
+    check_output_folder(out, options.overwrite, "sample", inputs=(options.ckpt_path,))
+    model = load_model(options.ckpt_path, expected=GenerativeModule)
+    sampler_name, sampler_steps = check_sampler_arguments(model, options.sampler, options.steps)
+    resolved = resolve_precision(options.precision, options.accelerator)
     staging = out.with_name(f".{out.name}.partial")
     launcher = _get_rank() in (None, 0)  # DDP children re-run this command; only the launcher prepares folders
     manifest = {
-        "checkpoint": str(Path(ckpt_path).resolve()),
+        "checkpoint": str(Path(options.ckpt_path).resolve()),
         "model": class_path(model),
         "sampler": sampler_name,
         "steps": sampler_steps,
-        "ddim_eta": model.hparams.get("ddim_eta") if sampler_name == "ddim" else None,
-        "seed": seed,
-        "count": num_samples,
-        "batch_size": batch_size,
+        "ddim_eta": model.hparams.get("ddim_eta") if choices.uses_eta(sampler_name) else None,
+        "seed": options.seed,
+        "count": options.num_samples,
+        "batch_size": options.batch_size,
         "image_size": list(model.image_size),
         "channels": list(model.sample_channels),
-        "devices": devices,
+        "devices": options.devices,
         "precision": resolved,
     }
     with interruptible():
@@ -108,21 +96,24 @@ def generate_samples(
                 staging.mkdir(parents=True)
             # Our bar counts network calls (rate, time left); Lightning's counts batches, for the VAE's one pass
             # and under DDP, where each process runs its own share.
-            calls = network_calls(num_samples, batch_size, sampler_steps) if devices == 1 else 0
+            one_process = options.devices == 1
+            calls = network_calls(options.num_samples, options.batch_size, sampler_steps) if one_process else 0
             trainer = L.Trainer(
-                accelerator=accelerator,
-                devices=devices,
-                strategy="ddp" if devices > 1 else "auto",
+                accelerator=options.accelerator,
+                devices=options.devices,
+                strategy="ddp" if options.devices > 1 else "auto",
                 precision=resolved,
                 logger=False,
                 enable_checkpointing=False,
                 use_distributed_sampler=False,
-                callbacks=[SampleWriter(staging, out, manifest, num_samples)],
+                callbacks=[SampleWriter(staging, out, manifest, options.num_samples)],
                 default_root_dir=str(staging),
                 enable_model_summary=False,
                 enable_progress_bar=calls == 0,
             )
-            datamodule = SampleIndexDataModule(num_samples, batch_size, seed, sampler, steps)
+            datamodule = SampleIndexDataModule(
+                options.num_samples, options.batch_size, options.seed, options.sampler, options.steps
+            )
             with step_progress(calls, f"sample {sampler_name} {sampler_steps}"):
                 trainer.predict(model, datamodule=datamodule, return_predictions=False)
         except BaseException:
@@ -130,5 +121,5 @@ def generate_samples(
                 shutil.rmtree(staging, ignore_errors=True)
             raise
     if launcher:
-        print(f"xraydiff sample: wrote {num_samples} samples to {out}/ (manifest.json, <id>.npz, <id>.png)")
+        print(f"xraydiff sample: wrote {options.num_samples} samples to {out}/ (manifest.json, <id>.npz, <id>.png)")
     return out

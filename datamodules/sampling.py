@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import math
-
 import lightning as L
 import torch
 from torch.utils.data import DataLoader
+
+from xraydiff.data.generation import batch_plan
 
 
 class SampleIndexDataModule(L.LightningDataModule):
     """Splits ``num_samples`` into fixed batches of ``batch_size`` and deals them round-robin to ranks.
 
-    Batch b always holds indices [b * batch_size, (b + 1) * batch_size) and is seeded by (seed, b),
-    so every sample is reproducible from the seed and the batch size, whatever the device count.
+    The batches are ``xraydiff.data.generation.batch_plan``'s: every sample is reproducible from the seed and the batch
+    size, whatever the device count.
     A rank without work receives one empty batch so that all ranks run the same hooks.
     """
 
@@ -23,16 +23,15 @@ class SampleIndexDataModule(L.LightningDataModule):
         self.sampler, self.steps = sampler, steps
 
     def batches_for_rank(self, rank: int, world_size: int) -> list[dict]:
-        count = math.ceil(self.num_samples / self.batch_size)
         batches = [
             {
                 "batch": b,
-                "indices": torch.arange(b * self.batch_size, min((b + 1) * self.batch_size, self.num_samples)),
+                "indices": torch.tensor(list(indices), dtype=torch.long),
                 "seed": self.seed,
                 "sampler": self.sampler,
                 "steps": self.steps,
             }
-            for b in range(rank, count, world_size)
+            for b, indices in batch_plan(self.num_samples, self.batch_size, rank, world_size)
         ]
         empty = {
             "batch": -1,

@@ -70,13 +70,7 @@ def schema_text(name: str) -> str:
     """The ``experiment:`` section a study reads, from its module's source (read, not imported: the help page
     waits for no model): the dataclass named by ``STUDY``'s ``schema`` and every dataclass of the module its
     fields name, one line per key with its type, its default (or "required"), its checks and its comment."""
-    source = _sources()[name].read_text()
-    tree, lines = ast.parse(source), source.splitlines()
-    classes = {
-        node.name: node
-        for node in tree.body
-        if isinstance(node, ast.ClassDef) and any("dataclass" in ast.unparse(d) for d in node.decorator_list)
-    }
+    tree, classes = ast.parse(_sources()[name].read_text()), _dataclasses(_sources()[name], imported=True)
     schema = _keyword(_study_call(tree), "schema")
     if schema is None:
         return "(the study declares no schema)"
@@ -87,27 +81,51 @@ def schema_text(name: str) -> str:
         if cls in shown:
             continue
         shown.add(cls)
+        node, lines = classes[cls]
         out.append(f"{title}:" + (f"  # {cls}" if title != cls else ""))
-        for base in (b.id for b in classes[cls].bases if isinstance(b, ast.Name) and b.id in classes):
+        for base in (b.id for b in node.bases if isinstance(b, ast.Name) and b.id in classes):
             out.append(f"  (and the keys of {base})")
             pending.append((base, base))
-        for item in classes[cls].body:
+        for item in node.body:
             if not isinstance(item, ast.AnnAssign) or ast.unparse(item.annotation).startswith("ClassVar"):
                 continue
             kind = _choices(ast.unparse(item.annotation))
-            comment = lines[item.lineno - 1].partition("  # ")[2] or _comment_above(lines, item.lineno)
-            out.append(f"  {item.target.id}: {kind}{_default(item.value)}" + (f"  # {comment}" if comment else ""))
+            default, text = _default(item.value)
+            comment = lines[item.lineno - 1].partition("  # ")[2].partition("type: ignore")[0].strip()
+            comment = comment or _comment_above(lines, item.lineno) or text
+            out.append(f"  {item.target.id}: {kind}{default}" + (f"  # {comment}" if comment else ""))
             pending += [(used, used) for used in classes if re.search(rf"\b{used}\b", kind)]
         out.append("")
     return "\n".join(out).rstrip()
 
 
-def _default(value: ast.expr | None) -> str:
-    """`` = DEFAULT (checks)`` of a field's right-hand side; "required" where there is no default."""
+def _dataclasses(path: Path, imported: bool = False) -> dict[str, tuple[ast.ClassDef, list[str]]]:
+    """name -> (class node, source lines) of the dataclasses of a module's source; with ``imported`` also those
+    it imports from the project's other modules (their sources read, not imported), under the names it uses."""
+    source = path.read_text()
+    tree, lines = ast.parse(source), source.splitlines()
+    found = {
+        node.name: (node, lines)
+        for node in tree.body
+        if isinstance(node, ast.ClassDef) and any("dataclass" in ast.unparse(d) for d in node.decorator_list)
+    }
+    for node in tree.body if imported else ():
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in ("commands", "xraydiff"):
+            module = Path(__file__).resolve().parents[1].joinpath(*node.module.split(".")).with_suffix(".py")
+            if module.is_file():
+                theirs = _dataclasses(module)
+                found |= {a.asname or a.name: theirs[a.name] for a in node.names if a.name in theirs}
+    return found
+
+
+def _default(value: ast.expr | None) -> tuple[str, str]:
+    """(`` = DEFAULT (checks)`` of a field's right-hand side, "required" where there is no default; its help)."""
     call = ast.unparse(value.func) if isinstance(value, ast.Call) else None
     if call not in ("option", "field"):
-        return f" = {ast.unparse(value)}" if value is not None else " (required)"
+        return (f" = {_value(value)}" if value is not None else " (required)"), ""
     keywords = {k.arg: k.value for k in value.keywords}
+    text = keywords.pop("help", None)
+    text = ast.literal_eval(text) if isinstance(text, ast.Constant) else ""
     default = value.args[0] if value.args else keywords.pop("default", None)
     factory = keywords.pop("default_factory", None)
     if isinstance(factory, ast.Lambda):
@@ -116,15 +134,27 @@ def _default(value: ast.expr | None) -> str:
         default = ast.parse({"dict": "{}", "list": "[]"}.get(ast.unparse(factory), "...")).body[0].value
     checks = [key if ast.unparse(v) == "True" else f"{key} {ast.unparse(v)}" for key, v in keywords.items()]
     if default is None:
-        return f" (required{''.join(', ' + check for check in checks)})"
-    return f" = {ast.unparse(default)}" + (f" ({', '.join(checks)})" if checks else "")
+        return f" (required{''.join(', ' + check for check in checks)})", text
+    return f" = {_value(default)}" + (f" ({', '.join(checks)})" if checks else ""), text
+
+
+def _value(node: ast.expr) -> str:
+    """A default as written, a name of ``_named`` by its value."""
+    named = _named()
+    return repr(named[node.id]) if isinstance(node, ast.Name) and node.id in named else ast.unparse(node)
+
+
+def _named() -> dict:
+    """The named choices and defaults of ``xraydiff.diffusion.choices`` and ``commands.options`` (light imports)."""
+    from commands import options
+    from xraydiff.diffusion import choices
+
+    return {**vars(options), **vars(choices)}
 
 
 def _choices(annotation: str) -> str:
     """An annotation with the named choices of ``xraydiff.diffusion.choices`` spelt out."""
-    from xraydiff.diffusion import choices  # imports nothing heavy
-
-    for name, value in vars(choices).items():
+    for name, value in _named().items():
         if get_origin(value) is Literal or (name.isupper() and isinstance(value, tuple)):
             spelt = value if get_origin(value) is Literal else Literal[value]
             annotation = re.sub(

@@ -25,15 +25,18 @@ import numpy as np
 import torch
 
 from commands.acceptance import acceptance_rate_of_checkpoint
+from commands.options import AcceptanceRateOptions, SampleOptions, SamplingSettings
 from commands.parsing import data_parser
 from commands.sampling import generate_samples
 from experiments.schema import fail, option, read_study_config
 from experiments.steps import StepRunner, StudyCommand, seeded
 from xraydiff.checkpoints import CHECKPOINT_KEY, read_checkpoint
 from xraydiff.data.imageio import atomic_write_bytes
-from xraydiff.diffusion.choices import Sampler
+from xraydiff.diffusion import choices
+from xraydiff.diffusion.choices import DEFAULT_SAMPLER, Sampler
 from xraydiff.errors import DataError
 from xraydiff.metrics import common_image_rows, describe_paired, paired_difference, seed_spread
+from xraydiff.options import values
 from xraydiff.precision import resolve_precision
 
 # What identifies a training set: a generator row's checkpoint must agree with its row on all of these.
@@ -62,7 +65,7 @@ class GeneratorSpec:
 
 
 @dataclass
-class StudyConfig:
+class StudyConfig(SamplingSettings):
     data: dict[str, Any]  # overrides of every sub-config's data.init_args (root, split_dir, ...)
     generators: dict[str, GeneratorSpec] = option(nonempty=True)
     localizer: GeneratorSpec = option()
@@ -73,9 +76,8 @@ class StudyConfig:
     )
     num_samples: int = option(400, min=1)
     # DDIM 10 (at the generator's eta): the cheapest sampler whose acceptance overlaps DDIM 100's (docs/hands.md)
-    sampler: Sampler | None = "ddim"
+    sampler: Sampler | None = DEFAULT_SAMPLER
     steps: int | None = option(10, min=1)
-    batch_size: int = option(16, min=1)
     rate_runs: int = option(10, min=1)
     rate_samples: int = option(100, min=1)
     # "runs": the paper's protocol, rate_runs separate draws of rate_samples; "augmentation": the
@@ -85,8 +87,6 @@ class StudyConfig:
     synthetic_share: float | None = None
     acceptance: dict[str, Any] = field(default_factory=dict)
     outlier_radii: list[float] = option(default_factory=lambda: [2.0, 4.0, 10.0, 20.0], nonempty=True, above=0)
-    seed: int = 0
-    precision: str = "auto"  # of sampling: bf16 autocast where the hardware has native bf16, else 32-bit
 
 
 def load_study_config(path: Path) -> StudyConfig:
@@ -204,18 +204,12 @@ class Study(StepRunner):
 
     def acceptance_rate(self, folder: Path, checkpoint: str, stats: str) -> dict:
         c = self.config
-        result = acceptance_rate_of_checkpoint(
-            Path(checkpoint),
-            Path(stats),
-            folder,
-            c.rate_runs,
-            c.rate_samples,
-            *self._sampling(checkpoint),
-            c.seed,
-            c.batch_size,
-            cache=self.out / "cache",
-            precision=c.precision,
-        )
+        sampler, steps = self._sampling(checkpoint)
+        options = AcceptanceRateOptions(
+            **values(c, SamplingSettings, ("sampler", "steps")), sampler=sampler, steps=steps,
+            ckpt_path=Path(checkpoint), stats=Path(stats), out=folder, runs=c.rate_runs, num_samples=c.rate_samples,
+        )  # fmt: skip
+        result = acceptance_rate_of_checkpoint(options, cache=self.out / "cache")
         self.log(result["table"])
         return {"mean": result["mean"], "sd": result["sd"], "by_rule_set": result["by_rule_set"]}
 
@@ -251,7 +245,7 @@ class Study(StepRunner):
 
         if load_model(checkpoint).sampling_description(None, None)[0] == "prior":
             return None, None
-        return self.config.sampler, self.config.steps if self.config.sampler != "ddpm" else None
+        return self.config.sampler, self.config.steps if choices.spec(self.config.sampler).grid else None
 
     def sample_and_accept(self, folder: Path, checkpoint: str, stats: str) -> dict:
         from xraydiff.acceptance.rate import file_digest, sample_cache_key
@@ -268,19 +262,11 @@ class Study(StepRunner):
         )  # fmt: skip
         samples = self.out / "cache" / f"samples-{key}"
         if not (samples / "manifest.json").is_file():
-            generate_samples(
-                Path(checkpoint),
-                c.num_samples,
-                samples,
-                sampler,
-                steps,
-                seed,
-                c.batch_size,
-                devices=1,
-                accelerator="auto",
-                precision=c.precision,
-                overwrite=True,
-            )
+            options = SampleOptions(
+                **values(c, SamplingSettings, ("sampler", "steps", "seed")), sampler=sampler, steps=steps, seed=seed,
+                ckpt_path=Path(checkpoint), num_samples=c.num_samples, out=samples, overwrite=True,
+            )  # fmt: skip
+            generate_samples(options)
         report = run_acceptance(samples, Path(stats), folder / "acceptance")
         return {
             "accepted": report["accepted"],

@@ -25,16 +25,17 @@ import json
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import torch
 
+from commands.options import BlendOptions as CommandOptions
+from commands.options import BlendSettings, Precision
 from commands.parsing import data_parser
 from experiments.schema import Named, fail, option, read_study_config
 from experiments.steps import StepRunner, StudyCommand
 from xraydiff.checkpoints import CHECKPOINT_KEY, read_checkpoint
 from xraydiff.data.imageio import atomic_write_bytes
-from xraydiff.diffusion.choices import COMPOSITES, StepSampler
 from xraydiff.errors import DataError
 from xraydiff.metrics import (
     SEGMENTATION_SCORES,
@@ -44,6 +45,7 @@ from xraydiff.metrics import (
     seed_spread,
     summarize_segmentation,
 )
+from xraydiff.precision import AUTO
 
 
 # without ``variants``: one blend of the shared ``blend`` options (its strength, or run_blend's default steps / T,
@@ -60,19 +62,9 @@ class ModelSpec:
         self.args = [str(a) for a in self.args]
 
 
-@dataclass
-class BlendOptions(Named):
-    """Options of ``commands.blend.run_blend`` a study sets, shared (``blend``) or per variant."""
-
-    steps: int = option(25, min=1)
-    strength: float | None = option(None, above=0, max=1)  # null: steps / T
-    dilation: int = option(1, min=0)
-    mask_mode: Literal["max", "area"] = "max"
-    batch_size: int = option(16, min=1)
-    seed: int = 0
-    composite: Literal[COMPOSITES] = "latent"
-    reimpose: bool = False
-    sampler: StepSampler = "ddim"
+@dataclass(kw_only=True)
+class BlendOptions(BlendSettings, Named):
+    """The options of ``xraydiff blend`` a study sets (``commands.options.BlendSettings``), shared or per variant."""
 
 
 @dataclass(kw_only=True)
@@ -96,7 +88,7 @@ class BlendStudyConfig:
     # of real + synthetic epochs: a fixed half, so that a real image is seen as often whatever k is (null:
     # every pair once per epoch, 83 % synthetic at k = 5 with 22 guides)
     synthetic_share: float | None = option(0.5, min=0, below=1)
-    precision: str = "auto"  # of the blending
+    precision: Precision = AUTO  # of the blending
 
     retired: ClassVar[dict[str, str]] = {
         "reimpose_k": "is gone: a re-imposed blend is a variant, e.g. "
@@ -163,12 +155,11 @@ class BlendStudy(StepRunner):
         parser = data_parser("experiment blend", "")
         args = [*[a for f in self.config.segmenter.config for a in ("--config", f)], *self.data_args(self.config.data)]
         datamodule = parser.instantiate_classes(parser.parse_args(args)).data
-        options = self.config.blend_options(variant)
-        manifest = run_blend(
-            Path(ldm), datamodule, folder / "data", k,
-            autoencoder=None if autoencoder is None else Path(autoencoder),
-            precision=self.config.precision, log=self.log, **options,
+        options = CommandOptions(
+            ldm=Path(ldm), out=folder / "data", top_k=k, autoencoder=None if autoencoder is None else Path(autoencoder),
+            precision=self.config.precision, **self.config.blend_options(variant),
         )  # fmt: skip
+        manifest = run_blend(options, datamodule, log=self.log)
         return {
             "dataset": str((folder / "data").resolve()),
             "count": manifest["count"],

@@ -38,6 +38,7 @@ from experiments.steps import StepRunner, StudyCommand, seeded
 from lightning_modules.landmark_diffusion import LandmarkDiffusion
 from xraydiff.checkpoints import CHECKPOINT_KEY, read_checkpoint
 from xraydiff.data.imageio import atomic_write_bytes
+from xraydiff.diffusion import choices
 from xraydiff.diffusion.choices import LandmarkSampler
 from xraydiff.diffusion.landmark import check_blur, check_decoding, check_inference
 from xraydiff.errors import DataError
@@ -281,12 +282,7 @@ def row_label(name: str, row: dict) -> str:
     mode = row["mode"]
     if row["model"] == "baseline":
         return "baseline (no diffusion)"
-    kind = mode["sampler"]
-    label = {
-        "single": "single-step (x0 from x_T)",
-        "ddpm": "multi-step (T steps)",
-        "empty": "diagnostic: one call at t = 0 on the empty heatmap",
-    }.get(kind, f"DDIM k={mode.get('sampling_steps')}")
+    label = choices.spec(mode["sampler"]).label.format(k=mode.get("sampling_steps"))
     if int(mode.get("ensemble", 1)) > 1:
         label += f", ensemble M={mode['ensemble']}"
     return f"{label} [{name}]"

@@ -20,6 +20,9 @@ from typing import Any, Literal, get_args, get_origin
 
 from commands.parsing import key_lines, read_yaml
 from xraydiff.errors import DataError
+from xraydiff.options import option
+
+__all__ = ["Named", "fail", "option", "read_study_config"]
 
 Key = tuple  # the YAML path of a value, e.g. ("experiment", "modes", "multi")
 
@@ -27,13 +30,6 @@ Key = tuple  # the YAML path of a value, e.g. ("experiment", "modes", "multi")
 def _name(key: Key) -> str:
     """experiment.variants[1].strength"""
     return "".join(f"[{k}]" if isinstance(k, int) else f".{k}" for k in key).lstrip(".")
-
-
-def option(default=dataclasses.MISSING, *, default_factory=dataclasses.MISSING, **checks) -> Any:
-    """A dataclass field with constraints: ``min`` / ``max`` (inclusive), ``above`` / ``below``
-    (exclusive), ``nonempty``, ``distinct``, ``pairs`` (even length: option, value), ``file`` (strings
-    name existing files), ``pattern`` (strings match the regular expression)."""
-    return dataclasses.field(default=default, default_factory=default_factory, metadata=checks)
 
 
 class Named:

@@ -12,7 +12,7 @@ from torch import Tensor
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from xraydiff.checkpoints import CHECKPOINT_KEY, checkpoint_model_class, class_path
-from xraydiff.data.samples import batch_seed, sample_id
+from xraydiff.data.generation import generate_batch
 from xraydiff.diffusion.engine import check_sampling, sample
 from xraydiff.diffusion.objectives import make_scheduler
 from xraydiff.errors import DataError
@@ -199,13 +199,13 @@ class GenerativeModule(TaggedCheckpointMixin, L.LightningModule):
                 "`xraydiff predict` has no predictions for it",
             )
         indices = batch["indices"].tolist()
-        ids = [sample_id(int(batch["seed"]), index) for index in indices]
         if not indices:
             return {"ids": [], "samples": torch.empty(0, len(self.sample_channels), *self.image_size)}
-        generator = torch.Generator(device=self.device).manual_seed(batch_seed(int(batch["seed"]), int(batch["batch"])))
         # One progress bar: Lightning's over the batches, not a second one over each batch's steps.
-        samples = self.generate(len(indices), generator, batch.get("sampler"), batch.get("steps"))
-        return {"ids": ids, "samples": samples.float().cpu()}
+        ids, samples = generate_batch(
+            self, int(batch["seed"]), int(batch["batch"]), indices, batch.get("sampler"), batch.get("steps")
+        )
+        return {"ids": ids, "samples": samples}
 
 
 class PairedGenerativeModule(GenerativeModule):

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from lightning_modules.generative import TaggedCheckpointMixin, WeightAverageMixin
 from lightning_modules.optim import adamw_with_schedule, check_lr_schedule
 from xraydiff.data.geometry import to_original_pixels
+from xraydiff.diffusion.choices import DEFAULT_LANDMARK_SAMPLER, FIT_VALIDATION_SAMPLER
 from xraydiff.diffusion.engine import check_sampling
 from xraydiff.diffusion.landmark import (
     ONE_CALL,
@@ -150,13 +151,13 @@ class LandmarkDiffusion(WeightAverageMixin, TaggedCheckpointMixin, L.LightningMo
         sigma_max: float = 14.0,
         sigma_min: float = 1.0,
         blur_scaling: BlurScaling = "image",
-        sampler: LandmarkSampler = "ddpm",
+        sampler: LandmarkSampler = DEFAULT_LANDMARK_SAMPLER,
         sampling_steps: int | None = None,
         ddim_eta: float = 0.0,
         ensemble: int = 1,
         chain_decoding: ChainDecoding = "argmax",
         x0_estimate: X0Estimate = "softmax",
-        fit_validation: LandmarkSampler = "single",
+        fit_validation: LandmarkSampler = FIT_VALIDATION_SAMPLER,
         seed: int = 0,
         learning_rate: float = 1e-4,
         weight_decay: float = 1e-4,
@@ -278,10 +279,8 @@ class LandmarkDiffusion(WeightAverageMixin, TaggedCheckpointMixin, L.LightningMo
         if not hp.diffusion:
             return {"mode": "baseline", "steps": 1, "ensemble": 1}
         inference = self.inference
-        steps = (
-            1
-            if mode in ONE_CALL
-            else check_sampling(mode, inference["sampling_steps"], inference["ddim_eta"], hp.num_train_timesteps)
+        steps = check_sampling(
+            mode, inference["sampling_steps"], inference["ddim_eta"], hp.num_train_timesteps, "landmark"
         )
         return {"mode": mode, "steps": steps, "ensemble": ensemble}
 

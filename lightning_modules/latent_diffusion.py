@@ -11,7 +11,8 @@ from torch import Tensor
 from lightning_modules.autoencoder import read_first_stage
 from lightning_modules.generative import DiffusionSamplingMixin, GenerativeModule, WeightAverageMixin
 from xraydiff.diffusion.blending import blend_denoise
-from xraydiff.diffusion.engine import Sampler, check_diffusion_options
+from xraydiff.diffusion.choices import DEFAULT_SAMPLER, Sampler
+from xraydiff.diffusion.engine import check_diffusion_options
 from xraydiff.diffusion.latent import (
     PosteriorCache,
     check_first_stage,
@@ -89,7 +90,7 @@ class LatentDiffusion(DiffusionSamplingMixin, WeightAverageMixin, GenerativeModu
         weight_decay: float = 1e-2,
         ema_decay: float = 0.999,
         ema_warmup: bool = True,
-        sampler: Sampler = "ddim",
+        sampler: Sampler = DEFAULT_SAMPLER,
         sampling_steps: int = 50,
         ddim_eta: float = 0.0,
         scale_images: int = 64,
@@ -157,7 +158,7 @@ class LatentDiffusion(DiffusionSamplingMixin, WeightAverageMixin, GenerativeModu
         strength: float | None,
         generator: torch.Generator | None = None,
         reimpose: tuple[Tensor, Tensor] | None = None,
-        sampler: str = "ddim",
+        sampler: str = DEFAULT_SAMPLER,
     ) -> Tensor:
         """Images (N, 1, H, W) in [-1, 1] from blended latents z_init (N, C, h, w): noised to strength * T
         (None: steps / T, Lim et al. read literally), ``steps`` steps of ``sampler`` (Lim et al.: DDIM) with the

@@ -7,7 +7,8 @@ from monai.networks.nets import DiffusionModelUNet
 from torch import Tensor, nn
 
 from lightning_modules.generative import DiffusionSamplingMixin, PairedGenerativeModule, WeightAverageMixin
-from xraydiff.diffusion.engine import Sampler, check_diffusion_options
+from xraydiff.diffusion.choices import DEFAULT_SAMPLER, Sampler
+from xraydiff.diffusion.engine import check_diffusion_options
 from xraydiff.diffusion.objectives import PredictionType, diffusion_loss
 
 
@@ -71,7 +72,7 @@ class PairedDDPM(DiffusionSamplingMixin, WeightAverageMixin, PairedGenerativeMod
         learning_rate: float = 1e-3,
         ema_decay: float = 0.999,
         ema_warmup: bool = True,
-        sampler: Sampler = "ddim",
+        sampler: Sampler = DEFAULT_SAMPLER,
         sampling_steps: int = 10,
         ddim_eta: float = 1.0,
     ):

@@ -30,6 +30,7 @@ from lightning_modules.generative import load_model
 from xraydiff.acceptance.checker import AcceptanceChecker
 from xraydiff.acceptance.corruptions import render
 from xraydiff.acceptance.rate import generate_heatmaps
+from xraydiff.diffusion.choices import DEFAULT_SAMPLER
 from xraydiff.precision import autocast_dtype, describe_hardware, resolve_precision
 
 
@@ -66,9 +67,11 @@ def main() -> None:
     for eta in (1.0, 0.0):
         model.hparams.ddim_eta = eta
         _, heatmaps = generate_heatmaps(
-            model, args.num_samples, args.seed, args.batch_size, "ddim", 10, autocast_dtype(precision)
+            model, args.num_samples, args.seed, args.batch_size, DEFAULT_SAMPLER, 10, autocast_dtype(precision)
         )
-        rows[f"demo DDPM, DDIM 10, eta {eta:g} ({args.num_samples} samples)"] = rates(stats, heatmaps, counts)
+        rows[f"demo DDPM, {DEFAULT_SAMPLER} 10, eta {eta:g} ({args.num_samples} samples)"] = rates(
+            stats, heatmaps, counts
+        )
     shapes = annotations(args.data_config, model.image_size).shape_table("test")[0][: args.num_samples]
     rng = np.random.default_rng(args.seed)
     height, width = model.image_size

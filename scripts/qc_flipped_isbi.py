@@ -22,6 +22,8 @@ from callbacks.plausibility import fit_prediction_checker
 from datamodules import CephalometricDataModule
 from lightning_modules import LandmarkDiffusion
 from lightning_modules.generative import load_model
+from xraydiff.diffusion.choices import DEFAULT_SAMPLER, LANDMARK_SAMPLERS
+from xraydiff.diffusion.engine import check_sampling
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "isbi2015"
 
@@ -31,7 +33,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("checkpoint", type=Path)
     parser.add_argument("--root", type=Path, default=DATA, help="ISBI 2015 in the challenge layout")
     parser.add_argument("--images", type=int, default=10, help="the first N Test1 images")
-    parser.add_argument("--sampler", choices=["single", "ddim", "ddpm"], default="ddim", help="diffusion models only")
+    parser.add_argument("--sampler", choices=LANDMARK_SAMPLERS, default=DEFAULT_SAMPLER, help="diffusion models only")
     parser.add_argument("--steps", type=int, default=5, help="DDIM steps k")
     args = parser.parse_args(argv)
     if not args.root.is_dir():
@@ -41,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     dm.setup()
     checker = fit_prediction_checker(dm)
     batch = next(iter(dm.make_loader(dm.dataset("val", augment=False))))
-    steps = {"single": 1, "ddim": args.steps, "ddpm": model.hparams.num_train_timesteps}[args.sampler]
+    steps = check_sampling(args.sampler, args.steps, 0.0, model.hparams.num_train_timesteps, "landmark")
     mode = args.sampler if model.hparams.diffusion else "baseline"
     settings = {"mode": mode, "steps": steps if model.hparams.diffusion else 1, "ensemble": 1}
     print(f"{args.checkpoint}: {settings['mode']} ({steps} calls), QC fitted on {checker.stats.num_shapes} shapes")

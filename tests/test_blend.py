@@ -22,6 +22,14 @@ DATA = ["--config", "configs/demo/panoramic_ldm.yaml", *PANORAMIC_DATA]
 BLEND = ["--top_k", "3", "--steps", "4", "--strength", "0.6", "--batch_size", "2"]
 
 
+def blend(ldm, data, out, top_k, log=print, **settings) -> dict:
+    """``run_blend`` with its options object, as ``xraydiff blend`` calls it."""
+    from commands.blend import run_blend
+    from commands.options import BlendOptions
+
+    return run_blend(BlendOptions(ldm=ldm, out=out, top_k=top_k, **settings), data, log=log)
+
+
 def tiny_data(**kwargs) -> PanoramicDataModule:
     """The DataModule of ``DATA`` (the phantom counts of ``tiny.PANORAMIC_DATA``)."""
     return PanoramicDataModule(
@@ -375,8 +383,6 @@ def test_the_shipped_phantom_ldm_never_saw_the_demo_partners_and_blends_them(cli
 def test_a_guide_whose_mask_is_empty_is_skipped_and_counted(tmp_path, ldm_checkpoint):
     """Lim et al. label every synthetic pair with its guide's mask: an empty one would mark the partner's
     structure background, so such guides are skipped, named in the manifest and the log."""
-    from commands.blend import run_blend
-
     data = tiny_data()
     setup = data.setup
 
@@ -386,7 +392,7 @@ def test_a_guide_whose_mask_is_empty_is_skipped_and_counted(tmp_path, ldm_checkp
 
     data.setup = setup_with_an_empty_mask
     logged: list[str] = []
-    manifest = run_blend(ldm_checkpoint, data, tmp_path / "out", 2, steps=2, batch_size=2, log=logged.append)
+    manifest = blend(ldm_checkpoint, data, tmp_path / "out", 2, steps=2, batch_size=2, log=logged.append)
     empty = data.items["train"][0].id
     assert manifest["skipped_empty_guides"] == [empty]
     assert {s["guide"] for s in manifest["samples"]} == {item.id for item in data.items["train"][1:]}
@@ -395,7 +401,7 @@ def test_a_guide_whose_mask_is_empty_is_skipped_and_counted(tmp_path, ldm_checkp
     for item in data.items["train"]:
         item.mask[:] = 0
     with pytest.raises(ValueError, match="no labelled image with a pixel of the structure"):
-        run_blend(ldm_checkpoint, data, tmp_path / "none", 2, steps=2, batch_size=2, log=logged.append)
+        blend(ldm_checkpoint, data, tmp_path / "none", 2, steps=2, batch_size=2, log=logged.append)
     assert not (tmp_path / "none").exists()
 
 
@@ -405,14 +411,12 @@ def test_a_guide_whose_mask_is_empty_is_skipped_and_counted(tmp_path, ldm_checkp
 def test_pixel_compositing_and_copy_paste_keep_the_partners_pixels_outside(tmp_path, ldm_checkpoint):
     from scipy.ndimage import gaussian_filter
 
-    from commands.blend import run_blend
-
     data = tiny_data()
     data.setup()
     images = {item.id: item for split in ("train", "synthesis") for item in data.items[split]}
     made = {
-        mode: run_blend(ldm_checkpoint, tiny_data(), tmp_path / mode, 2, steps=3, strength=0.5, composite=mode,
-                        batch_size=2)
+        mode: blend(ldm_checkpoint, tiny_data(), tmp_path / mode, 2, steps=3, strength=0.5, composite=mode,
+                    batch_size=2)
         for mode in ("latent", "pixel", "copy_paste")
     }  # fmt: skip
     quantum = 1 / 127.5 + 1e-6  # 8-bit PNG
@@ -441,10 +445,8 @@ def test_pixel_compositing_and_copy_paste_keep_the_partners_pixels_outside(tmp_p
 def test_the_survival_check_tells_a_kept_structure_from_a_repainted_one(tmp_path, ldm_checkpoint):
     """At the paper's strength the guide's anatomy survives inside its mask; pure sampling (strength 1)
     repaints it, and the check must say so."""
-    from commands.blend import run_blend
-
-    kept = run_blend(ldm_checkpoint, tiny_data(), tmp_path / "kept", 3, steps=3, batch_size=3)["survival"]
-    repainted = run_blend(ldm_checkpoint, tiny_data(), tmp_path / "new", 3, steps=3, strength=1.0, batch_size=3)
+    kept = blend(ldm_checkpoint, tiny_data(), tmp_path / "kept", 3, steps=3, batch_size=3)["survival"]
+    repainted = blend(ldm_checkpoint, tiny_data(), tmp_path / "new", 3, steps=3, strength=1.0, batch_size=3)
     repainted = repainted["survival"]
     assert kept["inside"]["median"] > 0.8
     assert kept["inside"]["median"] > repainted["inside"]["median"] + 0.3

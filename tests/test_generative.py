@@ -310,7 +310,7 @@ def test_sample_never_replaces_a_folder_it_did_not_write(cli, tmp_path, ddpm_che
     # --steps does nothing for the full DDPM chain: refused, not ignored
     code, _, err = cli("sample", "--ckpt_path", ddpm_checkpoint, "--num_samples", 2, "--sampler", "ddpm", "--steps", 5,
                        "--out", tmp_path / "d")  # fmt: skip
-    assert code != 0 and "--steps 5: the DDPM sampler always runs the full chain" in err
+    assert code != 0 and "--steps 5: ddpm always runs the full chain" in err
     assert not (tmp_path / "d").exists()
 
 

@@ -97,8 +97,8 @@ def test_sampling_noise_is_per_image_not_per_batch():
 @pytest.mark.parametrize(
     ("mode", "steps", "ensemble", "message"),
     [
-        ("ddim", 300, 1, r"DDIM steps must be in \[1, T = 200\]"),
-        ("ddim", None, 1, "DDIM steps"),
+        ("ddim", 300, 1, r"ddim steps must be in \[1, T = 200\]"),
+        ("ddim", None, 1, "ddim steps"),
         ("ddpm", None, 0, "ensemble size M must be at least 1"),
         ("fast", None, 1, "sampler must be one of"),
     ],
@@ -188,7 +188,7 @@ def test_baseline_is_the_same_network_without_noise(trained, tmp_path):
 def test_mismatched_checkpoint_and_data_are_refused(trained, cli):
     test = ["test", *TINY, "--trainer.default_root_dir", trained, "--ckpt_path", "last"]
     code, _, err = cli(*test, "--model.init_args.sampling_steps", "30")
-    assert code != 0 and "DDIM steps must be in [1, T = 20]" in err
+    assert code != 0 and "ddim steps must be in [1, T = 20]" in err
     code, _, err = cli(*test, "--model.init_args.sigma_min", "20")
     assert code != 0 and "sigma_min <= sigma_max" in err
     code, _, err = cli(*test, "--data.init_args.image_size", "[64, 64]")

@@ -133,7 +133,7 @@ def test_several_training_seeds_are_trained_evaluated_and_compared_over_seeds(cl
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"modes": {"bad": {"sampler": "ddim", "sampling_steps": 30}}}, "DDIM steps must be in [1, T = 20]"),
+        ({"modes": {"bad": {"sampler": "ddim", "sampling_steps": 30}}}, "ddim steps must be in [1, T = 20]"),
         ({"modes": {"bad": {"sampler": "ddim", "sampling_steps": 3, "ensemble": 0}}}, "ensemble must be at least 1"),
         ({"modes": {"bad": {"sampler": "ddpm", "sigma_min": 5.0}}}, "sigma_min <= sigma_max"),
         ({"modes": {"bad": {"sampler": "sideways"}}}, "sampler must be one of"),

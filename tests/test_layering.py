@@ -1,7 +1,7 @@
 """Dependencies point one way: cli -> experiments -> commands -> lightning_modules / datamodules / callbacks
 -> xraydiff -> libraries (DEVELOPERS.md); no two modules import each other. Inside the core, packages by
 concern: xraydiff.acceptance, xraydiff.diffusion -> xraydiff.data -> xraydiff.landmarks -> the core's
-top-level modules (errors, precision, checkpoints, metrics, networks)."""
+top-level modules (errors, precision, checkpoints, metrics, networks, options)."""
 
 from __future__ import annotations
 
@@ -67,7 +67,7 @@ def test_core_packages_import_only_lower_ones():
 def test_the_core_is_organised_by_concern():
     """Every core module lives in a package except the few shared by all of them."""
     top = {p.stem for p in (REPO / "xraydiff").glob("*.py")} - {"__init__"}
-    assert top <= {"errors", "precision", "checkpoints", "metrics", "networks"}, top
+    assert top <= {"errors", "precision", "checkpoints", "metrics", "networks", "options"}, top
     assert {p.name for p in (REPO / "xraydiff").iterdir() if (p / "__init__.py").exists()} >= set(CORE_LAYERS)
 
 

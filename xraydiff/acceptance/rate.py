@@ -18,10 +18,10 @@ from xraydiff.acceptance.checker import AcceptanceChecker
 from xraydiff.acceptance.config import RULE_SETS
 from xraydiff.acceptance.run import summarize
 from xraydiff.acceptance.statistics import ShapeStatistics
+from xraydiff.data.generation import Generator, generate_batches
 from xraydiff.data.imageio import atomic_write_bytes
-from xraydiff.data.samples import batch_seed, sample_id
 from xraydiff.errors import DataError
-from xraydiff.precision import autocast_dtype
+from xraydiff.precision import AUTO, PRECISIONS, autocast_dtype, resolve_precision
 
 
 def file_digest(path: Path) -> str:
@@ -42,7 +42,7 @@ def sample_cache_key(
 
 
 def generate_heatmaps(
-    model,
+    model: Generator,
     num_samples: int,
     seed: int,
     batch_size: int,
@@ -53,13 +53,9 @@ def generate_heatmaps(
     """(ids, heatmaps (num_samples, H, W)) drawn from a generative model batch by batch (batch b seeded by
     ``batch_seed(seed, b)``, as ``xraydiff sample`` does), optionally under autocast to ``autocast``."""
     ids, heatmaps = [], []
-    for b, start in enumerate(range(0, num_samples, batch_size)):
-        count = min(batch_size, num_samples - start)
-        generator = torch.Generator(device=model.device).manual_seed(batch_seed(seed, b))
-        with torch.autocast(model.device.type, dtype=autocast or torch.bfloat16, enabled=autocast is not None):
-            pairs = model.generate(count, generator, sampler, steps)
-        heatmaps.append(pairs[:, 1].float().cpu().numpy())
-        ids += [sample_id(seed, start + k) for k in range(count)]
+    for batch_ids, pairs in generate_batches(model, seed, num_samples, batch_size, sampler, steps, autocast=autocast):
+        ids += batch_ids
+        heatmaps.append(pairs[:, 1].numpy())
     return ids, np.concatenate(heatmaps)
 
 
@@ -70,7 +66,7 @@ def rate_statistics(rates: np.ndarray) -> tuple[float, float]:
 
 
 def measure_acceptance_rate(
-    model,
+    model: Generator,
     model_key: str,
     stats_path: Path,
     out: Path,
@@ -83,19 +79,20 @@ def measure_acceptance_rate(
     rule_set: str | None = None,
     overwrite: bool = False,
     cache: Path | None = None,
-    precision: str = "32-true",
+    precision: str = AUTO,
     description: dict | None = None,
 ) -> dict:
-    """Mean and SD of the acceptance rate over ``runs`` runs of a generative ``model`` (with ``generate``,
-    ``image_size``, ``sampling_description`` and ``device``); writes ``out/acceptance.json``.
+    """Mean and SD of the acceptance rate over ``runs`` runs of a generative ``model``; writes
+    ``out/acceptance.json``.
 
     ``model_key`` identifies the model's weights (e.g. the checkpoint's digest). With ``cache``, each
     run's heatmaps are kept in (and reused from) that folder under ``sample_cache_key``: the same
-    generator judged by other statistics does not sample again. ``precision`` is a resolved Lightning
-    precision ('32-true', 'bf16-mixed' or '16-mixed').
+    generator judged by other statistics does not sample again. ``precision``: one of ``PRECISIONS`` ('auto'
+    resolved for the model's device).
     """
-    if precision not in ("32-true", "bf16-mixed", "16-mixed"):
-        raise DataError(None, f"precision must be '32-true', 'bf16-mixed' or '16-mixed', got {precision!r}")
+    if precision not in PRECISIONS:
+        raise DataError(None, f"precision must be one of {PRECISIONS}, got {precision!r}")
+    precision = resolve_precision(precision, model.device.type)
     if runs < 1 or num_samples < 1 or batch_size < 1:
         raise DataError(None, "--runs, --num_samples and --batch_size must be at least 1")
     out = Path(out)

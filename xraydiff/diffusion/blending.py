@@ -15,6 +15,8 @@ from monai.networks.schedulers import DDPMScheduler
 from torch import Tensor
 from torchmetrics.functional.image import structural_similarity_index_measure
 
+from xraydiff.diffusion import choices
+from xraydiff.diffusion.choices import DEFAULT_SAMPLER
 from xraydiff.diffusion.engine import StepRule, reverse_process, step_rule
 from xraydiff.diffusion.objectives import Denoiser
 from xraydiff.errors import DataError
@@ -103,7 +105,7 @@ def resolve_strength(strength: float | None, steps: int, num_train_timesteps: in
 
 
 def blend_rule(
-    scheduler: DDPMScheduler, steps: int, strength: float | None, sampler: str = "ddim", eta: float = 0.0
+    scheduler: DDPMScheduler, steps: int, strength: float | None, sampler: str = DEFAULT_SAMPLER, eta: float = 0.0
 ) -> StepRule:
     """The ``steps`` steps of a reverse process that starts at t_start ~ strength * T (SDEdit, Meng et al.
     2022): ``sampler``'s grid of round(steps / strength) steps over [0, T) and its last ``steps``, so the
@@ -121,12 +123,14 @@ def blend_rule(
             None,
             f"{steps} steps at strength {strength} need {total} steps, more than T = {scheduler.num_train_timesteps}",
         )
-    if sampler == "ddpm":  # the chain has no k-step grid to take a tail of
-        raise DataError(None, "blending samples with ddim or a solver, not ddpm")
+    if sampler in choices.REGISTRY and not choices.spec(sampler).grid:  # no k-step grid to take a tail of
+        raise DataError(None, f"blending samples with one of {choices.STEP_SAMPLERS}, not {sampler}")
     return step_rule(sampler, scheduler, total, eta, last=steps)
 
 
-def blend_timesteps(scheduler: DDPMScheduler, steps: int, strength: float | None, sampler: str = "ddim") -> list[int]:
+def blend_timesteps(
+    scheduler: DDPMScheduler, steps: int, strength: float | None, sampler: str = DEFAULT_SAMPLER
+) -> list[int]:
     """The timesteps of ``blend_rule``: t_start first."""
     return blend_rule(scheduler, steps, strength, sampler).timesteps
 
@@ -141,7 +145,7 @@ def blend_denoise(
     generator: torch.Generator | None = None,
     eta: float = 0.0,
     reimpose: tuple[Tensor, Tensor] | None = None,
-    sampler: str = "ddim",
+    sampler: str = DEFAULT_SAMPLER,
 ) -> Tensor:
     """z_0 from the blended latent (Lim et al., Appendix A): z_t = noise(z_init, t_start), then ``steps``
     steps of ``sampler`` (DDIM in Lim et al., Song et al. eq. 12, or a solver) down to

@@ -18,7 +18,8 @@ from monai.networks.schedulers import DDPMScheduler
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from xraydiff.diffusion.choices import SOLVERS, Sampler
+from xraydiff.diffusion import choices
+from xraydiff.diffusion.choices import SOLVER_ORDER
 from xraydiff.diffusion.objectives import Denoiser, PredictionType
 from xraydiff.errors import DataError
 
@@ -32,19 +33,22 @@ def check_diffusion_options(
     check_sampling(sampler, steps, ddim_eta, num_train_timesteps)
 
 
-def check_sampling(sampler: str, steps: int | None, eta: float, num_train_timesteps: int) -> int:
-    """The number of reverse steps ``sampler`` takes (T for 'ddpm', ``steps`` for the others); DataError for an
-    unknown sampler, steps outside [1, T] or eta outside [0, 1] (eta is DDIM's; the solvers ignore it). The
-    one check of every sampling path."""
-    if sampler not in get_args(Sampler):
-        raise DataError(None, f"sampler must be one of {get_args(Sampler)}, got {sampler!r}")
+def check_sampling(
+    sampler: str, steps: int | None, eta: float, num_train_timesteps: int, model: choices.Model = "image"
+) -> int:
+    """The number of network calls ``sampler`` makes (T for the full chain, 1 for a one-call mode, ``steps`` on a
+    grid); DataError for a sampler the registry does not give ``model``, steps outside [1, T] or eta outside
+    [0, 1] (eta is DDIM's; the solvers ignore it). The one check of every sampling path."""
+    known = choices.names(model)
+    if sampler not in known:
+        raise DataError(None, f"sampler must be one of {known}, got {sampler!r}")
     if not 0.0 <= eta <= 1.0:
         raise DataError(None, f"ddim_eta must be in [0, 1], got {eta}")
-    if sampler == "ddpm":
-        return num_train_timesteps
+    entry = choices.spec(sampler)
+    if not entry.grid:
+        return 1 if entry.one_call else num_train_timesteps
     if steps is None or not 1 <= steps <= num_train_timesteps:
-        name = "DDIM" if sampler == "ddim" else sampler
-        raise DataError(None, f"{name} steps must be in [1, T = {num_train_timesteps}], got {steps}")
+        raise DataError(None, f"{sampler} steps must be in [1, T = {num_train_timesteps}], got {steps}")
     return int(steps)
 
 
@@ -141,19 +145,20 @@ class PosteriorRule:
 
 
 class SolverRule:
-    """A multistep solver of diffusers (``SOLVERS``) on MONAI's betas, fed the engine's x0 predictions, so that
-    clipping and the other x0 hooks act on what the solver integrates. ``last``: only the last ``last`` of the
-    ``steps`` timesteps (a chain started part-way, as blending does)."""
+    """A multistep solver of diffusers (a registry entry's ``solver``) on MONAI's betas, fed the engine's x0
+    predictions, so that clipping and the other x0 hooks act on what the solver integrates. ``last``: only the
+    last ``last`` of the ``steps`` timesteps (a chain started part-way, as blending does)."""
 
     def __init__(self, name: str, scheduler: DDPMScheduler, steps: int, last: int | None = None):
         import diffusers
 
-        class_name, options = SOLVERS[name]
+        entry = choices.spec(name)
+        class_name, options = entry.solver
         self.solver = getattr(diffusers, class_name)(
             num_train_timesteps=scheduler.num_train_timesteps,
             trained_betas=scheduler.betas.double().cpu().numpy(),
             prediction_type="sample",
-            **options,
+            **{"solver_order": SOLVER_ORDER, **options},
         )
         self.solver.set_timesteps(steps)
         timesteps = [int(t) for t in self.solver.timesteps]
@@ -161,7 +166,7 @@ class SolverRule:
             self.solver.set_begin_index(len(timesteps) - last)
             timesteps = timesteps[-last:]
         self.timesteps = timesteps
-        self.stochastic = name == "dpmpp_2m_sde"
+        self.stochastic = entry.noise == "always"
 
     def step(self, x: Tensor, x0: Tensor, i: int, noise: Tensor | None) -> Tensor:
         extra = {"variance_noise": noise} if self.stochastic else {}
@@ -171,14 +176,18 @@ class SolverRule:
 def step_rule(
     sampler: str, scheduler: DDPMScheduler, steps: int | None, eta: float = 0.0, last: int | None = None
 ) -> StepRule:
-    """The rule of ``sampler`` (checked by ``check_sampling``) over k = ``steps`` timesteps (T for 'ddpm'),
-    or the last ``last`` of them."""
-    steps = check_sampling(sampler, steps, eta, scheduler.num_train_timesteps)
-    if sampler in SOLVERS:
+    """The rule of the chain ``sampler`` (checked by ``check_sampling`` for every model it serves) over k =
+    ``steps`` timesteps (T for the full chain), or the last ``last`` of them."""
+    entry = choices.spec(sampler) if sampler in choices.REGISTRY else None
+    model = entry.models[0] if entry is not None else "image"
+    steps = check_sampling(sampler, steps, eta, scheduler.num_train_timesteps, model)
+    if entry.rule == "solver":
         return SolverRule(sampler, scheduler, steps, last)
+    if entry.rule != "posterior":
+        raise DataError(None, f"{sampler} is a one-call decoding, not a chain")
     timesteps = reverse_timesteps(scheduler.num_train_timesteps, steps)
     timesteps = timesteps if last is None else timesteps[-last:]
-    return PosteriorRule(timesteps, 1.0 if sampler == "ddpm" else eta, scheduler.alphas_cumprod)
+    return PosteriorRule(timesteps, eta if entry.eta is None else entry.eta, scheduler.alphas_cumprod)
 
 
 # Called with 1 after every network call of ``reverse_process``: a command's progress counts the steps of
@@ -240,7 +249,7 @@ def sample(
     denoiser: Denoiser,
     x_T: Tensor,
     scheduler: DDPMScheduler,
-    sampler: Sampler,
+    sampler: str,
     steps: int | None,
     eta: float = 0.0,
     noise: Noise = None,
@@ -248,8 +257,8 @@ def sample(
     progress: bool = False,
     desc: str = "sampling",
 ) -> Tensor:
-    """x_0 from x_T ~ N(0, I): 'ddpm' the T-step chain (eta 1), 'ddim' ``steps`` steps with ``eta``, a solver
-    (``SOLVERS``) in ``steps`` steps. With ``clip`` every x0_hat and the result are clamped to [-1, 1]
+    """x_0 from x_T ~ N(0, I) by ``sampler`` of the registry (``xraydiff.diffusion.choices``) in ``steps`` steps
+    (the full chain: T), ``eta`` for DDIM. With ``clip`` every x0_hat and the result are clamped to [-1, 1]
     (images; latents are not bounded)."""
     rule = step_rule(sampler, scheduler, steps, eta)
     hook = (lambda x0, t: x0.clamp(-1.0, 1.0)) if clip else None

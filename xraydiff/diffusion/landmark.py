@@ -30,6 +30,7 @@ from monai.networks.layers import gaussian_1d, separable_filtering
 from monai.networks.schedulers import DDPMScheduler
 from torch import Tensor
 
+from xraydiff.diffusion import choices
 from xraydiff.diffusion.choices import ONE_CALL, LandmarkSampler
 from xraydiff.diffusion.engine import check_sampling, draw_noise, reverse_process, step_rule
 from xraydiff.diffusion.objectives import make_scheduler
@@ -50,11 +51,9 @@ X0Predictor = Callable[[Tensor, Tensor], Tensor]
 
 
 def check_inference(mode: str, steps: int | None, ensemble: int, num_train_timesteps: int, eta: float = 0.0) -> None:
-    """DataError for an unknown mode, DDIM steps outside [1, T], eta outside [0, 1] or an ensemble below 1."""
-    if mode not in get_args(LandmarkSampler):
-        raise DataError(None, f"sampler must be one of {get_args(LandmarkSampler)}, got {mode!r}")
-    if mode not in ONE_CALL:
-        check_sampling(mode, steps, eta, num_train_timesteps)
+    """DataError for a mode the registry does not give landmark diffusion, steps outside [1, T], eta outside
+    [0, 1] or an ensemble below 1."""
+    check_sampling(mode, steps, eta, num_train_timesteps, "landmark")
     if ensemble < 1:
         raise DataError(None, f"ensemble size M must be at least 1, got {ensemble}")
 
@@ -250,7 +249,7 @@ def sample_heatmaps(
     num_train_timesteps = scheduler.num_train_timesteps
     noise = draw_noise(generators, (len(generators), *shape), device)
     if mode in ONE_CALL:
-        t = 0 if mode == "empty" else num_train_timesteps - 1
+        t = 0 if choices.spec(mode).t_start == "zero" else num_train_timesteps - 1
         batch_t = torch.full((noise.shape[0],), t, device=device, dtype=torch.long)
         logits = predict_x0(empty_heatmap_at(noise, scheduler, t), batch_t).float()
         return estimate_x0(logits, x0_estimate), logits, 1

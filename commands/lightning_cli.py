@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import secrets
@@ -18,8 +19,10 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from callbacks.run_record import RunRecord, check_config_copy, remove_earlier_run
 from commands.parsing import (
+    BASE,
     ConciseErrors,
     config_paths,
+    expand_bases,
     init_parameters,
     key_lines,
     located,
@@ -88,7 +91,10 @@ class XrayCLI(LightningCLI):
         from callbacks.resume import PreemptionCheckpoint, RandomStateCheckpoint
         from callbacks.summary import ParameterSummary
 
-        check_config_files(sys.argv[1:] if args is None else args)
+        expanded = expand_bases(sys.argv[1:] if args is None else args)
+        if args is None:  # LightningCLI reads sys.argv itself (and DDP's processes re-run it)
+            sys.argv[1:] = expanded
+        check_config_files(expanded)
         super().__init__(
             L.LightningModule,
             L.LightningDataModule,
@@ -101,11 +107,12 @@ class XrayCLI(LightningCLI):
             trainer_defaults={
                 "callbacks": [RandomStateCheckpoint(), PreemptionCheckpoint(), ParameterSummary(), RunRecord()]
             },
-            args=args,
+            args=None if args is None else expanded,
             run=run,
         )
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument(f"--{BASE}", type=Any, default=None, help=argparse.SUPPRESS)  # read by expand_bases
         parser.add_argument(
             "--overwrite_run", type=bool, default=False,
             help="fit: start a new run in a default_root_dir that holds an earlier one: the files xraydiff wrote "
@@ -170,6 +177,7 @@ class XrayCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand]
+        config[BASE] = None  # composed already: the saved config.yaml is complete on its own
         root = Path(config.trainer.default_root_dir)
         loggers = config.trainer.logger
         for logger in loggers if isinstance(loggers, list) else [loggers]:

@@ -9,6 +9,7 @@ import ast
 import difflib
 import importlib
 import inspect
+import os
 import re
 import sys
 from collections.abc import Iterable
@@ -51,6 +52,55 @@ def config_paths(argv: list[str]) -> list[Path]:
         if value is not None and not value.lstrip().startswith(("{", "[")):
             paths.append(Path(value))
     return paths
+
+
+BASE = "base"  # a config's key naming the config(s) it holds the difference from
+
+
+def expand_bases(argv: list[str]) -> list[str]:
+    """``argv`` with every ``--config X`` preceded by ``--config B`` for each config B that X names as its ``base``
+    (a path or a list, relative to X's folder; recursively, bases first): configs compose in order, later keys
+    over earlier ones, so a config holds only what differs from its base."""
+    out: list[str] = []
+    k = 0
+    while k < len(argv):
+        arg = str(argv[k])
+        if arg in ("--config", "-c") and k + 1 < len(argv):
+            value, step = str(argv[k + 1]), 2
+        elif arg.startswith("--config="):
+            value, step = arg.split("=", 1)[1], 1
+        else:
+            out.append(arg)
+            k += 1
+            continue
+        if not value.lstrip().startswith(("{", "[")):
+            out += [a for base in config_bases(Path(value)) for a in ("--config", str(base))]
+        out += [str(a) for a in argv[k : k + step]]
+        k += step
+    return out
+
+
+def config_bases(path: Path, seen: tuple[Path, ...] = ()) -> list[Path]:
+    """The configs ``path`` builds on, bases of bases first; DataError naming the file and line of a base that
+    is missing or names a config it is itself a base of."""
+    document = read_yaml(path) if path.is_file() else None
+    names = document.get(BASE) if isinstance(document, dict) else None
+    if names is None:
+        return []
+    line = key_lines(path).get((BASE,))
+    if isinstance(names, str):
+        names = [names]
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise DataError(path, f"{BASE} must be a config file or a list of them, got {names!r}", line)
+    found: list[Path] = []
+    for name in names:
+        base = Path(os.path.normpath(path.parent / name))
+        if not base.is_file():
+            raise DataError(path, f"{BASE}: {name} not found (relative to {path.parent}/)", line)
+        if base.resolve() in (*seen, path.resolve()):
+            raise DataError(path, f"{BASE}: {name} is built on this config (a cycle)", line)
+        found += [*config_bases(base, (*seen, path.resolve())), base]
+    return found
 
 
 def read_yaml(path: Path) -> Any:
@@ -275,6 +325,9 @@ class ConfigParser(ConciseErrors, JsonArgumentParser):
         kwargs.setdefault("formatter_class", _HelpFormatter)
         super().__init__(*args, **kwargs)
 
+    def parse_args(self, args=None, *rest, **kwargs):
+        return super().parse_args(expand_bases(sys.argv[1:] if args is None else list(args)), *rest, **kwargs)
+
     def error(self, message: str, ex: Exception | None = None):
         # A misspelt plain option first: jsonargparse would only say that the option it meant is missing.
         # (Dotted keys are left to jsonargparse: a class's arguments are known only once it is resolved.)
@@ -311,6 +364,7 @@ def data_parser(prog: str, description: str, uses: tuple[str, ...] = ()) -> Conf
     section is described, not resolved, so that Lightning is not imported to print it."""
     parser = ConfigParser(prog=prog, description=description)
     parser.add_argument("--config", action=ActionConfigFile, help="YAML config with a data section")
+    parser.add_argument(f"--{BASE}", type=Any, default=None, help=argparse.SUPPRESS)  # read by expand_bases
     if asks_for_help():
         parser.add_argument(
             "--data",

@@ -64,7 +64,7 @@ class GeneratorSpec:
         self.args = [str(a) for a in self.args]
 
 
-@dataclass
+@dataclass(kw_only=True)
 class StudyConfig(SamplingSettings):
     data: dict[str, Any]  # overrides of every sub-config's data.init_args (root, split_dir, ...)
     generators: dict[str, GeneratorSpec] = option(nonempty=True)

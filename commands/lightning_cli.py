@@ -62,7 +62,7 @@ class Trainer(L.Trainer):
     (CPUs with AMX or AVX-512-BF16, GPUs with bf16), 32-bit elsewhere (``xraydiff.precision``).
     The resolved value is printed once at start."""
 
-    def __init__(self, *, precision: Literal["auto"] | _PRECISION_INPUT | None = None, **kwargs):
+    def __init__(self, *, precision: Literal["auto"] | _PRECISION_INPUT | None = AUTO, **kwargs):
         resolved = resolve_precision(precision, kwargs.get("accelerator", "auto"))
         if precision == AUTO and _get_rank() in (None, 0):
             print(f"xraydiff: precision auto -> {resolved} ({describe_hardware(kwargs.get('accelerator'))})")
@@ -76,7 +76,7 @@ class XrayCLI(LightningCLI):
       ``checkpoints/`` (the epoch's checkpoint and ``last.ckpt`` at every epoch end, a rolling
       ``last-step.ckpt`` every ``step_checkpoint.every_n_train_steps``),
       logger files (relative ``save_dir`` values are resolved under it), galleries, the config copy.
-    * ``trainer.precision`` may be ``auto`` (see ``Trainer``).
+    * ``trainer.precision`` is ``auto`` unless a config says otherwise (see ``Trainer``).
     * The default logger is W&B, offline unless ``WANDB_MODE=online`` or
       ``--trainer.logger.init_args.offline false``; its run id is saved in every checkpoint and
       reused when a run resumes from one.

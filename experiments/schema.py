@@ -18,7 +18,7 @@ import typing
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
-from commands.parsing import key_lines, read_yaml
+from commands.parsing import BASE, config_bases, key_lines, read_yaml
 from xraydiff.errors import DataError
 from xraydiff.options import option
 
@@ -149,11 +149,21 @@ def read_study_config(path: Path, schema: type) -> tuple[Any, dict]:
     path = Path(path)
     if not path.is_file():
         raise DataError(path, "config not found")
-    document, lines = read_yaml(path), key_lines(path)
+    document, lines = {}, key_lines(path)
+    for layer in [*config_bases(path), path]:  # a config holds only what differs from its base
+        document = merged(document, read_yaml(layer))
+    document.pop(BASE, None)
     if not isinstance(document, dict) or "experiment" not in document:
         raise DataError(path, "needs a top-level 'experiment' section")
     section = document["experiment"] or {}
     return _Reader(path, lines).build(schema, section, ("experiment",)), lines
+
+
+def merged(base: Any, over: Any) -> Any:
+    """``over`` on top of ``base``: mappings merge key by key (recursively), anything else is replaced."""
+    if isinstance(base, dict) and isinstance(over, dict):
+        return {**base, **{key: merged(base.get(key), value) for key, value in over.items()}}
+    return over
 
 
 def fail(path: Path, lines: dict, key: Key, message: str) -> typing.NoReturn:

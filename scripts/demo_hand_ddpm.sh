@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Trains a phantom-hand DDPM of the demo study in its two stages and exports it for xraydiff/assets/:
 #   full    -> demo_hand_ddpm.ckpt          (configs/demo/hand_ddpm_pretrain.yaml, the 2000 phantom hands)
-#   reduced -> demo_hand_ddpm_reduced.ckpt  (plus configs/demo/hand_ddpm_pretrain_reduced.yaml, their 10 %)
+#   reduced -> demo_hand_ddpm_reduced.ckpt  (configs/demo/hand_ddpm_pretrain_reduced.yaml, their 10 %)
 # Stage 1: epsilon objective to step 5595; stage 2: v-prediction to step 11 250 (see PairedDDPM). Every
 # stage resumes from the last checkpoint (one every 250 steps), so a killed run continues where it stopped.
 # About 2.7 h on 2 CPU cores with native bf16, about 7 h at 32-bit (2.1 s per step on an AVX2 EPYC). Run from the project root:
@@ -11,11 +11,10 @@ SET=${1:-full}
 XRAYDIFF=${XRAYDIFF:-xraydiff}
 PYTHON=${PYTHON:-python}
 STAGE1_STEPS=5595
-CONFIGS=(--config configs/demo/hand_ddpm_pretrain.yaml)
 case "$SET" in
-  full) ROOT=runs/pretrain_hand_ddpm; OUT=xraydiff/assets/demo_hand_ddpm.ckpt ;;
+  full) CONFIGS=(--config configs/demo/hand_ddpm_pretrain.yaml); ROOT=runs/pretrain_hand_ddpm; OUT=xraydiff/assets/demo_hand_ddpm.ckpt ;;
   reduced) ROOT=runs/pretrain_hand_ddpm_reduced; OUT=xraydiff/assets/demo_hand_ddpm_reduced.ckpt
-           CONFIGS+=(--config configs/demo/hand_ddpm_pretrain_reduced.yaml) ;;
+           CONFIGS=(--config configs/demo/hand_ddpm_pretrain_reduced.yaml) ;;
   *) echo "usage: $0 full|reduced (got '$SET')" >&2; exit 2 ;;
 esac
 QUIET=(--trainer.enable_progress_bar false)

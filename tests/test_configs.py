@@ -8,16 +8,27 @@ from pathlib import Path
 import pytest
 import yaml
 
+from commands.parsing import BASE, config_bases, expand_bases
 from experiments.augment import load_study_config
 from experiments.blend import BlendStudy, load_blend_study_config
 from experiments.landmarks import LandmarkStudy, load_landmark_study_config
+from experiments.schema import merged
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted(p.relative_to(REPO).as_posix() for p in (REPO / "configs").rglob("*.yaml"))
 
 
+def composed(path: Path) -> dict:
+    """A config with its bases under it (mappings merged, lists replaced), the ``base`` key dropped."""
+    document: dict = {}
+    for layer in [*config_bases(path), path]:
+        document = merged(document, yaml.safe_load(layer.read_text()))
+    document.pop(BASE, None)
+    return document
+
+
 def kind(path: str) -> str:
-    document = yaml.safe_load((REPO / path).read_text())
+    document = composed(REPO / path)
     if "experiment" in document:
         if "segmenter" in document["experiment"]:
             return "blend study"
@@ -104,3 +115,120 @@ def test_model_configs_compose_with_their_dataset_config(cli, anatomy, monkeypat
         assert composed["root"] == dataset["root"], path  # from the dataset's config
         for key, value in model_data.items():  # the model's own settings win
             assert composed[key] == value, (path, key)
+
+
+# ------------------------------------------------------------------------------------- configs as deltas
+
+
+def leaves(document, key=()):
+    """(key path, value) of every value a later config replaces whole: lists, and an option's value (a mapping
+    under ``init_args`` is one value); sections, class specs and study sections are merged key by key."""
+    if isinstance(document, dict) and (len(key) < 2 or key[-1] == "init_args" or key[0] == "experiment"):
+        for name, value in document.items():
+            yield from leaves(value, (*key, name))
+    else:
+        yield key, document
+
+
+def lookup(document, key):
+    for name in key:
+        if not isinstance(document, dict) or name not in document:
+            return KeyError
+        document = document[name]
+    return document
+
+
+@pytest.mark.parametrize("path", CONFIGS)
+def test_a_config_holds_only_what_differs_from_its_base(path):
+    """No key of a config restates the value its bases already give it (declared once)."""
+    own = yaml.safe_load((REPO / path).read_text())
+    bases = config_bases(REPO / path)
+    if not bases:
+        return
+    below = composed(bases[-1]) if len(bases) == 1 else {}
+    for layer in bases if len(bases) > 1 else ():
+        below = merged(below, yaml.safe_load(layer.read_text()))
+    below.pop(BASE, None)
+    repeated = [".".join(map(str, key)) for key, value in leaves(own) if key != (BASE,) and lookup(below, key) == value]
+    assert not repeated, f"{path} restates its base: {repeated}"
+
+
+@pytest.mark.parametrize("path", CONFIGS)
+def test_no_init_arg_restates_the_class_default(path):
+    """A model's or DataModule's option equal to the class's own default is written only where it undoes a
+    different value of a base."""
+    import importlib
+    import inspect
+
+    own = yaml.safe_load((REPO / path).read_text())
+    bases = config_bases(REPO / path)
+    below: dict = {}
+    for layer in bases:
+        below = merged(below, yaml.safe_load(layer.read_text()))
+    full = composed(REPO / path)
+    restated = []
+    for section in ("model", "data"):
+        spec = full.get(section)
+        if not isinstance(spec, dict) or "class_path" not in spec:
+            continue
+        module, _, name = spec["class_path"].rpartition(".")
+        cls = getattr(importlib.import_module(module), name)
+        defaults = {
+            key: p.default
+            for klass in reversed(cls.__mro__)
+            if "__init__" in vars(klass)
+            for key, p in inspect.signature(klass.__init__).parameters.items()
+            if p.default is not inspect.Parameter.empty
+        }
+        for key, value in ((own.get(section) or {}).get("init_args") or {}).items():
+            default = defaults.get(key, KeyError)
+            default = list(default) if isinstance(default, tuple) else default
+            undoes = lookup(below, (section, "init_args", key)) not in (KeyError, value)
+            if default == value and type(default) is type(value) and not undoes:
+                restated.append(f"{section}.init_args.{key}")
+    assert not restated, f"{path} restates class defaults: {restated}"
+
+
+def test_shipped_configs_are_deltas():
+    """The shipped configs were 1184 lines of whole copies; as bases and deltas they are at most two thirds."""
+    lines = sum(len((REPO / path).read_text().splitlines()) for path in CONFIGS)
+    assert lines <= 789, lines
+
+
+def test_bases_compose_in_order_relative_to_the_file(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "root.yaml").write_text("trainer: {max_epochs: 1}\n")
+    (tmp_path / "sub" / "mid.yaml").write_text("base: ../root.yaml\ntrainer: {max_epochs: 2}\n")
+    (tmp_path / "sub" / "top.yaml").write_text("base: [mid.yaml]\ntrainer: {max_steps: 3}\n")
+    top = str(tmp_path / "sub" / "top.yaml")
+    expanded = expand_bases(["fit", "--config", top, "--trainer.max_steps", "4"])
+    assert expanded == ["fit", "--config", str(tmp_path / "root.yaml"), "--config", str(tmp_path / "sub" / "mid.yaml"),
+                        "--config", top, "--trainer.max_steps", "4"]  # fmt: skip
+
+
+def test_a_missing_or_circular_base_names_the_file_and_line(tmp_path, cli):
+    (tmp_path / "a.yaml").write_text("# a\nbase: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    (tmp_path / "c.yaml").write_text("trainer: {}\nbase: nowhere.yaml\n")
+    code, _, err = cli("fit", "--config", tmp_path / "a.yaml")
+    assert code != 0 and "a cycle" in err and "Traceback" not in err
+    code, _, err = cli("fit", "--config", tmp_path / "c.yaml")
+    assert code != 0 and f"{tmp_path / 'c.yaml'}:2: base: nowhere.yaml not found" in err
+
+
+def test_a_composed_run_saves_a_complete_config(cli, tmp_path, monkeypatch):
+    """The config.yaml a fit writes is the composition, without the base it came from: it reruns on its own."""
+    monkeypatch.chdir(REPO)
+    delta = tmp_path / "delta.yaml"
+    delta.write_text(
+        f"base: {REPO / 'configs/demo/hand_ddpm.yaml'}\nmodel:\n  init_args: {{num_train_timesteps: 20}}\n"
+    )
+    root = tmp_path / "run"
+    tiny = ["--trainer.max_steps", "1", "--trainer.limit_val_batches", "0", "--trainer.logger", "false",
+            "--trainer.callbacks", "[]", "--data.init_args.phantom_counts", "{train: 16, val: 4, test: 4}",
+            "--data.init_args.batch_size", "4", "--trainer.default_root_dir", root]  # fmt: skip
+    code, _, err = cli("fit", "--config", delta, *tiny)
+    assert code == 0, err[-2000:]
+    saved = yaml.safe_load((root / "config.yaml").read_text())
+    assert saved.get(BASE) is None and saved["model"]["init_args"]["num_train_timesteps"] == 20
+    assert saved["model"]["init_args"]["channels"] == [32, 64, 64]  # from the base

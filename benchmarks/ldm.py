@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 
+from commands.parsing import compose_configs
 from xraydiff.diffusion.choices import DEFAULT_SAMPLER
 from xraydiff.diffusion.latent import FIRST_STAGE_ARCHITECTURE, PosteriorCache
 from xraydiff.precision import BF16, FP32, autocast
@@ -32,7 +32,7 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "panoramic"
 
 
 def _init_args(name: str) -> dict:
-    return yaml.safe_load((CONFIGS / name).read_text())["model"]["init_args"]
+    return compose_configs([CONFIGS / name])["model"]["init_args"]
 
 
 def _autoencoder(height: int, width: int):

@@ -25,27 +25,14 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
+
+from commands.parsing import compose_configs
 
 
 def _instantiate(spec: dict):
     module, name = spec["class_path"].rsplit(".", 1)
     cls = getattr(__import__(module, fromlist=[name]), name)
     return cls(**spec.get("init_args", {}))
-
-
-def compose(configs: list[str]) -> dict:
-    """The sections of several configs, later ones on top (``init_args`` merged key by key, as LightningCLI
-    merges a class's arguments across ``--config`` files)."""
-    merged: dict = {}
-    for config in configs:
-        for section, value in (yaml.safe_load(Path(config).read_text()) or {}).items():
-            if isinstance(value, dict) and isinstance(merged.get(section), dict):
-                init_args = {**merged[section].get("init_args", {}), **value.get("init_args", {})}
-                merged[section] = {**merged[section], **value, **({"init_args": init_args} if init_args else {})}
-            else:
-                merged[section] = value
-    return merged
 
 
 def _seconds(text: str | None) -> float | None:
@@ -58,7 +45,7 @@ def _seconds(text: str | None) -> float | None:
 def worker(configs: list[str], precision: str, steps: int) -> dict:
     import lightning.pytorch as pl
 
-    cfg = compose(configs)
+    cfg = compose_configs(configs)
     pl.seed_everything(cfg.get("seed_everything", 0), verbose=False)
     data_spec = cfg["data"]
     root = data_spec.get("init_args", {}).get("root")
@@ -123,7 +110,7 @@ def main() -> None:
 
     from xraydiff.precision import cpu_has_native_bf16
 
-    cfg = compose(args.configs)
+    cfg = compose_configs(args.configs)
     trainer_cfg = cfg.get("trainer", {})
     cap = _seconds(trainer_cfg.get("max_time"))
     epochs = trainer_cfg.get("max_epochs")

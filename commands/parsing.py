@@ -103,6 +103,25 @@ def config_bases(path: Path, seen: tuple[Path, ...] = ()) -> list[Path]:
     return found
 
 
+def compose_configs(paths: Iterable[str | Path]) -> dict:
+    """The YAML document that ``--config`` files give the parser, read without it: each file's bases, then the
+    file, later over earlier (sections, class specs and ``init_args`` merged key by key, an option's value
+    replaced whole, as jsonargparse composes them); ``base`` dropped."""
+    document: dict = {}
+    for path in paths:
+        for layer in [*config_bases(Path(path)), Path(path)]:
+            document = _over(document, read_yaml(layer) or {}, ())
+    document.pop(BASE, None)
+    return document
+
+
+def _over(below: Any, above: Any, key: tuple) -> Any:
+    merges = len(key) < 2 or key[-1] == "init_args"  # sections, class specs, init_args; not an option's value
+    if merges and isinstance(below, dict) and isinstance(above, dict):
+        return {**below, **{k: _over(below.get(k), v, (*key, k)) for k, v in above.items()}}
+    return above
+
+
 def read_yaml(path: Path) -> Any:
     """A YAML file's content; DataError naming the file and line for a missing file or a syntax error."""
     if not path.is_file():

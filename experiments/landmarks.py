@@ -32,7 +32,7 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 
-from commands.parsing import data_parser, read_yaml
+from commands.parsing import compose_configs, data_parser
 from experiments.schema import Named, fail, option, read_study_config
 from experiments.steps import StepRunner, StudyCommand, seeded
 from lightning_modules.landmark_diffusion import LandmarkDiffusion
@@ -90,9 +90,7 @@ class LandmarkStudyConfig:
 def init_args(group: str, configs: list[str], args: list[str], defaults: dict | None = None) -> dict:
     """A config group's ``init_args`` (``model`` or ``data``) as the configs, then the
     ``--GROUP.init_args.KEY VALUE`` overrides, give them, on top of ``defaults``."""
-    values = dict(defaults or {})
-    for config in configs:
-        values.update(((read_yaml(Path(config)) or {}).get(group) or {}).get("init_args") or {})
+    values = {**(defaults or {}), **((compose_configs(configs).get(group) or {}).get("init_args") or {})}
     prefix = f"--{group}.init_args."
     for key, value in zip(args[::2], args[1::2], strict=False):
         if key.startswith(prefix):

@@ -13,6 +13,7 @@ import yaml
 from tiny import DDP_TWO_CPU_PROCESSES, PANORAMIC_DATA, SEGMENTER, run
 from torchmetrics.functional.image import structural_similarity_index_measure
 
+from commands.parsing import compose_configs
 from datamodules import PanoramicDataModule
 from lightning_modules import LatentDiffusion
 from xraydiff.data.imageio import read_image
@@ -365,8 +366,7 @@ def test_the_shipped_phantom_ldm_never_saw_the_demo_partners_and_blends_them(cli
     """xraydiff/assets/demo_panoramic_ldm.ckpt (scripts/demo_panoramic_ldm.sh) against the demo's split."""
     checkpoint = "xraydiff/assets/demo_panoramic_ldm.ckpt"
     saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    study = yaml.safe_load(open("configs/demo/panoramic_blend.yaml"))["experiment"]
-    dm = PanoramicDataModule(**study["data"], classes=1)
+    dm = PanoramicDataModule(**compose_configs(["configs/demo/panoramic_segmenter.yaml"])["data"]["init_args"])
     dm.setup()
     trained = set(saved["xraydiff"]["train_data"]["ids"])
     assert trained == {item.id for item in dm.items["generator"]}

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from commands.parsing import BASE, config_bases, expand_bases
+from commands.parsing import BASE, compose_configs, config_bases, expand_bases
 from experiments.augment import load_study_config
 from experiments.blend import BlendStudy, load_blend_study_config
 from experiments.landmarks import LandmarkStudy, load_landmark_study_config
@@ -19,12 +19,14 @@ CONFIGS = sorted(p.relative_to(REPO).as_posix() for p in (REPO / "configs").rglo
 
 
 def composed(path: Path) -> dict:
-    """A config with its bases under it (mappings merged, lists replaced), the ``base`` key dropped."""
-    document: dict = {}
-    for layer in [*config_bases(path), path]:
-        document = merged(document, yaml.safe_load(layer.read_text()))
-    document.pop(BASE, None)
-    return document
+    """A config with its bases under it, as the parser composes them; study configs as their reader merges them."""
+    if "experiment" in yaml.safe_load(path.read_text()):
+        document: dict = {}
+        for layer in [*config_bases(path), path]:
+            document = merged(document, yaml.safe_load(layer.read_text()))
+        document.pop(BASE, None)
+        return document
+    return compose_configs([path])
 
 
 def kind(path: str) -> str:
@@ -74,6 +76,7 @@ def test_config_parses(cli, path, monkeypatch):
 
 def test_a_renamed_argument_is_caught(cli, tmp_path):
     config = yaml.safe_load((REPO / "configs/demo/hand_ddpm.yaml").read_text())
+    config["base"] = str(REPO / "configs/demo" / config["base"])
     config["model"]["init_args"]["num_res_block"] = config["model"]["init_args"].pop("num_res_blocks")
     path = tmp_path / "renamed.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -107,7 +110,7 @@ def test_model_configs_compose_with_their_dataset_config(cli, anatomy, monkeypat
         document = yaml.safe_load(path.read_text())
         if "model" not in document:
             continue
-        model_data = document["data"]["init_args"]
+        model_data = (document.get("data") or {}).get("init_args") or {}
         assert not IDENTITY & set(model_data), f"{path}: the dataset's keys belong in {DATASETS[anatomy]}"
         code, out, err = cli("fit", "--config", DATASETS[anatomy], "--config", path, "--print_config")
         assert code == 0, err[-2000:]

@@ -15,16 +15,18 @@ alone. On the code before the chain was mended each test failed for its reason:
 
 from __future__ import annotations
 
+import inspect
 import math
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import yaml
 from scipy.ndimage import gaussian_filter
 
+import lightning_modules.landmark_diffusion as ld_module
 import xraydiff.diffusion.landmark as ld
+from commands.parsing import compose_configs
 from xraydiff.diffusion.engine import reverse_timesteps
 from xraydiff.errors import DataError
 from xraydiff.landmarks.heatmaps import gaussian_heatmaps
@@ -34,8 +36,10 @@ STUDY_SIZE = (160, 128)  # configs/ceph/landmarks_cpu.yaml
 
 
 def shipped_timesteps() -> int:
-    config = yaml.safe_load((ROOT / "configs/ceph/landmark_diffusion_cpu.yaml").read_text())
-    return int(config["model"]["init_args"]["num_train_timesteps"])
+    """T of the CPU recipe: its configs' value, else LandmarkDiffusion's default."""
+    given = compose_configs([ROOT / "configs/ceph/landmark_diffusion_cpu.yaml"])["model"]["init_args"]
+    default = inspect.signature(ld_module.LandmarkDiffusion.__init__).parameters["num_train_timesteps"].default
+    return int(given.get("num_train_timesteps", default))
 
 
 def tiny_model(**options):

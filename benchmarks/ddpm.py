@@ -88,7 +88,7 @@ def sample_worker(size: int, sampler: str, steps: int, device: str = "cpu", prec
     return {
         "size": size,
         "sampler": sampler,
-        "steps": steps if choices.spec(sampler).grid else model.hparams.num_train_timesteps,
+        "steps": steps if choices.spec(sampler).grid else model.schedule.num_train_timesteps,
         "seconds_per_image": elapsed,
     }
 

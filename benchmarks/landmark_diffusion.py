@@ -37,9 +37,8 @@ def _model(height: int, width: int, channels: list[int], attention: str):
 
     torch.manual_seed(0)
     levels = ATTENTION[attention][-len(channels) :] if attention == "low" else ATTENTION[attention]
-    return LandmarkDiffusion(
-        image_size=(height, width), channels=channels, attention_levels=levels, norm_num_groups=8, num_head_channels=32
-    )
+    network = {"channels": channels, "attention_levels": levels, "norm_num_groups": 8, "num_head_channels": 32}
+    return LandmarkDiffusion(image_size=(height, width), network=network)
 
 
 def _sync(device: str) -> None:

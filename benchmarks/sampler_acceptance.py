@@ -19,6 +19,7 @@ overlaps DDIM 100's at the model's configured eta (printed for eta 0 and 1).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import math
@@ -86,7 +87,7 @@ def statistics(data_config: Path, image_size) -> ShapeStatistics:
 def run_batch(model, checker, name: str, b: int, count: int, seed: int, precision: str) -> dict:
     """Draw and check batch ``b`` (its own seed, as ``xraydiff sample`` seeds it) of one sampler."""
     sampler, steps, eta = parse_sampler(name)
-    model.hparams.ddim_eta = eta if choices.spec(sampler).eta is None else 0.0
+    model.sampling = dataclasses.replace(model.sampling, ddim_eta=eta if choices.uses_eta(sampler) else 0.0)
     start = time.perf_counter()
     # generate_heatmaps seeds its batch 0 with batch_seed(seed, 0): give this batch's seed as a one-batch run
     _, heatmaps = generate_heatmaps(model, count, batch_seed(seed, b), count, sampler, steps, autocast_dtype(precision))
@@ -115,7 +116,7 @@ def main() -> None:
     args = parser.parse_args()
 
     model = load_model(args.ckpt).eval()
-    T = int(model.hparams.num_train_timesteps)
+    T = int(model.schedule.num_train_timesteps)
     precision = resolve_precision(args.precision, "cpu")
     key = hashlib.sha256(args.ckpt.read_bytes()).hexdigest()[:12] + f"-seed{args.seed}-b{args.batch_size}-{precision}"
     cache = args.cache / key

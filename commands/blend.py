@@ -147,7 +147,7 @@ def run_blend(options: BlendOptions, datamodule, gallery: int = 8, log=print) ->
             None, f"--top_k {top_k} must be in [1, the {len(partner_items)} images of the {partners} split]"
         )
     check_no_leakage([item.id for item in partner_items], [Path(ldm), *([Path(autoencoder)] if autoencoder else [])])
-    T = int(model.hparams.num_train_timesteps)
+    T = int(model.schedule.num_train_timesteps)
     # refused here, before anything is written, when the strength or the steps do not fit the chain
     t_start = int(blend_timesteps(model.scheduler, steps, strength, sampler)[0]) if diffused else None
 
@@ -172,7 +172,7 @@ def run_blend(options: BlendOptions, datamodule, gallery: int = 8, log=print) ->
         if strength is None
         else "given",
         "t_start": t_start,
-        "ddim_eta": float(model.hparams.ddim_eta),
+        "ddim_eta": float(model.sampling.ddim_eta),
         "seed": o.seed,
         "batch_size": batch_size,
         "dilation": o.dilation,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import re
 import secrets
@@ -175,6 +176,26 @@ class XrayCLI(LightningCLI):
         if config.ckpt_path is not None and Path(config.ckpt_path).is_file():
             check_model_class(config.ckpt_path, config.model.class_path)
 
+    def _parse_ckpt_path(self) -> None:
+        """LightningCLI's: the checkpoint's hyperparameters over the config; those of a checkpoint saved before
+        the model's option groups are grouped first (``DiffusionModule.upgrade_hparams``)."""
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if not ckpt_path or not Path(ckpt_path).is_file():
+            return
+        hparams = dict(read_checkpoint(ckpt_path).get("hyper_parameters") or {})
+        hparams.pop("_instantiator", None)
+        class_path = hparams.pop("_class_path", None) or self.config[subcommand].model.class_path
+        module, _, name = class_path.rpartition(".")
+        cls = getattr(importlib.import_module(module), name)
+        upgrade = getattr(cls, "upgrade_hparams", None)
+        hparams = upgrade(hparams) if upgrade is not None else hparams
+        known = init_parameters(cls)  # as load_from_checkpoint: what the class no longer takes is left out
+        hparams = {key: value for key, value in hparams.items() if known is None or key in known}
+        if hparams:
+            model = {"class_path": class_path, "init_args": hparams}
+            self.config = self.parser.parse_object({subcommand: {"model": model}}, self.config)
+
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand]
         config[BASE] = None  # composed already: the saved config.yaml is complete on its own
@@ -281,9 +302,11 @@ def check_config_files(argv: list[str]) -> None:
     flags = [
         arg.split("=", 1)[0].removeprefix("--model.init_args.") for arg in argv if arg.startswith("--model.init_args.")
     ]
-    for cls in _renaming_models() if flags else ():
+    models = _models() if flags else []
+    valid_somewhere = {name for cls in models for name in init_parameters(cls) or ()}  # e.g. the localizer's
+    for cls in (c for c in models if getattr(c, "renamed_parameters", None)):
         for key in flags:
-            if key in cls.renamed_parameters:
+            if key in cls.renamed_parameters and key.split(".")[0] not in valid_somewhere:
                 raise DataError(None, f"--model.init_args.{key} is now --model.init_args.{cls.renamed_parameters[key]}")
     for path in config_paths(argv):
         document = read_yaml(path)
@@ -306,7 +329,7 @@ def check_config_files(argv: list[str]) -> None:
                 continue
             renamed = getattr(cls, "renamed_parameters", {})
             for key in spec.get("init_args") or {}:
-                if key in renamed and renamed[key] in valid:
+                if key in renamed and renamed[key].split(".")[0] in valid:
                     raise DataError(
                         path,
                         f"{section}.init_args.{key} is now '{renamed[key]}' ({name})",
@@ -322,12 +345,12 @@ def check_config_files(argv: list[str]) -> None:
                     )
 
 
-def _renaming_models() -> list[type]:
-    """The model classes that declare ``renamed_parameters`` (old config key -> new)."""
+def _models() -> list[type]:
+    """The model classes ``lightning_modules`` exports (some declare ``renamed_parameters``: old key -> new)."""
     import lightning_modules
 
     classes = (getattr(lightning_modules, name) for name in dir(lightning_modules))
-    return [c for c in classes if isinstance(c, type) and getattr(c, "renamed_parameters", None)]
+    return [c for c in classes if isinstance(c, type) and issubclass(c, L.LightningModule)]
 
 
 # ------------------------------------------------------------------------------- data parser

@@ -22,6 +22,7 @@ the folders of a one-seed study (``baseline/``, ``eval/ddim5/``), seed s adds ``
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import math
@@ -31,6 +32,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
+import yaml
 
 from commands.parsing import compose_configs, data_parser
 from experiments.schema import Named, fail, option, read_study_config
@@ -39,34 +41,22 @@ from lightning_modules.landmark_diffusion import LandmarkDiffusion
 from xraydiff.checkpoints import CHECKPOINT_KEY, read_checkpoint
 from xraydiff.data.imageio import atomic_write_bytes
 from xraydiff.diffusion import choices
-from xraydiff.diffusion.choices import LandmarkSampler
-from xraydiff.diffusion.landmark import check_blur, check_decoding, check_inference
+from xraydiff.diffusion.landmark import LandmarkInference, check_blur, check_decoding, check_inference
 from xraydiff.errors import DataError
 from xraydiff.metrics import common_image_rows, describe_paired, paired_difference, seed_spread
 
 MODELS = {"baseline": False, "diffusion": True}  # model name -> LandmarkDiffusion's ``diffusion``
 
 
-@dataclass(kw_only=True)
-class Mode(Named):
-    """A row of the table: inference options of LandmarkDiffusion (the model's own where not named), and how
-    many evaluation images an expensive mode (the T-step chain on a CPU) runs on."""
+@dataclass(frozen=True, kw_only=True)
+class Mode(LandmarkInference, Named):
+    """A row of the table: inference options of LandmarkDiffusion (``LandmarkInference``; the model's own where
+    not named), and how many evaluation images an expensive mode (the T-step chain on a CPU) runs on."""
 
-    sampler: LandmarkSampler
-    sampling_steps: int | None = option(None, min=1)
-    ddim_eta: float = option(0.0, min=0, max=1)
-    ensemble: int = option(1, min=1)
-    # None: the model's own (a Named option set keeps only what a mode names)
-    sigma_max: float = option(None, above=0)
-    sigma_min: float = option(None, min=0)
-    blur_scaling: str = None
-    seed: int = 0
-    chain_decoding: str = None
-    x0_estimate: str = None
     max_images: int = option(None, min=1)
 
     retired: ClassVar[dict[str, str]] = {
-        old: f"is now '{new}'" for old, new in LandmarkDiffusion.renamed_parameters.items()
+        old: f"is now '{new.split('.')[-1]}'" for old, new in LandmarkDiffusion.earlier_names.items()
     }
 
 
@@ -89,12 +79,26 @@ class LandmarkStudyConfig:
 
 def init_args(group: str, configs: list[str], args: list[str], defaults: dict | None = None) -> dict:
     """A config group's ``init_args`` (``model`` or ``data``) as the configs, then the
-    ``--GROUP.init_args.KEY VALUE`` overrides, give them, on top of ``defaults``."""
-    values = {**(defaults or {}), **((compose_configs(configs).get(group) or {}).get("init_args") or {})}
+    ``--GROUP.init_args.KEY[.OPTION] VALUE`` overrides, give them, on top of ``defaults`` (an option group's
+    mapping merged key by key, as jsonargparse merges a typed group)."""
+
+    def put(values: dict, key: str, value) -> None:
+        head, _, rest = key.partition(".")
+        if rest:
+            values[head] = {**(values.get(head) or {})}
+            put(values[head], rest, value)
+        elif isinstance(values.get(head), dict) and isinstance(value, dict):
+            values[head] = {**values[head], **value}
+        else:
+            values[head] = value
+
+    values = {key: dict(v) if isinstance(v, dict) else v for key, v in (defaults or {}).items()}
+    for key, value in ((compose_configs(configs).get(group) or {}).get("init_args") or {}).items():
+        put(values, key, value)
     prefix = f"--{group}.init_args."
     for key, value in zip(args[::2], args[1::2], strict=False):
         if key.startswith(prefix):
-            values[key.removeprefix(prefix)] = value
+            put(values, key.removeprefix(prefix), yaml.safe_load(str(value)))
     return values
 
 
@@ -103,7 +107,7 @@ def _model_init_args(configs: list[str], args: list[str]) -> dict:
     from lightning_modules.landmark_diffusion import LandmarkDiffusion
 
     defaults = {
-        name: p.default
+        name: dataclasses.asdict(p.default) if dataclasses.is_dataclass(p.default) else p.default
         for name, p in inspect.signature(LandmarkDiffusion.__init__).parameters.items()
         if p.default is not inspect.Parameter.empty
     }
@@ -115,23 +119,13 @@ def load_landmark_study_config(path: Path) -> LandmarkStudyConfig:
     mode against the model's T (k <= T, M >= 1, sigma_max >= sigma_min), before any training starts."""
     config, lines = read_study_config(path, LandmarkStudyConfig)
     hparams = _model_init_args(config.config, config.args)
-    for name, mode in config.modes.items():
+    T = int(hparams["schedule"]["num_train_timesteps"])
+    for name, given in config.modes.items():
+        mode = {**hparams["inference"], **given}  # the model's own where the mode does not say
         try:
-            check_inference(
-                mode["sampler"],
-                mode.get("sampling_steps"),
-                mode.get("ensemble", 1),
-                int(hparams["num_train_timesteps"]),
-                mode.get("ddim_eta", 0.0),
-            )
-            check_blur(
-                float(mode.get("sigma_max", hparams["sigma_max"])),
-                float(mode.get("sigma_min", hparams["sigma_min"])),
-                mode.get("blur_scaling", hparams["blur_scaling"]),
-            )
-            check_decoding(
-                mode.get("x0_estimate", hparams["x0_estimate"]), mode.get("chain_decoding", hparams["chain_decoding"])
-            )
+            check_inference(mode["sampler"], mode["sampling_steps"], mode["ensemble"], T, mode["ddim_eta"])
+            check_blur(float(mode["sigma_max"]), float(mode["sigma_min"]), mode["blur_scaling"])
+            check_decoding(mode["x0_estimate"], mode["chain_decoding"])
         except DataError as err:
             fail(path, lines, ("experiment", "modes", name), f"experiment.modes.{name}: {err.reason}")
     return config
@@ -205,7 +199,10 @@ class LandmarkStudy(StepRunner):
     def evaluate(self, folder: Path, checkpoint: str, mode: dict) -> dict:
         """Validate / test the checkpoint in one inference mode on every evaluation split with images."""
         options = [
-            a for key, value in mode.items() if key != "max_images" for a in (f"--model.init_args.{key}", str(value))
+            a
+            for key, value in mode.items()
+            if key != "max_images"
+            for a in (f"--model.init_args.inference.{key}", str(value))
         ]
         batch_size = self.batch_size()
         results = {}

@@ -11,10 +11,8 @@ from lightning.pytorch.loggers import WandbLogger
 from torch import Tensor
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from xraydiff.checkpoints import CHECKPOINT_KEY, checkpoint_model_class, class_path
+from xraydiff.checkpoints import CHECKPOINT_KEY, checkpoint_model_class, class_path, read_checkpoint
 from xraydiff.data.generation import generate_batch
-from xraydiff.diffusion.engine import check_sampling, sample
-from xraydiff.diffusion.objectives import make_scheduler
 from xraydiff.errors import DataError
 from xraydiff.landmarks.heatmaps import gaussian_heatmaps
 
@@ -30,8 +28,16 @@ def model_class(path: str | Path, expected: type | None = None) -> type:
 
 
 def load_model(path: str | Path, expected: type | None = None) -> L.LightningModule:
-    """Load the LightningModule saved in ``path`` on the CPU, checking its class against ``expected``."""
-    return model_class(path, expected).load_from_checkpoint(path, map_location="cpu")
+    """Load the LightningModule saved in ``path`` on the CPU, checking its class against ``expected``; a
+    checkpoint saved before the model's option groups loads with its options grouped (``upgrade_hparams``)."""
+    cls = model_class(path, expected)
+    upgrade = getattr(cls, "upgrade_hparams", None)
+    groups = getattr(cls, "GROUPS", {})
+    given = {}
+    if upgrade is not None:
+        saved = upgrade(read_checkpoint(path).get("hyper_parameters", {}))
+        given = {name: saved[name] for name in groups if name in saved}
+    return cls.load_from_checkpoint(path, map_location="cpu", **given)
 
 
 class TaggedCheckpointMixin:
@@ -90,63 +96,6 @@ class WeightAverageMixin:
         super().optimizer_step(*args, **kwargs)
         if self.ema is not None:
             self.ema.update_parameters(getattr(self, self.ema_source))
-
-
-class DiffusionSamplingMixin:
-    """The variance schedule and samplers of a diffusion model from its hyperparameters
-    (``num_train_timesteps``, ``beta_schedule``, ``beta_start``, ``beta_end``, ``prediction_type``, ``sampler``,
-    ``sampling_steps``, ``ddim_eta``). ``clip_sample``: whether the schedulers clip the predicted x0 to
-    [-1, 1] (images: yes; unit-variance latents: no)."""
-
-    clip_sample: bool = True
-    # The memory format the EMA network samples in: channels-last where measured faster per call
-    # (``benchmarks/ddpm.py --compile-step``, docs/hands.md): the paired DDPM's U-Net, not the LDM's.
-    sampling_memory_format: torch.memory_format = torch.contiguous_format
-
-    def make_scheduler(self):
-        """The model's variance schedule (MONAI's DDPM scheduler), which every sampler steps with."""
-        hp = self.hparams
-        return make_scheduler(
-            hp.num_train_timesteps,
-            hp.beta_schedule,
-            hp.beta_start,
-            hp.beta_end,
-            hp.prediction_type,
-            clip_sample=self.clip_sample,
-        )
-
-    def sampling_description(self, sampler: str | None, steps: int | None) -> tuple[str, int]:
-        """(sampler, reverse steps) of ``denoise`` for these arguments (None: the model's defaults)."""
-        hp = self.hparams
-        sampler = sampler or hp.sampler
-        steps = check_sampling(sampler, steps or hp.sampling_steps, hp.ddim_eta, hp.num_train_timesteps)
-        return sampler, steps
-
-    @torch.no_grad()
-    def denoise(
-        self,
-        x_T: Tensor,
-        sampler: str | None = None,
-        steps: int | None = None,
-        generator: torch.Generator | None = None,
-        progress: bool = False,
-    ) -> Tensor:
-        """x_0 from x_T by the reverse process with the EMA weights (``self.ema``), see
-        ``xraydiff.diffusion.engine.sample``; clamped to [-1, 1] when ``clip_sample``."""
-        sampler, steps = self.sampling_description(sampler, steps)
-        network = self.ema.to(memory_format=self.sampling_memory_format)
-        return sample(
-            lambda x, t: network(x, timesteps=t),
-            x_T.contiguous(memory_format=self.sampling_memory_format),
-            self.scheduler,
-            sampler,
-            steps,
-            self.hparams.ddim_eta,
-            generator,
-            clip=self.clip_sample,
-            progress=progress,
-            desc=f"{sampler} x{x_T.shape[0]}",
-        ).contiguous()
 
 
 class GenerativeModule(TaggedCheckpointMixin, L.LightningModule):

@@ -10,18 +10,15 @@ import torch
 from monai.networks.nets import DiffusionModelUNet
 from torch import Tensor, nn
 
-from lightning_modules.generative import TaggedCheckpointMixin, WeightAverageMixin
-from lightning_modules.optim import adamw_with_schedule, check_lr_schedule
+from lightning_modules.diffusion import DiffusionModule
+from lightning_modules.generative import TaggedCheckpointMixin
 from xraydiff.data.geometry import to_original_pixels
-from xraydiff.diffusion.choices import DEFAULT_LANDMARK_SAMPLER, FIT_VALIDATION_SAMPLER
+from xraydiff.diffusion.choices import FIT_VALIDATION_SAMPLER
 from xraydiff.diffusion.engine import check_sampling
 from xraydiff.diffusion.landmark import (
     ONE_CALL,
-    BetaScaling,
-    BlurScaling,
-    ChainDecoding,
+    LandmarkInference,
     LandmarkSampler,
-    X0Estimate,
     as_x0,
     check_blur,
     check_decoding,
@@ -31,23 +28,19 @@ from xraydiff.diffusion.landmark import (
     ensemble_statistics,
     item_generators,
     landmark_diffusion_loss,
-    landmark_scheduler,
     sample_heatmaps,
 )
+from xraydiff.diffusion.specs import NetworkSpec, OptimSpec, ScheduleSpec
 from xraydiff.errors import DataError
 from xraydiff.landmarks.heatmaps import gaussian_heatmaps
 from xraydiff.landmarks.localization import decode_landmarks
 from xraydiff.landmarks.metrics import radial_errors_mm
 
-INFERENCE_OPTIONS = (
-    "sampler", "sampling_steps", "ddim_eta", "ensemble", "seed", "sigma_max", "sigma_min", "blur_scaling",
-    "chain_decoding", "x0_estimate",
-)  # fmt: skip
-# Training options a checkpoint must share with the model config; the value a checkpoint saved before the
-# option existed was trained with (None: the option has always been saved).
+# Training options a checkpoint must share with the model config (group, key); the value a checkpoint saved
+# before the option existed was trained with (None: the option has always been saved).
 TRAINED_WITH = {
-    "num_landmarks": None, "image_channels": None, "image_size": None, "num_train_timesteps": None,
-    "beta_scaling": "literal",
+    (None, "num_landmarks"): None, (None, "image_channels"): None, (None, "image_size"): None,
+    ("schedule", "num_train_timesteps"): None, ("schedule", "beta_scaling"): "literal",
 }  # fmt: skip
 
 
@@ -73,7 +66,7 @@ class HeatmapDenoiser(nn.Module):
         return self.unet(torch.cat([image, x_t.to(image.dtype)], dim=1), timesteps=t)
 
 
-class LandmarkDiffusion(WeightAverageMixin, TaggedCheckpointMixin, L.LightningModule):
+class LandmarkDiffusion(DiffusionModule, TaggedCheckpointMixin, L.LightningModule):
     """Conditional heatmap DDPM with x0 prediction (the landmark-diffusion paper, sect. 3).
 
     Training: x0 = N Gaussians of sigma ``heatmap_sigma`` scaled to [-1, 1]; t ~ U{0, T-1};
@@ -99,113 +92,71 @@ class LandmarkDiffusion(WeightAverageMixin, TaggedCheckpointMixin, L.LightningMo
         num_landmarks: N heatmap channels (19 for ISBI 2015).
         image_size: (H, W), divisible by 2 ** (len(channels) - 1).
         image_channels: channels of the conditioning image.
-        channels, num_res_blocks, attention_levels, norm_num_groups, num_head_channels,
-            use_flash_attention: the MONAI ``DiffusionModelUNet`` (symmetric; see docs/deviations.md for the
-            paper's asymmetric widths).
         diffusion: False trains the no-diffusion baseline.
-        num_train_timesteps, beta_start, beta_end: T and the linear variance schedule (200, 1e-4, 0.02).
-        beta_scaling: 'scaled' multiplies both ends by 1000 / T (improved-diffusion's convention, so that
-            x_{T-1} is noise at any T), 'literal' uses them as given (``landmark_scheduler``).
         heatmap_sigma: target Gaussian sigma in pixels (1 = the paper's few-hot map).
         lambda_nll, lambda_s: weights of eq. 11 (1 and 0.01).
-        sigma_max, sigma_min: the blur of eq. 12 at t = T - 1 and t = 0 (14 and ``sigma_min``).
-        blur_scaling: 'image': sigma and the 13 x 13 kernel are the paper's at its 800 x 640 and scale with the
-            image (3 x 3, sigma_max 2.8 px at 160 x 128); 'pixels': as given at any size.
-        sampler, sampling_steps, ddim_eta, ensemble, chain_decoding: the inference mode (see above).
-        x0_estimate: what each reverse step takes as x0 from the logits: 'softmax' (the trained
-            distribution as a heatmap, ``xraydiff.diffusion.landmark.softmax_heatmap``) or 'clamp'
-            (clamp(logits, -1, 1), the paper's text read literally; docs/deviations.md).
+        network: the MONAI ``DiffusionModelUNet`` (symmetric; docs/deviations.md has the paper's asymmetric
+            widths), attention at the two lowest levels unless ``attention_levels`` says otherwise.
+        schedule: T = 200 and the linear betas 1e-4 to 0.02, 'scaled' by 1000 / T (improved-diffusion's
+            convention, so that x_{T-1} is noise at any T; 'literal' uses them as given), x0 prediction ('sample').
+        inference: the mode and its options (``LandmarkInference``; see above); not saved in the checkpoint.
         fit_validation: inference mode of the validation inside ``fit``.
-        seed: seed of the per-image noise of inference (a prediction depends on it and the image only).
-        learning_rate, weight_decay: AdamW (1e-4 and 1e-4 in the paper).
-        lr_schedule, warmup_fraction: 'cosine' (linear warm-up over the first ``warmup_fraction`` of the
-            run's optimizer steps, then cosine decay, per step; ``lightning_modules.optim``) or 'constant'.
-        ema_decay: moving average of the weights used for inference; None disables.
-        ema_warmup: warm the average's decay up over the first updates (see ``init_weight_average``): a
-            fixed 0.998 leaves 37 % of the weight on the untrained network after 500 steps.
+        optim: AdamW (1e-4 and weight decay 1e-4 in the paper), per-step cosine schedule after a 5 % warm-up,
+            and the moving average of the weights used for inference (None: none; its decay warmed up: a fixed
+            0.998 leaves 37 % of the weight on the untrained network after 500 steps).
         refine_window: window of the centre-of-mass refinement of each arg-max, in pixels.
     """
 
-    # Config keys of earlier versions, refused with the name that replaced them (commands.lightning_cli).
-    renamed_parameters = {"inference": "sampler", "ddim_steps": "sampling_steps"}
+    GROUPS = {"network": NetworkSpec, "schedule": ScheduleSpec, "inference": LandmarkInference, "optim": OptimSpec}
+    earlier_names = {"ddim_steps": "inference.sampling_steps"}
 
     def __init__(
         self,
         num_landmarks: int = 19,
         image_size: tuple[int, int] = (800, 640),
         image_channels: int = 1,
-        channels: tuple[int, ...] = (32, 64, 128, 256, 256, 512),
-        num_res_blocks: int = 1,
-        attention_levels: tuple[bool, ...] | None = None,
-        norm_num_groups: int = 16,
-        num_head_channels: int = 32,
-        use_flash_attention: bool = True,
         diffusion: bool = True,
-        num_train_timesteps: int = 200,
-        beta_start: float = 1e-4,
-        beta_end: float = 0.02,
-        beta_scaling: BetaScaling = "scaled",
         heatmap_sigma: float = 1.0,
         lambda_nll: float = 1.0,
         lambda_s: float = 0.01,
-        sigma_max: float = 14.0,
-        sigma_min: float = 1.0,
-        blur_scaling: BlurScaling = "image",
-        sampler: LandmarkSampler = DEFAULT_LANDMARK_SAMPLER,
-        sampling_steps: int | None = None,
-        ddim_eta: float = 0.0,
-        ensemble: int = 1,
-        chain_decoding: ChainDecoding = "argmax",
-        x0_estimate: X0Estimate = "softmax",
+        network: NetworkSpec = NetworkSpec(channels=(32, 64, 128, 256, 256, 512), norm_num_groups=16),
+        schedule: ScheduleSpec = ScheduleSpec(num_train_timesteps=200, beta_scaling="scaled", prediction_type="sample"),
+        inference: LandmarkInference = LandmarkInference(),
         fit_validation: LandmarkSampler = FIT_VALIDATION_SAMPLER,
-        seed: int = 0,
-        learning_rate: float = 1e-4,
-        weight_decay: float = 1e-4,
-        lr_schedule: str = "cosine",
-        warmup_fraction: float = 0.05,
-        ema_decay: float | None = None,
-        ema_warmup: bool = True,
+        optim: OptimSpec = OptimSpec(
+            learning_rate=1e-4, weight_decay=1e-4, lr_schedule="cosine", warmup_fraction=0.05, ema_decay=None
+        ),
         refine_window: int = 5,
     ):
         super().__init__()
         # Inference options are choices of each validate / test / predict run, not properties of the
         # trained model: kept out of the checkpoint, so that LightningCLI (which restores a
-        # checkpoint's hyperparameters over the config) lets `--model.init_args.sampler ...` apply.
-        self.save_hyperparameters(ignore=list(INFERENCE_OPTIONS))
-        self.inference = {
-            "mode": sampler,
-            "sampling_steps": sampling_steps,
-            "ddim_eta": ddim_eta,
-            "ensemble": ensemble,
-            "sigma_max": sigma_max,
-            "sigma_min": sigma_min,
-            "blur_scaling": blur_scaling,
-            "chain_decoding": chain_decoding,
-            "x0_estimate": x0_estimate,
-        }
-        check_decoding(x0_estimate, chain_decoding)
-        check_lr_schedule(lr_schedule, warmup_fraction)
-        self.inference_seed = seed
-        check_blur(sigma_max, sigma_min, blur_scaling)
-        check_inference(sampler, sampling_steps, ensemble, num_train_timesteps, ddim_eta)
-        check_inference(fit_validation, sampling_steps, 1, num_train_timesteps, ddim_eta)
+        # checkpoint's hyperparameters over the config) lets `--model.init_args.inference.sampler ...` apply.
+        self.save_hyperparameters(ignore=["inference"])
+        self.init_groups(network=network, schedule=schedule, inference=inference, optim=optim)
+        if self.schedule.prediction_type != "sample":
+            raise DataError(None, f"landmark diffusion predicts x0 ('sample'), got {self.schedule.prediction_type!r}")
+        i, T = self.inference, self.schedule.num_train_timesteps
+        check_decoding(i.x0_estimate, i.chain_decoding)
+        check_blur(i.sigma_max, i.sigma_min, i.blur_scaling)
+        check_inference(i.sampler, i.sampling_steps, i.ensemble, T, i.ddim_eta)
+        check_inference(fit_validation, i.sampling_steps, 1, T, i.ddim_eta)
         self.image_size = (int(image_size[0]), int(image_size[1]))
-        levels = len(channels)
+        n = self.network
         # Default: attention at the two lowest resolutions, as in the paper.
-        default_attention = (False,) * max(levels - 2, 0) + (True,) * min(levels, 2)
-        attention = tuple(attention_levels) if attention_levels is not None else default_attention
-        self.unet = HeatmapDenoiser(
+        levels = len(n.channels)
+        attention = n.attention_levels or (False,) * max(levels - 2, 0) + (True,) * min(levels, 2)
+        denoiser = HeatmapDenoiser(
             image_channels,
             num_landmarks,
-            channels=tuple(channels),
-            attention_levels=attention,
-            num_res_blocks=num_res_blocks,
-            norm_num_groups=norm_num_groups,
-            num_head_channels=num_head_channels,
-            use_flash_attention=use_flash_attention,
+            channels=tuple(n.channels),
+            attention_levels=tuple(attention),
+            num_res_blocks=n.num_res_blocks,
+            norm_num_groups=n.norm_num_groups,
+            num_head_channels=n.num_head_channels,
+            use_flash_attention=n.use_flash_attention,
         )
-        self.init_weight_average("unet", ema_decay, ema_warmup)
-        self.scheduler = landmark_scheduler(num_train_timesteps, beta_start, beta_end, beta_scaling)
+        self.init_denoiser(denoiser)
 
     # ------------------------------------------------------------------------------ training
 
@@ -228,7 +179,8 @@ class LandmarkDiffusion(WeightAverageMixin, TaggedCheckpointMixin, L.LightningMo
         batch_size = x0.shape[0]
         if self.hparams.diffusion:
             noise = torch.randn(x0.shape, generator=generator, device=x0.device)
-            t = torch.randint(0, self.hparams.num_train_timesteps, (batch_size,), generator=generator, device=x0.device)
+            T = self.schedule.num_train_timesteps
+            t = torch.randint(0, T, (batch_size,), generator=generator, device=x0.device)
             x_t = self.scheduler.add_noise(x0, noise, t)
         else:
             x_t, t = torch.zeros_like(x0), torch.zeros(batch_size, dtype=torch.long, device=x0.device)
@@ -244,25 +196,22 @@ class LandmarkDiffusion(WeightAverageMixin, TaggedCheckpointMixin, L.LightningMo
         self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"])
         return loss
 
-    def configure_optimizers(self):
-        hp = self.hparams
-        return adamw_with_schedule(
-            self.unet.parameters(), hp.learning_rate, hp.weight_decay, hp.lr_schedule, self.trainer, hp.warmup_fraction
-        )
-
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Refuse a checkpoint whose heatmaps, image channels or size differ from this model's config,
         naming the file, before its weights are loaded."""
-        saved = checkpoint.get("hyper_parameters", {})
+        saved = self.upgrade_hparams(checkpoint.get("hyper_parameters", {}))
         path = getattr(self._trainer, "ckpt_path", None) if self._trainer is not None else None
         state = checkpoint.get("state_dict", {})
         for key in [k for k in state if k.startswith("net.")]:  # checkpoints before the network was `unet`
             state["unet." + key[len("net.") :]] = state.pop(key)
-        for key, before in TRAINED_WITH.items():
-            value = saved.get(key, before)
-            if value is not None and list(np.atleast_1d(value)) != list(np.atleast_1d(self.hparams[key])):
-                hint = "" if key in saved else f" (saved before the option existed; --model.init_args.{key} {value})"
-                raise DataError(path, f"checkpoint has {key} {value}, the model config {self.hparams[key]}{hint}")
+        for (group, key), before in TRAINED_WITH.items():
+            given = saved if group is None else saved.get(group) or {}
+            value = given.get(key, before)
+            mine = self.hparams[key] if group is None else getattr(getattr(self, group), key)
+            if value is not None and list(np.atleast_1d(value)) != list(np.atleast_1d(mine)):
+                option = key if group is None else f"{group}.{key}"
+                hint = "" if key in given else f" (saved before the option existed; --model.init_args.{option} {value})"
+                raise DataError(path, f"checkpoint has {option} {value}, the model config {mine}{hint}")
 
     # ------------------------------------------------------------------------------ inference
 
@@ -274,13 +223,13 @@ class LandmarkDiffusion(WeightAverageMixin, TaggedCheckpointMixin, L.LightningMo
         """The mode this stage runs: mode, steps (network calls per member), ensemble size M."""
         hp = self.hparams
         fitting = self._trainer is not None and self.trainer.state.fn == "fit"
-        mode = hp.fit_validation if fitting else self.inference["mode"]
-        ensemble = 1 if fitting else self.inference["ensemble"]
+        mode = hp.fit_validation if fitting else self.inference.sampler
+        ensemble = 1 if fitting else self.inference.ensemble
         if not hp.diffusion:
             return {"mode": "baseline", "steps": 1, "ensemble": 1}
         inference = self.inference
         steps = check_sampling(
-            mode, inference["sampling_steps"], inference["ddim_eta"], hp.num_train_timesteps, "landmark"
+            mode, inference.sampling_steps, inference.ddim_eta, self.schedule.num_train_timesteps, "landmark"
         )
         return {"mode": mode, "steps": steps, "ensemble": ensemble}
 
@@ -302,7 +251,7 @@ class LandmarkDiffusion(WeightAverageMixin, TaggedCheckpointMixin, L.LightningMo
         else:
             members = settings["ensemble"]
             images = image.repeat_interleave(members, dim=0)
-            generators = item_generators(self.inference_seed, indices.tolist(), members)
+            generators = item_generators(self.inference.seed, indices.tolist(), members)
             heatmaps, logits, calls = sample_heatmaps(
                 lambda x, t: network(images, x, t),
                 shape,
@@ -311,15 +260,15 @@ class LandmarkDiffusion(WeightAverageMixin, TaggedCheckpointMixin, L.LightningMo
                 generators,
                 image.device,
                 steps=settings["steps"],
-                eta=self.inference["ddim_eta"],
-                sigma_max=self.inference["sigma_max"],
-                sigma_min=self.inference["sigma_min"],
-                x0_estimate=self.inference["x0_estimate"],
-                blur_scaling=self.inference["blur_scaling"],
+                eta=self.inference.ddim_eta,
+                sigma_max=self.inference.sigma_max,
+                sigma_min=self.inference.sigma_min,
+                x0_estimate=self.inference.x0_estimate,
+                blur_scaling=self.inference.blur_scaling,
             )
             if settings["mode"] in ONE_CALL:
                 positions = decode_landmarks(logits, hp.refine_window)
-            elif self.inference["chain_decoding"] == "topk":
+            elif self.inference.chain_decoding == "topk":
                 positions = decode_topk(heatmaps)
             else:
                 positions = decode_heatmaps(heatmaps, hp.refine_window)

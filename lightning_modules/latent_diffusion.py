@@ -5,14 +5,13 @@ from __future__ import annotations
 import math
 
 import torch
-from monai.networks.nets import DiffusionModelUNet
 from torch import Tensor
 
 from lightning_modules.autoencoder import read_first_stage
-from lightning_modules.generative import DiffusionSamplingMixin, GenerativeModule, WeightAverageMixin
+from lightning_modules.diffusion import DiffusionModule
+from lightning_modules.generative import GenerativeModule
 from xraydiff.diffusion.blending import blend_denoise
-from xraydiff.diffusion.choices import DEFAULT_SAMPLER, Sampler
-from xraydiff.diffusion.engine import check_diffusion_options
+from xraydiff.diffusion.choices import DEFAULT_SAMPLER
 from xraydiff.diffusion.latent import (
     PosteriorCache,
     check_first_stage,
@@ -20,11 +19,12 @@ from xraydiff.diffusion.latent import (
     posterior_moments,
     scale_factor_from_moments,
 )
-from xraydiff.diffusion.objectives import PredictionType, diffusion_loss
+from xraydiff.diffusion.objectives import diffusion_loss
+from xraydiff.diffusion.specs import NetworkSpec, OptimSpec, SamplingSpec, ScheduleSpec
 from xraydiff.errors import DataError
 
 
-class LatentDiffusion(DiffusionSamplingMixin, WeightAverageMixin, GenerativeModule):
+class LatentDiffusion(DiffusionModule, GenerativeModule):
     """Unconditional DDPM on the scaled latents z = s E(x) of a frozen ``LatentAutoencoder`` (Rombach et al.,
     sect. 3.2; Lim et al. build on Medfusion, which is this model).
 
@@ -49,15 +49,10 @@ class LatentDiffusion(DiffusionSamplingMixin, WeightAverageMixin, GenerativeModu
         autoencoder_ckpt: checkpoint of a trained ``LatentAutoencoder`` (required for a new model).
         image_size: (H, W) of the images; the latent shape follows from the autoencoder.
         latent_channels: the autoencoder's latent channels (checked against the checkpoint).
-        channels, num_res_blocks, attention_levels, num_head_channels, norm_num_groups,
-            use_flash_attention: the denoising U-Net (MONAI ``DiffusionModelUNet``).
-        num_train_timesteps: T (1000 in Lim et al.).
-        beta_start, beta_end, beta_schedule: the variance schedule (linear in Lim et al.).
-        prediction_type: what the U-Net predicts ('epsilon' in Lim et al. / Medfusion).
-        learning_rate, weight_decay: AdamW.
-        ema_decay: decay of the EMA of the U-Net's weights used for sampling.
-        ema_warmup: warm the EMA's decay up over the first updates (see ``init_weight_average``).
-        sampler, sampling_steps, ddim_eta: default sampler, DDIM steps k and DDIM's eta.
+        network: the denoising U-Net (MONAI ``DiffusionModelUNet``; attention at the two lowest of 4 levels).
+        schedule: T = 1000, linear betas, the epsilon objective (Lim et al. / Medfusion).
+        sampling: default sampler, its steps k and DDIM's eta (DDIM 50, eta 0).
+        optim: AdamW (lr 1e-4, weight decay 1e-2) and the EMA of the U-Net's weights used for sampling.
         scale_images: training images whose latents estimate the scale factor.
         cache_latents: encode the training images once, at the start of fit, and draw z ~ q(z | x) from the
             stored posterior (z_mu, z_sigma) at every step instead of running the encoder: the same latent
@@ -75,31 +70,19 @@ class LatentDiffusion(DiffusionSamplingMixin, WeightAverageMixin, GenerativeModu
         autoencoder_ckpt: str | None = None,
         image_size: tuple[int, int] = (256, 512),
         latent_channels: int = 4,
-        channels: tuple[int, ...] = (128, 256, 256, 512),
-        num_res_blocks: int = 2,
-        attention_levels: tuple[bool, ...] | None = (False, False, True, True),
-        num_head_channels: int = 32,
-        norm_num_groups: int = 32,
-        use_flash_attention: bool = True,
-        num_train_timesteps: int = 1000,
-        beta_start: float = 1e-4,
-        beta_end: float = 0.02,
-        beta_schedule: str = "linear_beta",
-        prediction_type: PredictionType = "epsilon",
-        learning_rate: float = 1e-4,
-        weight_decay: float = 1e-2,
-        ema_decay: float = 0.999,
-        ema_warmup: bool = True,
-        sampler: Sampler = DEFAULT_SAMPLER,
-        sampling_steps: int = 50,
-        ddim_eta: float = 0.0,
+        network: NetworkSpec = NetworkSpec(
+            channels=(128, 256, 256, 512), num_res_blocks=2, attention_levels=(False, False, True, True)
+        ),
+        schedule: ScheduleSpec = ScheduleSpec(num_train_timesteps=1000),
+        sampling: SamplingSpec = SamplingSpec(sampler=DEFAULT_SAMPLER, sampling_steps=50),
+        optim: OptimSpec = OptimSpec(learning_rate=1e-4, weight_decay=1e-2),
         scale_images: int = 64,
         cache_latents: bool = False,
         autoencoder: dict | None = None,
     ):
         super().__init__()
         self.save_hyperparameters()
-        check_diffusion_options(sampler, prediction_type, ddim_eta, sampling_steps, num_train_timesteps)
+        self.init_groups(network=network, schedule=schedule, sampling=sampling, optim=optim)
         if scale_images < 1:
             raise DataError(None, f"scale_images must be at least 1, got {scale_images}")
         self.image_size = (int(image_size[0]), int(image_size[1]))
@@ -114,19 +97,7 @@ class LatentDiffusion(DiffusionSamplingMixin, WeightAverageMixin, GenerativeModu
             self.first_stage.load_state_dict(weights)
         self.first_stage.requires_grad_(False).eval()
         self.register_buffer("scale_factor", torch.zeros((), dtype=torch.float32))  # 0: not estimated yet
-        self.unet = DiffusionModelUNet(
-            spatial_dims=2,
-            in_channels=latent_channels,
-            out_channels=latent_channels,
-            channels=tuple(channels),
-            attention_levels=tuple(attention_levels or (False,) * len(channels)),
-            num_res_blocks=num_res_blocks,
-            num_head_channels=num_head_channels,
-            norm_num_groups=norm_num_groups,
-            use_flash_attention=use_flash_attention,
-        )
-        self.init_weight_average("unet", ema_decay, ema_warmup)
-        self.scheduler = self.make_scheduler()
+        self.init_denoiser(self.build_unet(in_channels=latent_channels, out_channels=latent_channels))
         self.posterior_cache: PosteriorCache | None = None  # the training posteriors (cache_latents)
 
     def train(self, mode: bool = True):
@@ -170,7 +141,7 @@ class LatentDiffusion(DiffusionSamplingMixin, WeightAverageMixin, GenerativeModu
             steps,
             strength,
             generator,
-            eta=self.hparams.ddim_eta,
+            eta=self.sampling.ddim_eta,
             reimpose=reimpose,
             sampler=sampler,
         )
@@ -247,10 +218,6 @@ class LatentDiffusion(DiffusionSamplingMixin, WeightAverageMixin, GenerativeModu
 
     def test_step(self, batch: dict, batch_idx: int) -> Tensor:
         return self._evaluate(batch, batch_idx, "test")
-
-    def configure_optimizers(self):
-        hp = self.hparams
-        return torch.optim.AdamW(self.unet.parameters(), lr=hp.learning_rate, weight_decay=hp.weight_decay)
 
     # ------------------------------------------------------------------------------ sampling
 

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import torch
-from monai.networks.nets import DiffusionModelUNet
 from torch import Tensor, nn
 
-from lightning_modules.generative import DiffusionSamplingMixin, PairedGenerativeModule, WeightAverageMixin
-from xraydiff.diffusion.choices import DEFAULT_SAMPLER, Sampler
-from xraydiff.diffusion.engine import check_diffusion_options
-from xraydiff.diffusion.objectives import PredictionType, diffusion_loss
+from lightning_modules.diffusion import DiffusionModule
+from lightning_modules.generative import PairedGenerativeModule
+from xraydiff.diffusion.choices import DEFAULT_SAMPLER
+from xraydiff.diffusion.objectives import diffusion_loss
+from xraydiff.diffusion.specs import NetworkSpec, OptimSpec, SamplingSpec, ScheduleSpec
 
 
-class PairedDDPM(DiffusionSamplingMixin, WeightAverageMixin, PairedGenerativeModule):
+class PairedDDPM(DiffusionModule, PairedGenerativeModule):
     """DDPM over 2-channel samples x0 = [image, heatmap] (Hadzic et al., sect. 2.1).
 
     Forward process q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I) (eq. 2); the U-Net
@@ -28,29 +28,17 @@ class PairedDDPM(DiffusionSamplingMixin, WeightAverageMixin, PairedGenerativeMod
     Args:
         image_size: (H, W) of the samples.
         heatmap_sigma: Gaussian sigma in pixels of the heatmap channel (1 in the paper).
-        channels: U-Net features per level (the paper: 3 levels starting at 32).
-        num_res_blocks: residual blocks per level (3 in the paper).
-        attention_levels: self-attention per level (the paper: none; MONAI's bottleneck always
-            holds residual - attention - residual).
-        norm_num_groups: GroupNorm groups.
-        use_flash_attention: fused scaled-dot-product attention in the bottleneck (the same function, faster
-            and leaner than the explicit attention matrix).
-        num_train_timesteps: T (800 in the paper).
-        beta_start, beta_end, beta_schedule: the variance schedule (linear 1e-4 to 0.02).
-        prediction_type: what the U-Net predicts, 'epsilon' (the paper), 'v_prediction' or 'sample' (x0).
-        learning_rate: Adam learning rate (1e-3).
-        ema_decay: decay of the exponential moving average of the weights used for sampling.
-        ema_warmup: warm the average's decay up over the first updates (see ``init_weight_average``): without
-            it, 0.9999 keeps most of the weight on the initial network for the first 10 000 steps, and the
-            acceptance measured during training samples that.
-        sampler: default sampler, 'ddpm' (T steps, the paper's), 'ddim', or a solver: 'dpmpp_2m', 'dpmpp_2m_sde',
-            'unipc'. The default, DDIM 10 at eta 1, is the cheapest whose acceptance interval overlaps DDIM 100's
-            on the demo DDPM (docs/hands.md); ``configs/hand/ddpm.yaml`` keeps the paper's chain.
-        sampling_steps: steps k of every sampler but 'ddpm' (default 10).
-        ddim_eta: DDIM's eta (Song et al., eq. 16): 0 is the deterministic DDIM, 1 (default) adds the DDPM
-            posterior noise at every one of the k steps, which corrects the errors of earlier steps: on the demo
-            DDPM eta 1 accepts more than twice the pairs of eta 0 at 10 steps (docs/hands.md, the sampler table),
-            and the study's default DDIM 10 runs at the model's eta.
+        network: the U-Net (the paper: 3 levels of 32, 64, 128 features, 3 residual blocks each, no attention
+            but MONAI's bottleneck's, which always holds residual - attention - residual).
+        schedule: T = 800, linear betas 1e-4 to 0.02, and what the U-Net predicts: 'epsilon' (the paper),
+            'v_prediction' or 'sample' (x0).
+        sampling: the default sampler, DDIM 10 at eta 1: the cheapest whose acceptance interval overlaps DDIM
+            100's on the demo DDPM, where eta 1 (the DDPM posterior noise at every one of the k steps) accepts
+            more than twice the pairs of eta 0 (docs/hands.md, the sampler table); ``configs/hand/ddpm.yaml``
+            keeps the paper's chain ('ddpm', T steps).
+        optim: Adam (AdamW without weight decay), lr 1e-3; the EMA of the weights used for sampling, its decay
+            warmed up over the first updates (without, 0.9999 keeps most of the weight on the initial network
+            for the first 10 000 steps, and the acceptance measured during training samples that).
     """
 
     sampling_memory_format = torch.channels_last  # measured faster per call (DiffusionSamplingMixin)
@@ -59,38 +47,15 @@ class PairedDDPM(DiffusionSamplingMixin, WeightAverageMixin, PairedGenerativeMod
         self,
         image_size: tuple[int, int] = (256, 256),
         heatmap_sigma: float = 1.0,
-        channels: tuple[int, ...] = (32, 64, 128),
-        num_res_blocks: int = 3,
-        attention_levels: tuple[bool, ...] | None = None,
-        norm_num_groups: int = 32,
-        use_flash_attention: bool = True,
-        num_train_timesteps: int = 800,
-        beta_start: float = 1e-4,
-        beta_end: float = 0.02,
-        beta_schedule: str = "linear_beta",
-        prediction_type: PredictionType = "epsilon",
-        learning_rate: float = 1e-3,
-        ema_decay: float = 0.999,
-        ema_warmup: bool = True,
-        sampler: Sampler = DEFAULT_SAMPLER,
-        sampling_steps: int = 10,
-        ddim_eta: float = 1.0,
+        network: NetworkSpec = NetworkSpec(channels=(32, 64, 128), num_res_blocks=3, num_head_channels=8),
+        schedule: ScheduleSpec = ScheduleSpec(num_train_timesteps=800),
+        sampling: SamplingSpec = SamplingSpec(sampler=DEFAULT_SAMPLER, sampling_steps=10, ddim_eta=1.0),
+        optim: OptimSpec = OptimSpec(learning_rate=1e-3),
     ):
         super().__init__(image_size, heatmap_sigma)
         self.save_hyperparameters()
-        check_diffusion_options(sampler, prediction_type, ddim_eta, sampling_steps, num_train_timesteps)
-        self.unet = DiffusionModelUNet(
-            spatial_dims=2,
-            in_channels=2,
-            out_channels=2,
-            channels=tuple(channels),
-            attention_levels=tuple(attention_levels or (False,) * len(channels)),
-            num_res_blocks=num_res_blocks,
-            norm_num_groups=norm_num_groups,
-            use_flash_attention=use_flash_attention,
-        )
-        self.init_weight_average("unet", ema_decay, ema_warmup)
-        self.scheduler = self.make_scheduler()
+        self.init_groups(network=network, schedule=schedule, sampling=sampling, optim=optim)
+        self.init_denoiser(self.build_unet(in_channels=2, out_channels=2))
 
     # ------------------------------------------------------------------------------ training
 
@@ -114,9 +79,6 @@ class PairedDDPM(DiffusionSamplingMixin, WeightAverageMixin, PairedGenerativeMod
         loss = self.diffusion_loss(self.to_pairs(batch), self.ema.module, generator)
         self.log(f"{stage}/loss", loss, prog_bar=True, sync_dist=True, batch_size=batch["image"].shape[0])
         return loss
-
-    def configure_optimizers(self):
-        return torch.optim.Adam(self.unet.parameters(), lr=self.hparams.learning_rate)
 
     # ------------------------------------------------------------------------------ sampling
 

@@ -65,7 +65,7 @@ def main() -> None:
     counts = {f"L = {landmarks}": landmarks, f"2L = {2 * landmarks}": 2 * landmarks}
     rows = {}
     for eta in (1.0, 0.0):
-        model.hparams.ddim_eta = eta
+        model.sampling = dataclasses.replace(model.sampling, ddim_eta=eta)
         _, heatmaps = generate_heatmaps(
             model, args.num_samples, args.seed, args.batch_size, DEFAULT_SAMPLER, 10, autocast_dtype(precision)
         )

@@ -29,7 +29,7 @@ print(torch.load(last[-1], map_location="cpu", weights_only=False)["global_step"
 PY
 )
 if [ "$step" -lt "$STAGE1_STEPS" ]; then
-  "$XRAYDIFF" fit "${CONFIGS[@]}" "${QUIET[@]}" --model.init_args.prediction_type epsilon \
+  "$XRAYDIFF" fit "${CONFIGS[@]}" "${QUIET[@]}" --model.init_args.schedule.prediction_type epsilon \
       --trainer.max_steps "$STAGE1_STEPS" --ckpt_path last
 fi
 "$XRAYDIFF" fit "${CONFIGS[@]}" "${QUIET[@]}" --ckpt_path last

@@ -7,7 +7,7 @@ its weights; optimizer, loop and callback states are dropped. The result loads w
 
     # the two training stages of configs/demo/hand_ddpm_pretrain.yaml (about 2.7 h on 2 CPU cores)
     xraydiff fit --config configs/demo/hand_ddpm_pretrain.yaml \\
-        --model.init_args.prediction_type epsilon --trainer.max_steps 5595
+        --model.init_args.schedule.prediction_type epsilon --trainer.max_steps 5595
     xraydiff fit --config configs/demo/hand_ddpm_pretrain.yaml --ckpt_path last
     python scripts/export_demo_checkpoint.py --ckpt_path runs/pretrain_hand_ddpm/checkpoints/last-step.ckpt \\
         --out xraydiff/assets/demo_hand_ddpm.ckpt

@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     dm.setup()
     checker = fit_prediction_checker(dm)
     batch = next(iter(dm.make_loader(dm.dataset("val", augment=False))))
-    steps = check_sampling(args.sampler, args.steps, 0.0, model.hparams.num_train_timesteps, "landmark")
+    steps = check_sampling(args.sampler, args.steps, 0.0, model.schedule.num_train_timesteps, "landmark")
     mode = args.sampler if model.hparams.diffusion else "baseline"
     settings = {"mode": mode, "steps": steps if model.hparams.diffusion else 1, "ensemble": 1}
     print(f"{args.checkpoint}: {settings['mode']} ({steps} calls), QC fitted on {checker.stats.num_shapes} shapes")

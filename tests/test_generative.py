@@ -237,11 +237,8 @@ def test_each_prediction_type_regresses_its_own_target(prediction_type):
     only the loss of the matching objective is zero, and the sampler recovers x0 from it in one step."""
     model = PairedDDPM(
         image_size=(16, 16),
-        channels=(8, 8),
-        num_res_blocks=1,
-        norm_num_groups=4,
-        num_train_timesteps=50,
-        prediction_type=prediction_type,
+        network={"channels": (8, 8), "num_res_blocks": 1, "norm_num_groups": 4},
+        schedule={"num_train_timesteps": 50, "prediction_type": prediction_type},
     )
     x0 = torch.rand(3, 2, 16, 16) * 2 - 1
     abar = model.scheduler.alphas_cumprod
@@ -269,19 +266,19 @@ def test_v_prediction_with_stochastic_ddim_trains_and_samples_reproducibly(cli, 
         DDPM,
         "--trainer.max_epochs",
         "1",
-        "--model.init_args.prediction_type",
+        "--model.init_args.schedule.prediction_type",
         "v_prediction",
-        "--model.init_args.ddim_eta",
+        "--model.init_args.sampling.ddim_eta",
         "1.0",
     )
     model = load_model(checkpoint)
-    assert model.hparams.prediction_type == "v_prediction" and model.hparams.ddim_eta == 1.0
+    assert model.schedule.prediction_type == "v_prediction" and model.sampling.ddim_eta == 1.0
     draws = [model.generate(2, torch.Generator().manual_seed(seed), "ddim", 3) for seed in (0, 0, 1)]
     assert torch.equal(draws[0], draws[1]) and not torch.equal(draws[0], draws[2])
     code, _, err = cli("sample", "--ckpt_path", checkpoint, "--num_samples", 2, "--steps", 3, "--out", tmp_path / "s")
     assert code == 0, err
     assert len(list((tmp_path / "s").glob("*.npz"))) == 2
-    for bad in (["--model.init_args.prediction_type", "noise"], ["--model.init_args.ddim_eta", "2"]):
+    for bad in (["--model.init_args.schedule.prediction_type", "noise"], ["--model.init_args.sampling.ddim_eta", "2"]):
         code, _, err = cli("fit", *DDPM, "--trainer.default_root_dir", tmp_path / "bad", *bad)
         assert code != 0 and bad[0].split(".")[-1] in err, err[-500:]
 
@@ -369,8 +366,9 @@ def test_warmed_up_weight_average_follows_its_recursion_and_forgets_the_initial_
 def test_the_paired_ddpm_average_warms_up_like_the_other_models(warmup):
     """With its 0.9999 of the paper, the paired DDPM's average after a few steps is (warm-up) near the trained
     weights, or (no warm-up) still the initial network: what acceptance during training would sample."""
-    model = PairedDDPM(image_size=(16, 16), channels=(8, 8), num_res_blocks=1, norm_num_groups=4,
-                       num_train_timesteps=50, ema_decay=0.9999, ema_warmup=warmup)  # fmt: skip
+    network = {"channels": (8, 8), "num_res_blocks": 1, "norm_num_groups": 4}
+    optim = {"ema_decay": 0.9999, "ema_warmup": warmup}
+    model = PairedDDPM(image_size=(16, 16), network=network, schedule={"num_train_timesteps": 50}, optim=optim)
     initial = [p.detach().clone() for p in model.unet.parameters()]
     model.ema.update_parameters(model.unet)  # the first update copies
     for step in range(1, 11):
@@ -387,8 +385,9 @@ def test_channels_last_sampling_draws_the_same_pairs_and_then_trains_on():
     the same pairs as in the contiguous format from the same seed, a contiguous result, and training goes on
     (an EMA update, a loss) with the converted average."""
     torch.manual_seed(0)
-    model = PairedDDPM(image_size=(16, 16), channels=(8, 8), num_res_blocks=1, norm_num_groups=4,
-                       num_train_timesteps=20, sampler="ddim", sampling_steps=4)  # fmt: skip
+    network = {"channels": (8, 8), "num_res_blocks": 1, "norm_num_groups": 4}
+    sampling = {"sampler": "ddim", "sampling_steps": 4}
+    model = PairedDDPM(image_size=(16, 16), network=network, schedule={"num_train_timesteps": 20}, sampling=sampling)
     assert model.sampling_memory_format == torch.channels_last
     draws = {}
     for fmt in (torch.contiguous_format, torch.channels_last):

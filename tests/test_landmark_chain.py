@@ -38,15 +38,15 @@ STUDY_SIZE = (160, 128)  # configs/ceph/landmarks_cpu.yaml
 def shipped_timesteps() -> int:
     """T of the CPU recipe: its configs' value, else LandmarkDiffusion's default."""
     given = compose_configs([ROOT / "configs/ceph/landmark_diffusion_cpu.yaml"])["model"]["init_args"]
-    default = inspect.signature(ld_module.LandmarkDiffusion.__init__).parameters["num_train_timesteps"].default
-    return int(given.get("num_train_timesteps", default))
+    default = inspect.signature(ld_module.LandmarkDiffusion.__init__).parameters["schedule"].default
+    return int((given.get("schedule") or {}).get("num_train_timesteps", default.num_train_timesteps))
 
 
-def tiny_model(**options):
+def tiny_model(**schedule):
     from lightning_modules import LandmarkDiffusion
 
-    unet = {"channels": (8, 8), "norm_num_groups": 4, "num_head_channels": 8}
-    return LandmarkDiffusion(num_landmarks=2, image_size=(16, 16), **unet, **options)
+    network = {"channels": (8, 8), "norm_num_groups": 4, "num_head_channels": 8}
+    return LandmarkDiffusion(num_landmarks=2, image_size=(16, 16), network=network, schedule=schedule)
 
 
 class Recorder:
@@ -82,7 +82,8 @@ def test_the_forward_process_ends_in_noise_at_the_shipped_T():
 
 def test_a_checkpoint_saved_before_the_scaled_schedule_is_refused_with_the_option_to_pass():
     model = tiny_model(num_train_timesteps=20)
-    hparams = {k: v for k, v in model.hparams.items() if k != "beta_scaling"}
+    hparams = dict(model.hparams)
+    hparams["schedule"] = {k: v for k, v in hparams["schedule"].items() if k != "beta_scaling"}
     with pytest.raises(DataError, match=r"beta_scaling literal, the model config scaled .*beta_scaling literal"):
         model.on_load_checkpoint({"hyper_parameters": hparams, "state_dict": {}})
     tiny_model(num_train_timesteps=20, beta_scaling="literal").on_load_checkpoint({"hyper_parameters": hparams})

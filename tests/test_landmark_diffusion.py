@@ -126,7 +126,7 @@ def _test(root, *args, devices: list[str] = ()) -> dict:
 
 
 def test_multi_step_sampling_beats_pure_noise(trained):
-    multi = _test(trained, "--model.init_args.sampler", "ddpm")
+    multi = _test(trained, "--model.init_args.inference.sampler", "ddpm")
     assert multi["inference"]["mode"] == "ddpm" and multi["inference"]["network_calls_per_image"] == 20
     assert multi["inference"]["seconds_per_image"] > 0 and multi["n_images"] == 5
     # Pure noise: decoding x_T itself puts each landmark at an arbitrary pixel of the 32 x 32 image.
@@ -143,9 +143,16 @@ def test_multi_step_sampling_beats_pure_noise(trained):
 
 
 def test_ensemble_uncertainty_and_ddp_give_the_same_metrics(trained):
-    one = _test(trained, "--model.init_args.sampler", "ddim", "--model.init_args.ensemble", "1")
+    one = _test(trained, "--model.init_args.inference.sampler", "ddim", "--model.init_args.inference.ensemble", "1")
     assert "uncertainty" not in one and one["inference"]["network_calls_per_image"] == 4
-    args = ["--model.init_args.sampler", "ddim", "--model.init_args.ensemble", "3", "--model.init_args.ddim_eta", "1"]
+    args = [
+        "--model.init_args.inference.sampler",
+        "ddim",
+        "--model.init_args.inference.ensemble",
+        "3",
+        "--model.init_args.inference.ddim_eta",
+        "1",
+    ]
     single = _test(trained, *args)
     assert single["inference"]["ensemble"] == 3 and single["inference"]["network_calls_per_image"] == 12
     assert single["uncertainty"]["mean_spread_mm"] > 0 and -1 <= single["uncertainty"]["spearman"] <= 1
@@ -187,16 +194,18 @@ def test_baseline_is_the_same_network_without_noise(trained, tmp_path):
 
 def test_mismatched_checkpoint_and_data_are_refused(trained, cli):
     test = ["test", *TINY, "--trainer.default_root_dir", trained, "--ckpt_path", "last"]
-    code, _, err = cli(*test, "--model.init_args.sampling_steps", "30")
+    code, _, err = cli(*test, "--model.init_args.inference.sampling_steps", "30")
     assert code != 0 and "ddim steps must be in [1, T = 20]" in err
-    code, _, err = cli(*test, "--model.init_args.sigma_min", "20")
+    code, _, err = cli(*test, "--model.init_args.inference.sigma_min", "20")
     assert code != 0 and "sigma_min <= sigma_max" in err
     code, _, err = cli(*test, "--data.init_args.image_size", "[64, 64]")
     assert code != 0 and "data image size (64, 64) differs from the model's (32, 32)" in err
     # Loading a checkpoint into a model configured for other heatmaps names the file.
     from lightning_modules import LandmarkDiffusion
 
-    model = LandmarkDiffusion(num_landmarks=18, image_size=(32, 32), channels=(16, 32, 32), num_train_timesteps=20)
+    model = LandmarkDiffusion(
+        num_landmarks=18, image_size=(32, 32), network={"channels": (16, 32, 32)}, schedule={"num_train_timesteps": 20}
+    )
     with pytest.raises(DataError, match="checkpoint has num_landmarks 19, the model config 18"):
         model.on_load_checkpoint(torch.load(trained / "checkpoints/last.ckpt", weights_only=False))
 
@@ -206,14 +215,14 @@ def test_old_names_are_refused_with_the_new_ones_and_old_checkpoints_load(traine
 
     test = ["test", *TINY, "--trainer.default_root_dir", trained, "--ckpt_path", "last"]
     code, _, err = cli(*test, "--model.init_args.ddim_steps", "3")
-    assert code != 0 and "--model.init_args.ddim_steps is now --model.init_args.sampling_steps" in err
+    assert code != 0 and "--model.init_args.ddim_steps is now --model.init_args.inference.sampling_steps" in err
     config = tmp_path / "old.yaml"
     config.write_text(
         "model:\n  class_path: lightning_modules.LandmarkDiffusion\n  init_args:\n    num_landmarks: 19\n"
-        "    inference: multi\n"
+        "    sampler: ddpm\n"
     )
     code, _, err = cli("test", "--config", config, "--trainer.default_root_dir", tmp_path / "r")
-    assert code != 0 and "model.init_args.inference is now 'sampler'" in err and "old.yaml:5" in err
+    assert code != 0 and "model.init_args.sampler is now 'inference.sampler'" in err and "old.yaml:5" in err
     # A checkpoint saved when the network was called `net` loads into `unet`.
     checkpoint = torch.load(trained / "checkpoints/last.ckpt", weights_only=False)
     state = checkpoint["state_dict"]

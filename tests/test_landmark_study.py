@@ -16,11 +16,11 @@ from xraydiff.errors import DataError
 # The demo model at 32 x 32 with T = 20 (the T-step chain is 20 calls), 4 phantom training skulls.
 ARGS = [
     "--model.init_args.image_size", "[32, 32]",
-    "--model.init_args.channels", "[16, 32, 32]",
-    "--model.init_args.attention_levels", "[false, false, true]",
-    "--model.init_args.num_train_timesteps", "20",
-    "--model.init_args.beta_end", "0.2",
-    "--model.init_args.sigma_max", "3.0",
+    "--model.init_args.network.channels", "[16, 32, 32]",
+    "--model.init_args.network.attention_levels", "[false, false, true]",
+    "--model.init_args.schedule.num_train_timesteps", "20",
+    "--model.init_args.schedule.beta_end", "0.2",
+    "--model.init_args.inference.sigma_max", "3.0",
     "--trainer.enable_progress_bar", "false",
 ]  # fmt: skip
 MODES = {

@@ -86,13 +86,13 @@ import torch
 from lightning_modules.paired_ddpm import PairedDDPM
 from lightning_modules.landmark_diffusion import LandmarkDiffusion
 torch.manual_seed(0)
-ddpm = PairedDDPM(image_size=(16, 16), channels=(8, 8), attention_levels=(False, False),
-                  norm_num_groups=4, num_res_blocks=1, num_train_timesteps=50, sampler="dpmpp_3m_probe",
-                  sampling_steps=5)
+ddpm = PairedDDPM(image_size=(16, 16), network={"channels": (8, 8), "norm_num_groups": 4, "num_res_blocks": 1},
+                  schedule={"num_train_timesteps": 50}, sampling={"sampler": "dpmpp_3m_probe", "sampling_steps": 5})
 out = ddpm.generate(2, torch.Generator().manual_seed(0))
-landmark = LandmarkDiffusion(num_landmarks=2, image_size=(16, 16), channels=(8, 8), attention_levels=(False, False),
-                             norm_num_groups=4, num_head_channels=4, num_train_timesteps=50,
-                             sampler="dpmpp_3m_probe", sampling_steps=4)
+landmark = LandmarkDiffusion(
+    num_landmarks=2, image_size=(16, 16), schedule={"num_train_timesteps": 50},
+    network={"channels": (8, 8), "attention_levels": (False, False), "norm_num_groups": 4, "num_head_channels": 4},
+    inference={"sampler": "dpmpp_3m_probe", "sampling_steps": 4})
 calls = landmark.inference_settings()["steps"]
 print(json.dumps({"pages": pages, "finite": bool(torch.isfinite(out[0]).all()), "landmark_calls": calls}))
 """

@@ -59,8 +59,9 @@ def test_the_landmark_diffusion_loss_sharpens_to_its_target(diffusion):
 
     torch.manual_seed(0)
     model = LandmarkDiffusion(
-        num_landmarks=1, image_size=SIZE, channels=(16, 16, 32), attention_levels=(False, False, False),
-        norm_num_groups=8, diffusion=diffusion, num_train_timesteps=20, beta_end=0.2, ema_decay=None,
+        num_landmarks=1, image_size=SIZE, diffusion=diffusion, optim={"ema_decay": None},
+        network={"channels": (16, 16, 32), "attention_levels": (False, False, False), "norm_num_groups": 8},
+        schedule={"num_train_timesteps": 20, "beta_end": 0.2},
     )  # fmt: skip
     batch = _example()
     _fit(model.unet.parameters(), lambda b: model.loss(b, model.unet)[0], batch, steps=300)

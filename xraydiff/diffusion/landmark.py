@@ -23,6 +23,7 @@ device: DDP and a single process give the same answers.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Literal, get_args
 
 import torch
@@ -31,23 +32,41 @@ from monai.networks.schedulers import DDPMScheduler
 from torch import Tensor
 
 from xraydiff.diffusion import choices
-from xraydiff.diffusion.choices import ONE_CALL, LandmarkSampler
+from xraydiff.diffusion.choices import DEFAULT_LANDMARK_SAMPLER, ONE_CALL, LandmarkSampler
 from xraydiff.diffusion.engine import check_sampling, draw_noise, reverse_process, step_rule
-from xraydiff.diffusion.objectives import make_scheduler
+from xraydiff.diffusion.objectives import MAX_BETA, BetaScaling, make_scheduler
 from xraydiff.errors import DataError
 from xraydiff.landmarks.localization import decode_landmarks, spatial_softmax_nll
+from xraydiff.options import option
 
 X0Estimate = Literal["softmax", "clamp"]
 ChainDecoding = Literal["argmax", "topk"]
-# 'scaled': the linear betas' ends x 1000 / T (Nichol & Dhariwal's improved-diffusion); 'literal': as given
-BetaScaling = Literal["scaled", "literal"]
 # 'image': kernel and sigma given at BLUR_REFERENCE_SIZE and scaled with the image; 'pixels': as given
 BlurScaling = Literal["image", "pixels"]
 BLUR_KERNEL_SIZE = 13
 BLUR_REFERENCE_SIZE = (800, 640)  # (H, W) of the paper's downsampled ISBI images, where 13 x 13 and sigma 14 hold
-MAX_BETA = 0.999  # a scaled beta never reaches 1 (alpha_t = 0 would end the chain in one step)
 # Predicts the logits l of x0 from (x_t, t); the condition (image) is closed over.
 X0Predictor = Callable[[Tensor, Tensor], Tensor]
+
+
+@dataclass(frozen=True)
+class LandmarkInference:
+    """How validate / test / predict infer: the mode (a sampler of the registry serving landmark diffusion, e.g.
+    'single', 'ddpm', 'ddim', 'empty'), its steps and eta, the ensemble size M, the seed of the per-image noise,
+    the blur of eq. 12 (``sigma_max`` at t = T - 1 to ``sigma_min``, scaled with the image or in pixels), the x0
+    each step takes from the logits (``estimate_x0``) and how a chain's final x0 is decoded ('argmax' refined,
+    or 'topk': the authors' framework). A choice of each run, not a property of the trained model."""
+
+    sampler: LandmarkSampler = DEFAULT_LANDMARK_SAMPLER
+    sampling_steps: int | None = option(None, min=1)
+    ddim_eta: float = option(0.0, min=0, max=1)
+    ensemble: int = option(1, min=1)
+    seed: int = 0
+    sigma_max: float = option(14.0, above=0)
+    sigma_min: float = option(1.0, min=0)
+    blur_scaling: BlurScaling = "image"
+    x0_estimate: X0Estimate = "softmax"
+    chain_decoding: ChainDecoding = "argmax"
 
 
 def check_inference(mode: str, steps: int | None, ensemble: int, num_train_timesteps: int, eta: float = 0.0) -> None:
@@ -80,12 +99,8 @@ def landmark_scheduler(
     (Nichol & Dhariwal 2021; T = 200: 5e-4 -> 0.1, abar_{T-1} = 2.4e-5), capped at ``MAX_BETA``; ``literal``
     keeps them as given.
     """
-    if scaling not in get_args(BetaScaling):
-        raise DataError(None, f"beta_scaling must be one of {get_args(BetaScaling)}, got {scaling!r}")
-    if scaling == "scaled":
-        factor = 1000.0 / num_train_timesteps
-        beta_start, beta_end = min(beta_start * factor, MAX_BETA), min(beta_end * factor, MAX_BETA)
-    return make_scheduler(num_train_timesteps, beta_start=beta_start, beta_end=beta_end, prediction_type="sample")
+    return make_scheduler(num_train_timesteps, beta_start=beta_start, beta_end=beta_end, prediction_type="sample",
+                          beta_scaling=scaling)  # fmt: skip
 
 
 def empty_heatmap_at(noise: Tensor, scheduler: DDPMScheduler, t: int) -> Tensor:
@@ -303,10 +318,12 @@ def ensemble_statistics(positions: Tensor) -> tuple[Tensor, Tensor]:
 __all__ = [
     "BLUR_KERNEL_SIZE",
     "BLUR_REFERENCE_SIZE",
+    "MAX_BETA",
     "ONE_CALL",
     "BetaScaling",
     "BlurScaling",
     "ChainDecoding",
+    "LandmarkInference",
     "LandmarkSampler",
     "X0Estimate",
     "as_x0",

@@ -7,14 +7,20 @@ is of the scheduler's ``prediction_type`` (epsilon, v or x0), so conditional mod
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
 from monai.networks.schedulers import DDPMScheduler
 from torch import Tensor
 
+from xraydiff.diffusion.specs import ScheduleSpec
+from xraydiff.errors import DataError
+
 PredictionType = Literal["epsilon", "v_prediction", "sample"]
+# 'scaled': the linear betas' ends x 1000 / T (Nichol & Dhariwal's improved-diffusion); 'literal': as given
+BetaScaling = Literal["scaled", "literal"]
+MAX_BETA = 0.999  # a scaled beta never reaches 1 (alpha_t = 0 would end the chain in one step)
 Denoiser = Callable[[Tensor, Tensor], Tensor]
 
 
@@ -25,9 +31,18 @@ def make_scheduler(
     beta_end: float = 0.02,
     prediction_type: PredictionType = "epsilon",
     clip_sample: bool = True,
+    beta_scaling: BetaScaling = "literal",
 ) -> DDPMScheduler:
     """MONAI's scheduler holding the variance schedule beta_1..beta_T (linear in the papers), its
-    alphas_cumprod and the forward noising; ``reverse_process`` steps with it whatever the sampler."""
+    alphas_cumprod and the forward noising; ``reverse_process`` steps with it whatever the sampler.
+
+    ``beta_scaling`` 'scaled' multiplies both ends by 1000 / T, as improved-diffusion's linear schedule does
+    (Nichol & Dhariwal 2021), capped at ``MAX_BETA``, so that x_{T-1} is noise at any T; 'literal' keeps them."""
+    if beta_scaling not in get_args(BetaScaling):
+        raise DataError(None, f"beta_scaling must be one of {get_args(BetaScaling)}, got {beta_scaling!r}")
+    if beta_scaling == "scaled":
+        factor = 1000.0 / num_train_timesteps
+        beta_start, beta_end = min(beta_start * factor, MAX_BETA), min(beta_end * factor, MAX_BETA)
     return DDPMScheduler(
         num_train_timesteps=num_train_timesteps,
         schedule=beta_schedule,
@@ -35,6 +50,14 @@ def make_scheduler(
         beta_end=beta_end,
         clip_sample=clip_sample,
         prediction_type=prediction_type,
+    )
+
+
+def scheduler_of(schedule: ScheduleSpec, clip_sample: bool = True) -> DDPMScheduler:
+    """``make_scheduler`` of a model's schedule options."""
+    s = schedule
+    return make_scheduler(
+        s.num_train_timesteps, s.beta_schedule, s.beta_start, s.beta_end, s.prediction_type, clip_sample, s.beta_scaling
     )
 
 

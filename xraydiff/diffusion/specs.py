@@ -9,7 +9,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
-from xraydiff.diffusion.choices import DEFAULT_SAMPLER
+from xraydiff.diffusion.choices import DEFAULT_SAMPLER, Sampler
 from xraydiff.errors import DataError
 
 
@@ -35,7 +35,7 @@ class ScheduleSpec:
     beta_start: float = 1e-4
     beta_end: float = 0.02
     beta_schedule: str = "linear_beta"
-    beta_scaling: Literal["literal", "scaled"] = "literal"
+    beta_scaling: Literal["scaled", "literal"] = "literal"
     prediction_type: Literal["epsilon", "v_prediction", "sample"] = "epsilon"
 
 
@@ -44,7 +44,7 @@ class SamplingSpec:
     """The default reverse process: a sampler of ``xraydiff.diffusion.choices``, its steps k (the full chain
     runs T) and DDIM's eta (Song et al., eq. 16)."""
 
-    sampler: str = DEFAULT_SAMPLER
+    sampler: Sampler = DEFAULT_SAMPLER
     sampling_steps: int | None = 10
     ddim_eta: float = 0.0
 
@@ -66,18 +66,19 @@ class OptimSpec:
 Spec = TypeVar("Spec")
 
 
-def as_spec(cls: type[Spec], value: Spec | dict | None) -> Spec:
-    """``value`` as a ``cls``: itself, or the mapping a checkpoint or config stored (lists as tuples); DataError
-    naming the unknown keys."""
+def as_spec(cls: type[Spec], value: Spec | dict | None, base: Spec | None = None) -> Spec:
+    """``value`` as a ``cls``: itself, or the mapping a checkpoint or config stored (lists as tuples) over
+    ``base`` (the model's default group; a key it lacks keeps the model's default); DataError naming unknown keys."""
     if isinstance(value, cls):
         return value
+    base = base if base is not None else cls()
     if value is None:
-        return cls()
+        return base
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(value) - names)
     if unknown:
         raise DataError(None, f"{cls.__name__} has no option {', '.join(unknown)} (known: {', '.join(sorted(names))})")
-    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in value.items()})
+    return dataclasses.replace(base, **{k: tuple(v) if isinstance(v, list) else v for k, v in value.items()})
 
 
 def grouped(flat: dict[str, Any], groups: dict[str, type]) -> dict[str, Any]:

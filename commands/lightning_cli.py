@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import os
 import re
@@ -22,6 +23,7 @@ from callbacks.run_record import RunRecord, check_config_copy, remove_earlier_ru
 from commands.parsing import (
     BASE,
     ConciseErrors,
+    compose_configs,
     config_paths,
     expand_bases,
     init_parameters,
@@ -294,6 +296,9 @@ def check_model_class(ckpt_path: str, model_class_path: str) -> None:
 # ----------------------------------------------------------------------------- config files
 
 
+SECTIONS = ("model", "data")
+
+
 def check_config_files(argv: list[str]) -> None:
     """Read every ``--config`` file before jsonargparse does: YAML errors and unknown ``init_args`` keys
     of ``model`` / ``data`` classes become DataErrors with file, line and the nearest valid key."""
@@ -308,14 +313,28 @@ def check_config_files(argv: list[str]) -> None:
         for key in flags:
             if key in cls.renamed_parameters and key.split(".")[0] not in valid_somewhere:
                 raise DataError(None, f"--model.init_args.{key} is now --model.init_args.{cls.renamed_parameters[key]}")
-    for path in config_paths(argv):
+    for key in (k for k in flags if k.count(".") == 1):
+        group, option = key.split(".")
+        fields = {f.name for c in models for g, spec in getattr(c, "GROUPS", {}).items() if g == group
+                  for f in dataclasses.fields(spec)}  # fmt: skip
+        if fields and option not in fields:
+            close = nearest(option, fields)
+            hint = f"; did you mean '{group}.{close}'?" if close else f" (valid: {', '.join(sorted(fields))})"
+            raise DataError(None, f"--model.init_args.{key}: {group} has no option '{option}'{hint}")
+    paths = config_paths(argv)
+    for index, path in enumerate(paths):
         document = read_yaml(path)
         if not isinstance(document, dict):
             continue
-        for section in ("model", "data"):
+        composed = (
+            compose_configs(paths[: index + 1]) if any(isinstance(document.get(s), dict) for s in SECTIONS) else {}
+        )
+        for section in SECTIONS:
             spec = document.get(section)
-            if not isinstance(spec, dict) or not isinstance(spec.get("class_path"), str):
+            class_path = (composed.get(section) or {}).get("class_path")
+            if not isinstance(spec, dict) or not isinstance(class_path, str):
                 continue
+            spec = {**spec, "class_path": class_path}
             module_name, _, name = spec["class_path"].rpartition(".")
             try:
                 cls = getattr(importlib.import_module(module_name), name)
@@ -343,6 +362,18 @@ def check_config_files(argv: list[str]) -> None:
                         f"{section}.init_args.{key}: {name} has no parameter '{key}'{hint}",
                         key_lines(path).get((section, "init_args", key)),
                     )
+                group = getattr(cls, "GROUPS", {}).get(key)
+                given = (spec.get("init_args") or {}).get(key)
+                for option in given if group is not None and isinstance(given, dict) else ():
+                    fields = {f.name for f in dataclasses.fields(group)}
+                    if option not in fields:
+                        close = nearest(option, fields)
+                        hint = f"; did you mean '{close}'?" if close else f" (valid: {', '.join(sorted(fields))})"
+                        raise DataError(
+                            path,
+                            f"{section}.init_args.{key}.{option}: {name}'s {key} has no option '{option}'{hint}",
+                            key_lines(path).get((section, "init_args", key, option)),
+                        )
 
 
 def _models() -> list[type]:

@@ -10,6 +10,7 @@ from monai.networks.nets import PatchDiscriminator
 from torch import Tensor
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
+from lightning_modules.diffusion import OptionGroups
 from lightning_modules.generative import GenerativeModule, model_class
 from xraydiff.checkpoints import read_checkpoint
 from xraydiff.diffusion.latent import (
@@ -20,10 +21,11 @@ from xraydiff.diffusion.latent import (
     compression_factor,
     latent_shape,
 )
+from xraydiff.diffusion.specs import AdversarialSpec
 from xraydiff.errors import DataError
 
 
-class LatentAutoencoder(GenerativeModule):
+class LatentAutoencoder(OptionGroups, GenerativeModule):
     """MONAI ``AutoencoderKL`` trained as the first stage of Rombach et al. (sect. 3.1), as in Medfusion's VAE.
 
     Loss of the autoencoder (``xraydiff.diffusion.latent.autoencoder_loss``):
@@ -53,11 +55,13 @@ class LatentAutoencoder(GenerativeModule):
         perceptual_weight: weight of MONAI's ``PerceptualLoss`` (0: off). Needs the pretrained weights of
             ``perceptual_network``, downloaded beforehand; a run that cannot load them stops at start.
         perceptual_network: the ``network_type`` of MONAI's ``PerceptualLoss`` (e.g. 'squeeze', 'alex').
-        adversarial_weight: weight of the generator's adversarial term (0: no discriminator).
-        adversarial_warmup: autoencoder steps before the adversarial term and the discriminator start.
-        discriminator_channels, discriminator_layers: width and depth of the ``PatchDiscriminator``.
-        learning_rate: Adam learning rate of the autoencoder; discriminator_learning_rate: of the discriminator.
+        gan: the patch GAN (``AdversarialSpec``): the weight of the generator's adversarial term (0: no
+            discriminator), autoencoder steps before the term and the discriminator start, the
+            ``PatchDiscriminator``'s width and depth, the discriminator's learning rate.
+        learning_rate: Adam learning rate of the autoencoder.
     """
+
+    GROUPS = {"gan": AdversarialSpec}
 
     def __init__(
         self,
@@ -71,15 +75,14 @@ class LatentAutoencoder(GenerativeModule):
         kl_weight: float = 1e-6,
         perceptual_weight: float = 0.0,
         perceptual_network: str = "squeeze",
-        adversarial_weight: float = 0.0,
-        adversarial_warmup: int = 0,
-        discriminator_channels: int = 64,
-        discriminator_layers: int = 3,
+        gan: AdversarialSpec = AdversarialSpec(),
         learning_rate: float = 1e-4,
-        discriminator_learning_rate: float = 1e-4,
     ):
         super().__init__()
         self.save_hyperparameters()
+        self.init_groups(gan=gan)
+        a = self.gan
+        adversarial_weight, adversarial_warmup = a.adversarial_weight, a.adversarial_warmup
         self.automatic_optimization = False
         self.image_size = (int(image_size[0]), int(image_size[1]))
         if min(kl_weight, perceptual_weight, adversarial_weight) < 0 or adversarial_warmup < 0:
@@ -99,9 +102,9 @@ class LatentAutoencoder(GenerativeModule):
         if adversarial_weight > 0:
             self.discriminator = PatchDiscriminator(
                 spatial_dims=2,
-                channels=discriminator_channels,
+                channels=a.discriminator_channels,
                 in_channels=1,
-                num_layers_d=discriminator_layers,
+                num_layers_d=a.discriminator_layers,
             )
             self.adversarial = PatchAdversarialLoss(criterion="least_squares")
         # The autoencoder's optimizer steps: the adversarial warm-up's clock, saved for exact resume.
@@ -136,7 +139,7 @@ class LatentAutoencoder(GenerativeModule):
 
     @property
     def adversarial_active(self) -> bool:
-        return self.discriminator is not None and int(self.autoencoder_steps) >= self.hparams.adversarial_warmup
+        return self.discriminator is not None and int(self.autoencoder_steps) >= self.gan.adversarial_warmup
 
     def reconstruct(self, images: Tensor) -> Tensor:
         """Decode the posterior mean: the deterministic reconstruction (B, 1, H, W) used for evaluation."""
@@ -155,7 +158,7 @@ class LatentAutoencoder(GenerativeModule):
         if self.adversarial_active:
             logits = self.discriminator(reconstruction)[-1]
             terms["adversarial"] = self.adversarial(logits, target_is_real=True, for_discriminator=False).float()
-            loss = loss + self.hparams.adversarial_weight * terms["adversarial"]
+            loss = loss + self.gan.adversarial_weight * terms["adversarial"]
         terms["loss"] = loss
         return terms
 
@@ -198,7 +201,7 @@ class LatentAutoencoder(GenerativeModule):
         autoencoder = torch.optim.Adam(self.autoencoder.parameters(), lr=self.hparams.learning_rate)
         if self.discriminator is None:
             return autoencoder
-        discriminator = torch.optim.Adam(self.discriminator.parameters(), lr=self.hparams.discriminator_learning_rate)
+        discriminator = torch.optim.Adam(self.discriminator.parameters(), lr=self.gan.discriminator_learning_rate)
         return [autoencoder, discriminator]
 
     # ------------------------------------------------------------------------------ evaluation

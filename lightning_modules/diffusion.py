@@ -19,17 +19,13 @@ from xraydiff.diffusion.specs import NetworkSpec, OptimSpec, SamplingSpec, Sched
 from xraydiff.errors import DataError
 
 
-class DiffusionModule(WeightAverageMixin):
-    """Network, EMA, schedule, sampler and optimiser of a diffusion model, from its option groups.
+class OptionGroups:
+    """A LightningModule configured by typed option groups (``GROUPS``: name -> spec dataclass): each kept as its
+    spec (a mapping given, a checkpoint's or a config's, read over the subclass's default group), stored in the
+    checkpoint's hyperparameters as a mapping; checkpoints and configs of the flat options before the groups are
+    upgraded or refused with the new names."""
 
-    ``network``, ``schedule``, ``sampling``, ``optim``: the typed groups (``init_groups``), saved in the
-    checkpoint's hyperparameters as mappings; ``init_denoiser`` sets the network, its EMA copy and the schedule.
-    ``clip_sample``: whether x0 predictions are clamped to [-1, 1] (images: yes; unit-variance latents: no).
-    ``sampling_memory_format``: the memory format the EMA network samples in (channels-last where measured
-    faster per call: ``benchmarks/ddpm.py --compile-step``).
-    """
-
-    GROUPS = {"network": NetworkSpec, "schedule": ScheduleSpec, "sampling": SamplingSpec, "optim": OptimSpec}
+    GROUPS: dict[str, type] = {}
     earlier_names: dict[str, str] = {}  # a subclass's own renamed options
     # Config keys of earlier versions, refused with the name that replaced them (commands.lightning_cli): every
     # option now inside a group (``channels`` -> ``network.channels``), set for each subclass.
@@ -40,18 +36,39 @@ class DiffusionModule(WeightAverageMixin):
         grouped_names = {f.name: f"{g}.{f.name}" for g, spec in cls.GROUPS.items() for f in dataclasses.fields(spec)}
         cls.renamed_parameters = {**grouped_names, **cls.earlier_names}
 
-    clip_sample: bool = True
-    sampling_memory_format: torch.memory_format = torch.contiguous_format
-
     def init_groups(self, **given) -> None:
-        """Keep each option group (``GROUPS``) as its typed spec, a mapping given (a checkpoint's, a config's)
-        read over the subclass's default group; the checkpoint's hyperparameters hold them as mappings."""
+        """Set every group of ``GROUPS`` from ``given`` (a spec, a mapping or None) over the signature's default."""
         defaults = inspect.signature(type(self).__init__).parameters
         for name, cls in self.GROUPS.items():
             spec = as_spec(cls, given.get(name), defaults[name].default)
             setattr(self, name, spec)
             if name in self.hparams:
                 self.hparams[name] = dataclasses.asdict(spec)
+
+    @classmethod
+    def upgrade_hparams(cls, hparams: dict) -> dict:
+        """The hyperparameters of a checkpoint saved before the option groups, grouped (newer ones unchanged)."""
+        return grouped(hparams, cls.GROUPS)
+
+
+class DiffusionModule(OptionGroups, WeightAverageMixin):
+    """Network, EMA, schedule, sampler and optimiser of a diffusion model, from its option groups.
+
+    ``network``, ``schedule``, ``sampling``, ``optim``: the typed groups (``init_groups``), saved in the
+    checkpoint's hyperparameters as mappings; ``init_denoiser`` sets the network, its EMA copy and the schedule.
+    ``clip_sample``: whether x0 predictions are clamped to [-1, 1] (images: yes; unit-variance latents: no).
+    ``sampling_memory_format``: the memory format the EMA network samples in (channels-last where measured
+    faster per call: ``benchmarks/ddpm.py --compile-step``).
+    """
+
+    GROUPS = {"network": NetworkSpec, "schedule": ScheduleSpec, "sampling": SamplingSpec, "optim": OptimSpec}
+
+    clip_sample: bool = True
+    sampling_memory_format: torch.memory_format = torch.contiguous_format
+
+    def init_groups(self, **given) -> None:
+        """``OptionGroups.init_groups``, then the checks of the schedule, the sampler and the optimiser."""
+        super().init_groups(**given)
         if "sampling" in self.GROUPS:
             s, k = self.schedule, self.sampling
             check_diffusion_options(k.sampler, s.prediction_type, k.ddim_eta, k.sampling_steps, s.num_train_timesteps)
@@ -85,11 +102,6 @@ class DiffusionModule(WeightAverageMixin):
     def make_scheduler(self):
         """The model's variance schedule (MONAI's DDPM scheduler), which every sampler steps with."""
         return scheduler_of(self.schedule, self.clip_sample)
-
-    @classmethod
-    def upgrade_hparams(cls, hparams: dict) -> dict:
-        """The hyperparameters of a checkpoint saved before the option groups, grouped (newer ones unchanged)."""
-        return grouped(hparams, cls.GROUPS)
 
     def configure_optimizers(self):
         o = self.optim

@@ -7,7 +7,6 @@ import time
 import lightning as L
 import numpy as np
 import torch
-from monai.networks.nets import DiffusionModelUNet
 from torch import Tensor, nn
 
 from lightning_modules.diffusion import DiffusionModule
@@ -45,19 +44,18 @@ TRAINED_WITH = {
 
 
 class HeatmapDenoiser(nn.Module):
-    """Logits of x0 from U-Net([image, x_t], t): MONAI's time-conditioned ``DiffusionModelUNet`` with the
-    image concatenated to the noisy heatmaps and, as in the paper's sect. 3.1, a tanh in place of the
-    final SiLU, which in MONAI's (and guided diffusion's) U-Net sits before the output convolution:
-    GroupNorm -> tanh -> conv. The output is therefore unbounded; x0_hat = clamp(logits, -1, 1).
+    """Logits of x0 from U-Net([image, x_t], t): MONAI's time-conditioned ``DiffusionModelUNet`` (given, with
+    image + N input and N output channels) seeing the image concatenated to the noisy heatmaps and, as in the
+    paper's sect. 3.1, a tanh in place of the final SiLU, which in MONAI's (and guided diffusion's) U-Net sits
+    before the output convolution: GroupNorm -> tanh -> conv. The output is therefore unbounded;
+    x0_hat = clamp(logits, -1, 1).
 
     Shapes: image (B, C, H, W), x_t (B, N, H, W), t (B,) -> (B, N, H, W) logits.
     """
 
-    def __init__(self, image_channels: int, num_landmarks: int, **unet):
+    def __init__(self, unet: nn.Module):
         super().__init__()
-        self.unet = DiffusionModelUNet(
-            spatial_dims=2, in_channels=image_channels + num_landmarks, out_channels=num_landmarks, **unet
-        )
+        self.unet = unet
         if not isinstance(self.unet.out[1], nn.SiLU):
             raise TypeError(f"MONAI's output block changed: expected SiLU at out[1], found {self.unet.out[1]}")
         self.unet.out[1] = nn.Tanh()
@@ -142,21 +140,10 @@ class LandmarkDiffusion(DiffusionModule, TaggedCheckpointMixin, L.LightningModul
         check_inference(i.sampler, i.sampling_steps, i.ensemble, T, i.ddim_eta)
         check_inference(fit_validation, i.sampling_steps, 1, T, i.ddim_eta)
         self.image_size = (int(image_size[0]), int(image_size[1]))
-        n = self.network
-        # Default: attention at the two lowest resolutions, as in the paper.
-        levels = len(n.channels)
-        attention = n.attention_levels or (False,) * max(levels - 2, 0) + (True,) * min(levels, 2)
-        denoiser = HeatmapDenoiser(
-            image_channels,
-            num_landmarks,
-            channels=tuple(n.channels),
-            attention_levels=tuple(attention),
-            num_res_blocks=n.num_res_blocks,
-            norm_num_groups=n.norm_num_groups,
-            num_head_channels=n.num_head_channels,
-            use_flash_attention=n.use_flash_attention,
-        )
-        self.init_denoiser(denoiser)
+        levels = len(self.network.channels)
+        paper_attention = (False,) * max(levels - 2, 0) + (True,) * min(levels, 2)  # at the two lowest resolutions
+        unet = self.build_unet(image_channels + num_landmarks, num_landmarks, default_attention=paper_attention)
+        self.init_denoiser(HeatmapDenoiser(unet))
 
     # ------------------------------------------------------------------------------ training
 

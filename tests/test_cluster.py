@@ -92,7 +92,12 @@ def test_ddp_fit_and_sample_with_two_cpu_processes(tmp_path):
 
 # Every kind of training loop: the paired DDPM, the autoencoder with its GAN (manual optimization, two
 # optimizers), the LDM on a frozen autoencoder. (model class, fit arguments, steps per epoch on the tiny data)
-ADVERSARIAL = ("--model.init_args.adversarial_weight", "0.1", "--model.init_args.adversarial_warmup", "1")
+ADVERSARIAL = (
+    "--model.init_args.gan.adversarial_weight",
+    "0.1",
+    "--model.init_args.gan.adversarial_warmup",
+    "1",
+)
 MODELS = {
     "paired_ddpm": ("PairedDDPM", DDPM, 4),
     "adversarial_autoencoder": ("LatentAutoencoder", [*AUTOENCODER, *ADVERSARIAL], 2),

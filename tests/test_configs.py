@@ -3,6 +3,7 @@ Config errors name the file, the line and the nearest valid key."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -77,14 +78,23 @@ def test_config_parses(cli, path, monkeypatch):
 def test_a_renamed_argument_is_caught(cli, tmp_path):
     config = yaml.safe_load((REPO / "configs/demo/hand_ddpm.yaml").read_text())
     config["base"] = str(REPO / "configs/demo" / config["base"])
-    config["model"]["init_args"]["num_res_block"] = config["model"]["init_args"].pop("num_res_blocks")
+    network = config["model"]["init_args"]["network"]
+    network["num_res_block"] = network.pop("num_res_blocks")
+    config["model"]["init_args"]["heatmap_sigm"] = 1.5
     path = tmp_path / "renamed.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
-    line = next(k for k, text in enumerate(path.read_text().splitlines(), 1) if "num_res_block:" in text)
+    lines = path.read_text().splitlines()
+    line = next(k for k, text in enumerate(lines, 1) if "num_res_block:" in text)
     code, _, err = cli("fit", "--config", path, "--print_config")
     assert code != 0
-    assert f"{path}:{line}: model.init_args.num_res_block: PairedDDPM has no parameter 'num_res_block'" in err
+    assert f"{path}:{line}: model.init_args.network.num_res_block: PairedDDPM's network has no option" in err
     assert "did you mean 'num_res_blocks'?" in err
+    del network["num_res_block"]
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    line = next(k for k, text in enumerate(path.read_text().splitlines(), 1) if "heatmap_sigm:" in text)
+    code, _, err = cli("fit", "--config", path, "--print_config")
+    assert f"{path}:{line}: model.init_args.heatmap_sigm: PairedDDPM has no parameter 'heatmap_sigm'" in err
+    assert "did you mean 'heatmap_sigma'?" in err
 
 
 def test_a_yaml_syntax_error_names_file_and_line(cli, tmp_path):
@@ -183,12 +193,21 @@ def test_no_init_arg_restates_the_class_default(path):
             for key, p in inspect.signature(klass.__init__).parameters.items()
             if p.default is not inspect.Parameter.empty
         }
-        for key, value in ((own.get(section) or {}).get("init_args") or {}).items():
-            default = defaults.get(key, KeyError)
+        given = [
+            ((key,), value, defaults.get(key, KeyError))
+            for key, value in ((own.get(section) or {}).get("init_args") or {}).items()
+            if not (isinstance(value, dict) and dataclasses.is_dataclass(defaults.get(key)))
+        ] + [  # an option of a group (network, schedule, ...) against the model's default group
+            ((key, option), value, getattr(defaults[key], option, KeyError))
+            for key, group in ((own.get(section) or {}).get("init_args") or {}).items()
+            if isinstance(group, dict) and dataclasses.is_dataclass(defaults.get(key))
+            for option, value in group.items()
+        ]
+        for key, value, default in given:
             default = list(default) if isinstance(default, tuple) else default
-            undoes = lookup(below, (section, "init_args", key)) not in (KeyError, value)
+            undoes = lookup(below, (section, "init_args", *key)) not in (KeyError, value)
             if default == value and type(default) is type(value) and not undoes:
-                restated.append(f"{section}.init_args.{key}")
+                restated.append(f"{section}.init_args.{'.'.join(key)}")
     assert not restated, f"{path} restates class defaults: {restated}"
 
 
@@ -224,7 +243,8 @@ def test_a_composed_run_saves_a_complete_config(cli, tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
     delta = tmp_path / "delta.yaml"
     delta.write_text(
-        f"base: {REPO / 'configs/demo/hand_ddpm.yaml'}\nmodel:\n  init_args: {{num_train_timesteps: 20}}\n"
+        f"base: {REPO / 'configs/demo/hand_ddpm.yaml'}\n"
+        "model:\n  init_args: {schedule: {num_train_timesteps: 20}}\n"
     )
     root = tmp_path / "run"
     tiny = ["--trainer.max_steps", "1", "--trainer.limit_val_batches", "0", "--trainer.logger", "false",
@@ -233,5 +253,5 @@ def test_a_composed_run_saves_a_complete_config(cli, tmp_path, monkeypatch):
     code, _, err = cli("fit", "--config", delta, *tiny)
     assert code == 0, err[-2000:]
     saved = yaml.safe_load((root / "config.yaml").read_text())
-    assert saved.get(BASE) is None and saved["model"]["init_args"]["num_train_timesteps"] == 20
-    assert saved["model"]["init_args"]["channels"] == [32, 64, 64]  # from the base
+    assert saved.get(BASE) is None and saved["model"]["init_args"]["schedule"]["num_train_timesteps"] == 20
+    assert saved["model"]["init_args"]["network"]["channels"] == [32, 64, 64]  # from the base

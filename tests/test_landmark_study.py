@@ -142,7 +142,7 @@ def test_several_training_seeds_are_trained_evaluated_and_compared_over_seeds(cl
         ({"modes": {"bad": {"sampler": "ddpm", "max_images": 0}}}, "modes.bad.max_images must be at least 1"),
         (
             {"modes": {"bad": {"sampler": "ddim", "sampling_steps": 3, "x0_estimate": "tanh"}}},
-            "x0 estimate must be one of",
+            "x0_estimate must be one of",
         ),
         (
             {"modes": {"bad": {"sampler": "ddim", "sampling_steps": 3, "chain_decoding": "mean"}}},

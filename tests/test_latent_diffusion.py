@@ -104,7 +104,13 @@ def test_autoencoder_trains_and_its_reconstruction_error_falls(autoencoder_check
 def test_adversarial_autoencoder_resumes_exactly_with_both_optimizers(cli, tmp_path):
     """Two epochs in one go equal one epoch, a checkpoint and a resumed second epoch: autoencoder,
     discriminator, both optimizers and the warm-up clock (the discriminator starts after 3 steps)."""
-    gan = [*AUTOENCODER, "--model.init_args.adversarial_weight", "0.1", "--model.init_args.adversarial_warmup", "3"]
+    gan = [
+        *AUTOENCODER,
+        "--model.init_args.gan.adversarial_weight",
+        "0.1",
+        "--model.init_args.gan.adversarial_warmup",
+        "3",
+    ]
     straight = fit(cli, tmp_path / "a", gan, "--trainer.max_epochs", "2")
     first = fit(cli, tmp_path / "b", gan, "--trainer.max_epochs", "1")
     resumed = fit(cli, tmp_path / "b", gan, "--trainer.max_epochs", "2", "--ckpt_path", first)

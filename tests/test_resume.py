@@ -11,7 +11,12 @@ from tiny import AUTOENCODER, DDPM, LANDMARK_DIFFUSION, LDM, LOCALIZER, SEGMENTE
 # validation that drew from the training stream would show. (fit arguments, stop, total)
 AUGMENTED = ["--data.init_args.augmentation", "default", "--trainer.check_val_every_n_epoch", "1"]
 PANORAMIC_BATCH_2 = ["--data.init_args.batch_size", "2"]  # 8 generator images: 4 steps per epoch
-ADVERSARIAL = ["--model.init_args.adversarial_weight", "0.1", "--model.init_args.adversarial_warmup", "1"]
+ADVERSARIAL = [
+    "--model.init_args.gan.adversarial_weight",
+    "0.1",
+    "--model.init_args.gan.adversarial_warmup",
+    "1",
+]
 CASES = {
     "paired_ddpm-mid-epoch": ([*DDPM, *AUGMENTED], 3, 6),  # 4 steps per epoch
     "paired_ddpm-epoch-end": ([*DDPM, *AUGMENTED], 4, 8),

@@ -63,6 +63,19 @@ class OptimSpec:
     ema_warmup: bool = True
 
 
+@dataclass(frozen=True)
+class AdversarialSpec:
+    """The patch GAN of the first stage (Rombach et al., sect. 3.1; Medfusion's VAE): weight of the generator's
+    least-squares term (0: no discriminator), autoencoder steps before it starts, MONAI's ``PatchDiscriminator``
+    width and depth, and the discriminator's Adam learning rate."""
+
+    adversarial_weight: float = 0.0
+    adversarial_warmup: int = 0
+    discriminator_channels: int = 64
+    discriminator_layers: int = 3
+    discriminator_learning_rate: float = 1e-4
+
+
 Spec = TypeVar("Spec")
 
 

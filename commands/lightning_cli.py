@@ -354,26 +354,21 @@ def check_config_files(argv: list[str]) -> None:
                         f"{section}.init_args.{key} is now '{renamed[key]}' ({name})",
                         key_lines(path).get((section, "init_args", key)),
                     )
-                if key not in valid:
-                    close = nearest(key, valid)
-                    hint = f"; did you mean '{close}'?" if close else f" (valid: {', '.join(sorted(valid))})"
-                    raise DataError(
-                        path,
-                        f"{section}.init_args.{key}: {name} has no parameter '{key}'{hint}",
-                        key_lines(path).get((section, "init_args", key)),
-                    )
+                _refuse_unknown(path, (section, "init_args", key), valid, f"{name} has no parameter")
                 group = getattr(cls, "GROUPS", {}).get(key)
                 given = (spec.get("init_args") or {}).get(key)
                 for option in given if group is not None and isinstance(given, dict) else ():
                     fields = {f.name for f in dataclasses.fields(group)}
-                    if option not in fields:
-                        close = nearest(option, fields)
-                        hint = f"; did you mean '{close}'?" if close else f" (valid: {', '.join(sorted(fields))})"
-                        raise DataError(
-                            path,
-                            f"{section}.init_args.{key}.{option}: {name}'s {key} has no option '{option}'{hint}",
-                            key_lines(path).get((section, "init_args", key, option)),
-                        )
+                    _refuse_unknown(path, (section, "init_args", key, option), fields, f"{name}'s {key} has no option")
+
+
+def _refuse_unknown(path: Path, key: tuple, valid: set[str], what: str) -> None:
+    """DataError naming the file, the line and the nearest valid name when ``key``'s last part is not in ``valid``."""
+    if key[-1] in valid:
+        return
+    close = nearest(key[-1], valid)
+    hint = f"; did you mean '{close}'?" if close else f" (valid: {', '.join(sorted(valid))})"
+    raise DataError(path, f"{'.'.join(key)}: {what} '{key[-1]}'{hint}", key_lines(path).get(key))
 
 
 def _models() -> list[type]:

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from lightning_modules.generative import WeightAverageMixin
 from lightning_modules.optim import adamw_with_schedule, check_lr_schedule
 from xraydiff.diffusion.engine import check_diffusion_options, check_sampling, sample
-from xraydiff.diffusion.objectives import scheduler_of
+from xraydiff.diffusion.objectives import diffusion_loss, scheduler_of
 from xraydiff.diffusion.specs import NetworkSpec, OptimSpec, SamplingSpec, ScheduleSpec, as_spec, grouped
 from xraydiff.errors import DataError
 
@@ -102,6 +102,44 @@ class DiffusionModule(OptionGroups, WeightAverageMixin):
     def make_scheduler(self):
         """The model's variance schedule (MONAI's DDPM scheduler), which every sampler steps with."""
         return scheduler_of(self.schedule, self.clip_sample)
+
+    # ------------------------------------------------------------------------------ training
+
+    def training_x0(self, batch: dict) -> Tensor:
+        """The x0 a training batch gives the denoiser (image/heatmap pairs, latents)."""
+        raise NotImplementedError
+
+    def evaluation_x0(self, batch: dict, generator: torch.Generator) -> Tensor:
+        """The x0 of a validation / test batch, drawn with ``generator`` where it is random."""
+        return self.training_x0(batch)
+
+    def diffusion_loss(
+        self, x0: Tensor, model: nn.Module | None = None, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """The objective of ``prediction_type`` (Ho et al., eq. 14 for epsilon) on x0 (``xraydiff.diffusion``)."""
+        network = model or self.unet
+        return diffusion_loss(lambda x, t: network(x, timesteps=t), x0, self.scheduler, generator)
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        loss = self.diffusion_loss(self.training_x0(batch))
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"])
+        return loss
+
+    def _evaluate(self, batch: dict, batch_idx: int, stage: str) -> Tensor:
+        # A fixed generator per batch makes the loss comparable across epochs and leaves the
+        # global random state (and thus exact resumption) untouched.
+        generator = torch.Generator(device=self.device).manual_seed(batch_idx)
+        x0 = self.evaluation_x0(batch, generator)
+        loss = self.diffusion_loss(x0, self.ema.module, generator)
+        self.log(f"{stage}/loss", loss, prog_bar=True, sync_dist=True, batch_size=x0.shape[0])
+        return loss
+
+    def validation_step(self, batch: dict, batch_idx: int) -> Tensor:
+        return self._evaluate(batch, batch_idx, "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> Tensor:
+        return self._evaluate(batch, batch_idx, "test")
 
     def configure_optimizers(self):
         o = self.optim

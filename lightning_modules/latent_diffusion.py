@@ -19,7 +19,6 @@ from xraydiff.diffusion.latent import (
     posterior_moments,
     scale_factor_from_moments,
 )
-from xraydiff.diffusion.objectives import diffusion_loss
 from xraydiff.diffusion.specs import NetworkSpec, OptimSpec, SamplingSpec, ScheduleSpec
 from xraydiff.errors import DataError
 
@@ -189,35 +188,17 @@ class LatentDiffusion(DiffusionModule, GenerativeModule):
 
     # ------------------------------------------------------------------------------ training
 
-    def diffusion_loss(self, latents: Tensor, model=None, generator: torch.Generator | None = None) -> Tensor:
-        network = model or self.unet
-        return diffusion_loss(lambda x, t: network(x, timesteps=t), latents, self.scheduler, generator)
-
     def _training_latents(self, batch: dict) -> Tensor:
         """s z, z ~ q(z | x) of the batch: from the encoder, or from the cached posteriors (the same draw)."""
         if self.posterior_cache is None:
             return self.encode(self._images(batch))
         return self.posterior_cache.draw(batch["index"]) * self.scale_factor
 
-    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
-        loss = self.diffusion_loss(self._training_latents(batch))
-        self.log("train/loss", loss, prog_bar=True)
-        self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"])
-        return loss
+    def training_x0(self, batch: dict) -> Tensor:
+        return self._training_latents(batch)
 
-    def _evaluate(self, batch: dict, batch_idx: int, stage: str) -> Tensor:
-        # A fixed generator per batch: comparable across epochs, global random state untouched.
-        generator = torch.Generator(device=self.device).manual_seed(batch_idx)
-        latents = self.encode(self._images(batch), generator)
-        loss = self.diffusion_loss(latents, self.ema.module, generator)
-        self.log(f"{stage}/loss", loss, prog_bar=True, sync_dist=True, batch_size=latents.shape[0])
-        return loss
-
-    def validation_step(self, batch: dict, batch_idx: int) -> Tensor:
-        return self._evaluate(batch, batch_idx, "val")
-
-    def test_step(self, batch: dict, batch_idx: int) -> Tensor:
-        return self._evaluate(batch, batch_idx, "test")
+    def evaluation_x0(self, batch: dict, generator: torch.Generator) -> Tensor:
+        return self.encode(self._images(batch), generator)
 
     # ------------------------------------------------------------------------------ sampling
 

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from lightning_modules.diffusion import DiffusionModule
 from lightning_modules.generative import PairedGenerativeModule
 from xraydiff.diffusion.choices import DEFAULT_SAMPLER
-from xraydiff.diffusion.objectives import diffusion_loss
 from xraydiff.diffusion.specs import NetworkSpec, OptimSpec, SamplingSpec, ScheduleSpec
 
 
@@ -59,26 +58,8 @@ class PairedDDPM(DiffusionModule, PairedGenerativeModule):
 
     # ------------------------------------------------------------------------------ training
 
-    def diffusion_loss(
-        self, x0: Tensor, model: nn.Module | None = None, generator: torch.Generator | None = None
-    ) -> Tensor:
-        """The objective of ``prediction_type`` (eq. 4 for epsilon) on pairs x0, see ``xraydiff.diffusion``."""
-        network = model or self.unet
-        return diffusion_loss(lambda x, t: network(x, timesteps=t), x0, self.scheduler, generator)
-
-    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
-        loss = self.diffusion_loss(self.to_pairs(batch))
-        self.log("train/loss", loss, prog_bar=True)
-        self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"])
-        return loss
-
-    def _evaluate(self, batch: dict, batch_idx: int, stage: str) -> Tensor:
-        # A fixed generator per batch makes the loss comparable across epochs and leaves the
-        # global random state (and thus exact resumption) untouched.
-        generator = torch.Generator(device=self.device).manual_seed(batch_idx)
-        loss = self.diffusion_loss(self.to_pairs(batch), self.ema.module, generator)
-        self.log(f"{stage}/loss", loss, prog_bar=True, sync_dist=True, batch_size=batch["image"].shape[0])
-        return loss
+    def training_x0(self, batch: dict) -> Tensor:
+        return self.to_pairs(batch)
 
     # ------------------------------------------------------------------------------ sampling
 

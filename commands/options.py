@@ -53,43 +53,33 @@ def restricted(base: type, checks: typing.Mapping) -> type:
     return _RESTRICTED[base, conditions]
 
 
-def _command_line_type(tp, checks: typing.Mapping):
-    """The jsonargparse type of a field: numbers narrowed by the field's bounds, also inside ``X | None``."""
-    if tp in (int, float):
-        return restricted(tp, checks)
+def _unwrap_optional(tp) -> tuple[typing.Any, bool]:
+    """(X, True) for ``X | None``, else (tp, False)."""
     args = get_args(tp)
     if type(None) in args and len(args) == 2:
-        inner = next(a for a in args if a is not type(None))
-        return _command_line_type(inner, checks) | None if inner in (int, float) else tp
-    return tp
+        return next(a for a in args if a is not type(None)), True
+    return tp, False
 
 
-def _choices(tp) -> tuple | None:
-    """The values of a Literal, also of ``Literal[...] | None`` (None: not a Literal)."""
-    if get_origin(tp) is Literal:
-        return get_args(tp)
-    inner = [a for a in get_args(tp) if a is not type(None)]
-    return _choices(inner[0]) if len(inner) == 1 and len(get_args(tp)) == 2 else None
-
-
-def add_options(parser: ConfigParser, cls: type, skip: tuple[str, ...] = ()) -> ConfigParser:
-    """``--name`` for every field of the dataclass ``cls``: a flag for a bool, choices for a Literal, the bounds
-    of ``option`` checked by the type (one line naming the option when broken)."""
+def add_options(parser: ConfigParser, cls: type) -> ConfigParser:
+    """``--name`` for every field of the dataclass ``cls``: a flag for a bool, choices for a Literal (also
+    ``Literal[...] | None``), numbers narrowed by the bounds of ``option`` (one line naming the option when broken)."""
     hints = typing.get_type_hints(cls)
-    fields = sorted(dataclasses.fields(cls), key=lambda f: not required(f))  # the required ones first
-    for field in (f for f in fields if f.name not in skip):
+    for field in sorted(dataclasses.fields(cls), key=lambda f: not required(f)):  # the required ones first
         tp, checks, flag = hints[field.name], field.metadata, f"--{field.name}"
         text = checks.get("help") or None
         if tp is bool:
             parser.add_argument(flag, action="store_true", help=text)
             continue
-        default = None if required(field) else field.default
-        words = _choices(tp)
-        if words:
-            parser.add_argument(flag, choices=words, default=default, required=required(field), help=text)
+        inner, optional = _unwrap_optional(tp)
+        given = {"default": None if required(field) else field.default, "required": required(field), "help": text}
+        if get_origin(inner) is Literal:
+            parser.add_argument(flag, choices=get_args(inner), **given)
+        elif inner in (int, float):
+            kind = restricted(inner, checks)
+            parser.add_argument(flag, type=kind | None if optional else kind, **given)
         else:
-            kind = _command_line_type(tp, checks)
-            parser.add_argument(flag, type=kind, default=default, required=required(field), help=text)
+            parser.add_argument(flag, type=tp, **given)
     return parser
 
 

@@ -80,9 +80,7 @@ def generate_samples(options: SampleOptions) -> Path:
         "model": class_path(model),
         "sampler": sampler_name,
         "steps": sampler_steps,
-        "ddim_eta": getattr(getattr(model, "sampling", None), "ddim_eta", None)
-        if choices.uses_eta(sampler_name)
-        else None,
+        "ddim_eta": model.sampling.ddim_eta if choices.uses_eta(sampler_name) else None,
         "seed": options.seed,
         "count": options.num_samples,
         "batch_size": options.batch_size,

@@ -17,9 +17,10 @@ from xraydiff.errors import DataError
 from xraydiff.landmarks.heatmaps import gaussian_heatmaps
 
 
-def model_class(path: str | Path, expected: type | None = None) -> type:
-    """The LightningModule class recorded in the checkpoint ``path``, checked against ``expected``."""
-    name = checkpoint_model_class(path)
+def model_class(path: str | Path, expected: type | None = None, checkpoint: dict | None = None) -> type:
+    """The LightningModule class recorded in the checkpoint ``path`` (its content ``checkpoint``, when read
+    already), checked against ``expected``."""
+    name = checkpoint_model_class(path) if checkpoint is None else checkpoint[CHECKPOINT_KEY]["model_class"]
     module_name, _, cls_name = name.rpartition(".")
     cls = getattr(importlib.import_module(module_name), cls_name)
     if expected is not None and not issubclass(cls, expected):
@@ -30,13 +31,13 @@ def model_class(path: str | Path, expected: type | None = None) -> type:
 def load_model(path: str | Path, expected: type | None = None) -> L.LightningModule:
     """Load the LightningModule saved in ``path`` on the CPU, checking its class against ``expected``; a
     checkpoint saved before the model's option groups loads with its options grouped (``upgrade_hparams``)."""
-    cls = model_class(path, expected)
+    checkpoint = read_checkpoint(path)
+    cls = model_class(path, expected, checkpoint)
     upgrade = getattr(cls, "upgrade_hparams", None)
-    groups = getattr(cls, "GROUPS", {})
     given = {}
     if upgrade is not None:
-        saved = upgrade(read_checkpoint(path).get("hyper_parameters", {}))
-        given = {name: saved[name] for name in groups if name in saved}
+        saved = upgrade(checkpoint.get("hyper_parameters", {}))
+        given = {name: saved[name] for name in cls.GROUPS if name in saved}
     return cls.load_from_checkpoint(path, map_location="cpu", **given)
 
 

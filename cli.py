@@ -1,8 +1,8 @@
 """The ``xraydiff`` command: parses the command line and dispatches; nothing more.
 
 * ``xraydiff fit|validate|test|predict --config ...``: LightningCLI over every model and DataModule.
-* ``xraydiff data summary``, ``sample``, ``blend``, ``acceptance fit|render|run|rate``: the parsers of
-  ``commands.options``, each paired here with the ``commands`` function it runs.
+* ``xraydiff data summary``, ``sample``, ``blend``, ``novelty``, ``acceptance fit|render|run|rate``: the parsers
+  of ``commands.options``, each paired here with the ``commands`` function it runs.
 * ``xraydiff experiment NAME --config ... --out DIR``: the study module ``experiments/NAME.py`` (each
   registers itself with ``STUDY``: augment, landmarks, blend).
 
@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable
 
 from commands import options, quiet
-from commands.parsing import ConfigParser, instantiate, nearest, parsing
+from commands.parsing import ConfigParser, config_paths, instantiate, nearest, parsed_arguments, parsing
 from experiments import studies, study, study_help
 from xraydiff.errors import DataError, Interrupted
 
@@ -29,13 +29,11 @@ commands:
   sample                            generate image/heatmap pairs (or LDM images) from a checkpoint
   acceptance fit|render|run|rate    MRF-SSM quality control of generated pairs
   blend                             synthetic image/mask pairs by anatomy-guided latent blending
+  novelty                           near copies: each sample's nearest training image, calibrated
 {experiments}
 
 Each command has its own --help.
 """
-
-
-# ------------------------------------------------------------------------------ what each command runs
 
 
 def run_data_summary(parser: ConfigParser, cfg) -> None:
@@ -86,12 +84,20 @@ def run_acceptance_rate(parser: ConfigParser, cfg) -> None:
     print(f"wrote {cfg.out}/acceptance.json")
 
 
+def run_novelty(parser: ConfigParser, cfg) -> None:
+    from commands.novelty import check_novelty
+
+    config = next(reversed(config_paths(parsed_arguments())), None)  # named by the errors of the data's splits
+    check_novelty(options.options_of(options.NoveltyOptions, cfg), instantiate(parser, cfg).data, config)
+
+
 Runner = Callable[[ConfigParser, object], None]
 # command words -> (its parser, what it runs)
 COMMANDS: dict[tuple[str, ...], tuple[Callable[[], ConfigParser], Runner]] = {
     ("data", "summary"): (options.data_summary_parser, run_data_summary),
     ("sample",): (options.sample_parser, run_sample),
     ("blend",): (options.blend_parser, run_blend),
+    ("novelty",): (options.novelty_parser, run_novelty),
     ("acceptance", "fit"): (options.acceptance_fit_parser, run_acceptance_fit),
     ("acceptance", "render"): (options.acceptance_render_parser, run_acceptance_render),
     ("acceptance", "run"): (options.acceptance_run_parser, run_acceptance_run),
@@ -132,7 +138,7 @@ def help_pages() -> list[list[str]]:
     return [[], *[[g] for g in groups], *map(list, COMMANDS), *(["experiment", name] for name in studies())]
 
 
-TOP_LEVEL = (*LIGHTNING_SUBCOMMANDS, "data", "sample", "blend", "acceptance", "experiment")
+TOP_LEVEL = (*LIGHTNING_SUBCOMMANDS, *dict.fromkeys(words[0] for words in COMMANDS), "experiment")
 
 
 def _unknown(argv: list[str]) -> None:

@@ -55,7 +55,12 @@ def render_split(datamodule, heatmap_sigma: float, options: AcceptanceRenderOpti
     items = datamodule.items[options.split]
     if not items:
         raise DataError(datamodule.root, f"the {options.split} split is empty")
-    source = {"data": datamodule.source, "split": options.split, "annotations_only": datamodule.annotations_only}
+    source = {
+        "anatomy": datamodule.anatomy,
+        "data": datamodule.source,
+        "split": options.split,
+        "annotations_only": datamodule.annotations_only,
+    }
     render_ground_truth(items, datamodule.image_size, heatmap_sigma, options.out, source, options.overwrite)
     print(f"wrote {len(items)} ground-truth samples of the {options.split} split to {options.out}/")
 
@@ -63,12 +68,17 @@ def render_split(datamodule, heatmap_sigma: float, options: AcceptanceRenderOpti
 def check_samples(options: AcceptanceRunOptions) -> dict:
     """``run_acceptance`` on a sample folder, with a one-line summary of the verdicts."""
     o = options
-    report = run_acceptance(o.samples, o.stats, o.out, o.rule_set, o.overwrite, o.batch_size)
+    report = run_acceptance(o.samples, o.stats, o.out, o.rule_set, o.overwrite, o.batch_size, novelty=o.novelty)
     by_set = ", ".join(f"{k} {v:.1%}" for k, v in report["acceptance_rate_by_rule_set"].items())
     print(
         f"{report['accepted']} of {report['n']} accepted: {report['acceptance_rate']:.1%} "
         f"({report['rule_set']} rules; {by_set}); failed rules {report['failed_rule_counts']}"
     )
+    if o.novelty is not None:
+        print(
+            f"{report['accepted_near_copies']} of the {report['accepted']} accepted samples are near copies "
+            f"({o.novelty})"
+        )
     print(f"wrote {o.out}/report.json, {o.out}/accepted/, {o.out}/gallery.png")
     return report
 

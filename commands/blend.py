@@ -156,6 +156,7 @@ def run_blend(options: BlendOptions, datamodule, gallery: int = 8, log=print) ->
     model = model.to(fabric.device).eval()
     manifest = {
         "command": "blend",
+        "anatomy": datamodule.anatomy,
         "ldm": str(Path(ldm).resolve()),
         "autoencoder": str(Path(autoencoder).resolve()) if autoencoder else None,
         "data_source": datamodule.source,

@@ -197,6 +197,9 @@ class Checking:
 class AcceptanceRunOptions(Checking, Output):
     samples: Path = option(help="folder of .npz samples (xraydiff sample)")
     batch_size: int = option(128, min=1, help="heatmaps per MRF call")
+    novelty: Path | None = option(
+        None, help="report.json of xraydiff novelty on these samples: accepted near copies counted and marked"
+    )
 
 
 @dataclass(kw_only=True)
@@ -204,6 +207,28 @@ class AcceptanceRateOptions(SamplingOptions, Checking, Output):
     out: Path = option(help="folder for acceptance.json")
     runs: int = option(10, min=1, help="runs; run r uses seed + r")
     num_samples: int = option(100, min=1, help="samples per run")
+
+
+@dataclass(kw_only=True)
+class NoveltySettings:
+    """How samples are compared with the training images (``novelty`` and the studies)."""
+
+    split: str = option("train", help="the training images (a split of the data config; the LDM's: generator)")
+    held_out: str = option("val", help="the real held-out images that calibrate the threshold")
+    level: float = option(0.01, above=0, below=0.5, help="a near copy is closer than all but this share of held-out")
+    space: Literal["pixel", "latent"] = option(
+        "pixel", help="pixel: the images at --size; latent: the posterior means of --autoencoder"
+    )
+    size: int = option(32, min=8, help="longer side of the compared images (area averaging; pixel space)")
+    max_shift: int = option(2, min=0, help="relative shifts tolerated, in pixels (latent cells) of what is compared")
+    autoencoder: Path | None = option(None, help="LatentAutoencoder or LatentDiffusion checkpoint (--space latent)")
+    batch_size: int = option(64, min=1, help="samples per matrix product (and per encoder call)")
+    gallery_size: int = option(8, min=1, help="closest samples shown with their nearest training images")
+
+
+@dataclass(kw_only=True)
+class NoveltyOptions(NoveltySettings, Output):
+    samples: Path = option(help="folder of samples (xraydiff sample, acceptance render or blend)")
 
 
 # ------------------------------------------------------------------------------------------ the parsers
@@ -277,3 +302,15 @@ def acceptance_rate_parser() -> ConfigParser:
         description="The paper's protocol: acceptance rate mean and SD over independent sampling runs.",
     )
     return add_options(parser, AcceptanceRateOptions)
+
+
+def novelty_parser() -> ConfigParser:
+    """Near copies: each sample's nearest training image, a threshold calibrated on held-out images."""
+    parser = data_parser(
+        "xraydiff novelty",
+        "How many samples are near copies of training images: each sample's nearest image of --split (1 - max "
+        "normalised cross-correlation over small shifts, at a reduced size or in an autoencoder's latent space), "
+        "flagged when closer than all but --level of the real --held_out images are. Writes report.json and "
+        "gallery.png; the data config's images are taken at the samples' size.",
+    )
+    return add_options(parser, NoveltyOptions)

@@ -78,6 +78,7 @@ def generate_samples(options: SampleOptions) -> Path:
     manifest = {
         "checkpoint": str(Path(options.ckpt_path).resolve()),
         "model": class_path(model),
+        "anatomy": (model.train_data or {}).get("anatomy"),
         "sampler": sampler_name,
         "steps": sampler_steps,
         "ddim_eta": model.sampling.ddim_eta if choices.uses_eta(sampler_name) else None,

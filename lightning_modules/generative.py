@@ -42,7 +42,13 @@ def load_model(path: str | Path, expected: type | None = None) -> L.LightningMod
 
 
 class TaggedCheckpointMixin:
-    """Records the model class in every checkpoint, so commands can refuse a foreign checkpoint."""
+    """Records the model class in every checkpoint, so commands can refuse a foreign checkpoint, and the training
+    set it was trained on (``train_data``: anatomy, split, images; None for a model not loaded from a checkpoint)."""
+
+    train_data: dict | None = None
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.train_data = checkpoint.get(CHECKPOINT_KEY, {}).get("train_data")
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         meta = {"model_class": class_path(self), "format": 1}

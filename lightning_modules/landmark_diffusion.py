@@ -186,6 +186,7 @@ class LandmarkDiffusion(DiffusionModule, TaggedCheckpointMixin, L.LightningModul
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Refuse a checkpoint whose heatmaps, image channels or size differ from this model's config,
         naming the file, before its weights are loaded."""
+        super().on_load_checkpoint(checkpoint)
         saved = self.upgrade_hparams(checkpoint.get("hyper_parameters", {}))
         path = getattr(self._trainer, "ckpt_path", None) if self._trainer is not None else None
         state = checkpoint.get("state_dict", {})

@@ -26,6 +26,7 @@ from xraydiff.acceptance.checker import AcceptanceChecker, Verdict
 from xraydiff.acceptance.config import RULE_SETS, STRICT_RULES
 from xraydiff.acceptance.statistics import ShapeStatistics
 from xraydiff.data.imageio import atomic_directory, atomic_write_bytes, check_output_folder, write_png
+from xraydiff.data.novelty import near_copy_ids
 from xraydiff.data.preview import acceptance_grid
 from xraydiff.data.samples import list_samples, read_sample, write_manifest, write_sample
 from xraydiff.errors import DataError
@@ -118,13 +119,16 @@ def run_acceptance(
     overwrite: bool = False,
     batch_size: int = 128,
     gallery_size: int = 32,
+    novelty: Path | None = None,
 ) -> dict:
-    """Check a samples folder against a statistics file and write report, dataset and gallery."""
+    """Check a samples folder against a statistics file and write report, dataset and gallery; with the
+    ``novelty`` report of the same samples (``xraydiff novelty``), accepted near copies are counted and marked."""
     out = Path(out)
     check_output_folder(out, overwrite, "acceptance run", inputs=(samples, stats_path))
     stats = ShapeStatistics.load(stats_path)
     checker = AcceptanceChecker(stats, rule_set)
     ids, images, heatmaps = load_samples(samples, stats, stats_path)
+    copies = None if novelty is None else near_copy_ids(novelty, ids)
     verdicts = check_in_batches(checker, heatmaps, ids, batch_size)
     report = {
         **summarize(verdicts, checker.rule_set),
@@ -132,6 +136,11 @@ def run_acceptance(
         "stats": str(stats_path),
         "samples": [v.to_json() for v in verdicts],
     }
+    if copies is not None:
+        report["novelty"] = str(novelty)
+        report["accepted_near_copies"] = sum(v.accepted and v.id in copies for v in verdicts)
+        for entry in report["samples"]:
+            entry["near_copy"] = entry["id"] in copies
     accepted = [k for k, v in enumerate(verdicts) if v.accepted]
     with atomic_directory(out, overwrite, "acceptance run", inputs=(samples, stats_path)) as staging:
         atomic_write_bytes(staging / "report.json", json.dumps(report, indent=1).encode())
@@ -148,7 +157,9 @@ def run_acceptance(
             images[shown],
             heatmaps[shown],
             [verdicts[k] for k in shown],
-            title=f"{report['accepted']} of {report['n']} accepted ({checker.rule_set} rules)",
+            title=f"{report['accepted']} of {report['n']} accepted ({checker.rule_set} rules)"
+            + ("" if copies is None else f"; {report['accepted_near_copies']} accepted near copies (orange)"),
+            near_copies=copies or (),
         )
     return report
 

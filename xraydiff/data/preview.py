@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import io
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -91,11 +91,38 @@ def pairs_grid(pairs: np.ndarray, path: Path, columns: int = 4, title: str | Non
     save_figure(fig, path)
 
 
+def novelty_grid(path: Path, cases: Sequence[dict], columns: int = 4, title: str | None = None) -> None:
+    """Samples beside their nearest training images (``image``, ``nearest`` (H, W) in [-1, 1], ``label``,
+    ``near_copy``): framed orange when the sample is a near copy."""
+    tiles = [side_by_side(case["image"], case["nearest"]) for case in cases]
+    fig, axes = _grid(len(tiles), columns, tiles[0].shape[0] / tiles[0].shape[1], tile=4.0)
+    for ax, tile, case in zip(axes, tiles, cases, strict=False):
+        ax.axis("on")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.imshow(tile, cmap="gray", vmin=-1, vmax=1)
+        color = "darkorange" if case["near_copy"] else "grey"
+        for spine in ax.spines.values():
+            spine.set_edgecolor(color)
+            spine.set_linewidth(3 if case["near_copy"] else 1)
+        ax.set_title(case["label"], fontsize=7, color=color if case["near_copy"] else "black")
+    if title:
+        fig.suptitle(title)
+    save_figure(fig, path)
+
+
 def acceptance_grid(
-    path: Path, images: np.ndarray, heatmaps: np.ndarray, verdicts: Sequence, columns: int = 4, title: str | None = None
+    path: Path,
+    images: np.ndarray,
+    heatmaps: np.ndarray,
+    verdicts: Sequence,
+    columns: int = 4,
+    title: str | None = None,
+    near_copies: Collection[str] = (),
 ) -> None:
     """Samples (image | heatmap) framed green when accepted and red when rejected, with the MRF labels
-    drawn on both halves and the failed rules written underneath (like Figs. 5-7 of Hadzic et al.)."""
+    drawn on both halves and the failed rules written underneath (like Figs. 5-7 of Hadzic et al.); accepted
+    samples among ``near_copies`` (ids) framed orange, "near copy" written underneath."""
     if len(verdicts) == 0:
         fig, ax = plt.subplots(figsize=(4, 1))
         ax.axis("off")
@@ -114,12 +141,14 @@ def acceptance_grid(
         colors = plt.cm.hsv(np.linspace(0, 0.9, len(points)))
         for offset in (0, width + 2):
             ax.scatter(points[:, 0] + offset, points[:, 1], s=5, c=colors, edgecolors="none")
-        color = "limegreen" if verdict.accepted else "red"
+        copy = verdict.accepted and verdict.id in near_copies
+        color = "darkorange" if copy else "limegreen" if verdict.accepted else "red"
         for spine in ax.spines.values():
             spine.set_edgecolor(color)
             spine.set_linewidth(3)
         ax.set_title(verdict.id, fontsize=7)
-        ax.set_xlabel(", ".join(verdict.failed_rules) or "accepted", fontsize=6, color=color)
+        verdict_text = "accepted, near copy" if copy else ", ".join(verdict.failed_rules) or "accepted"
+        ax.set_xlabel(verdict_text, fontsize=6, color=color)
     if title:
         fig.suptitle(title)
     save_figure(fig, path)

@@ -12,11 +12,12 @@ import io
 import json
 import zipfile
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from xraydiff.data.imageio import atomic_write_bytes, write_png
+from xraydiff.data.imageio import atomic_write_bytes, read_image, write_png
 from xraydiff.errors import DataError
 
 MANIFEST = "manifest.json"
@@ -108,6 +109,67 @@ def list_samples(directory: Path) -> list[Path]:
     if not paths:
         raise DataError(directory, "samples folder holds no .npz samples")
     return paths
+
+
+@dataclass(frozen=True)
+class SampleImages:
+    """The images of a folder the project wrote: ``sample`` / ``acceptance render`` (``<id>.npz``) or ``blend``
+    (``images/<id>.png``)."""
+
+    folder: Path
+    ids: list[str]
+    images: np.ndarray  # (N, H, W) float32 in [-1, 1]
+    files: list[Path]
+    paired: bool  # the samples carry heatmaps (a landmark anatomy)
+    manifest: dict | None
+
+    @property
+    def anatomy(self) -> str | None:
+        """The anatomy the manifest names (None for folders written before manifests named it)."""
+        return (self.manifest or {}).get("anatomy")
+
+
+def read_manifest(directory: Path) -> dict | None:
+    path = Path(directory) / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DataError(path, f"unreadable manifest ({type(err).__name__}: {err})") from None
+    if not isinstance(manifest, dict):
+        raise DataError(path, "manifest is not a JSON object")
+    return manifest
+
+
+def read_sample_images(directory: Path) -> SampleImages:
+    """Every image of a samples folder, checked (2-D, finite, in [-1, 1], one size: DataError naming the file)."""
+    directory = Path(directory)
+    manifest = read_manifest(directory) if directory.is_dir() else None
+    if (directory / "images").is_dir() and (manifest or {}).get("command") == "blend":
+        files = sorted(p for p in (directory / "images").iterdir() if p.suffix == ".png")
+        if not files:
+            raise DataError(directory / "images", "blend folder holds no images")
+        images = [read_image(path) / 127.5 - 1.0 for path in files]  # write_png's 8-bit scale
+        paired = False
+    else:
+        files = list_samples(directory)
+        arrays = [_read_npz(path) for path in files]
+        for path, sample in zip(files, arrays, strict=True):
+            if "image" not in sample:
+                raise DataError(path, f"sample has no 'image' array (found {sorted(sample)})")
+        images, paired = [sample["image"] for sample in arrays], "heatmap" in arrays[0]
+    for path, image in zip(files, images, strict=True):
+        if image.ndim != 2:
+            raise DataError(path, f"image must be (H, W), got shape {image.shape}")
+        if image.shape != images[0].shape:
+            raise DataError(path, f"image size {image.shape} differs from {images[0].shape} of {files[0].name}")
+        if not np.isfinite(image).all():
+            raise DataError(path, "'image' contains NaN or infinite values")
+        if image.min() < -1.0 - RANGE_TOLERANCE or image.max() > 1.0 + RANGE_TOLERANCE:
+            raise DataError(path, f"image values must lie in [-1, 1], found [{image.min():.3g}, {image.max():.3g}]")
+    ids = [path.stem for path in files]
+    return SampleImages(directory, ids, np.stack(images).astype(np.float32), files, paired, manifest)
 
 
 def write_manifest(directory: Path, manifest: dict) -> None:

@@ -39,6 +39,7 @@ from xraydiff.data.imageio import atomic_write_bytes
 from xraydiff.data.samples import batch_seed
 from xraydiff.diffusion import choices
 from xraydiff.diffusion.choices import DEFAULT_SAMPLER, FULL_CHAIN, STEP_SAMPLERS
+from xraydiff.metrics import wilson_interval
 from xraydiff.precision import autocast, autocast_dtype, describe_hardware, resolve_precision
 
 # the posterior rule at eta 0 and 1, every solver of the registry, and the full chain
@@ -56,16 +57,6 @@ def parse_sampler(name: str) -> tuple[str, int | None, float]:
     body, _, eta = name.partition("-eta")
     sampler = body.rstrip("0123456789")
     return sampler, int(body[len(sampler) :]), float(eta or 0)
-
-
-def wilson_interval(accepted: int, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """Wilson score interval of a binomial proportion (95 % for the default z)."""
-    if n == 0:
-        return 0.0, 1.0
-    p = accepted / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def annotations(data_config: Path, image_size):

@@ -15,6 +15,7 @@ from xraydiff.data.imageio import atomic_directory, atomic_write_bytes, check_ou
 from xraydiff.data.novelty import MIN_HELD_OUT, calibrate, nearest, reduced
 from xraydiff.data.samples import MANIFEST, SampleImages, read_sample_images
 from xraydiff.errors import DataError
+from xraydiff.metrics import wilson_interval
 
 ASPECT_TOLERANCE = 0.1  # relative difference of H / W that tells another anatomy from a resized one
 DUPLICATE = 1e-3  # a held-out image this close to a training image is the same radiograph in two splits
@@ -83,8 +84,6 @@ def feature_space(options: NoveltyOptions, size: tuple[int, int]) -> Callable[[T
 def check_novelty(options: NoveltyOptions, datamodule, config: Path | None = None, log=print) -> dict:
     """Every sample's nearest training image and distance, the threshold calibrated on the held-out split, and the
     near-copy rate; writes ``out/report.json`` and ``out/gallery.png`` (all or nothing) and returns the report."""
-    from scipy.stats import binomtest
-
     from xraydiff.data.preview import novelty_grid
 
     o = options
@@ -94,8 +93,11 @@ def check_novelty(options: NoveltyOptions, datamodule, config: Path | None = Non
     samples = read_sample_images(o.samples)
     check_anatomy(samples, datamodule)
     size = tuple(samples.images.shape[1:])
-    datamodule.image_size = size  # the training images at the samples' size
-    datamodule.setup()
+    if datamodule.items is None:
+        datamodule.image_size = size  # the training images at the samples' size
+        datamodule.setup()
+    elif tuple(datamodule.image_size) != size:
+        raise ValueError(f"the DataModule was set up at {datamodule.image_size}, the samples are {size}")
     train_ids, train = split_images(datamodule, o.split, config)
     held_out_ids, held_out = split_images(datamodule, o.held_out, config)
     if len(held_out_ids) < MIN_HELD_OUT:
@@ -121,7 +123,7 @@ def check_novelty(options: NoveltyOptions, datamodule, config: Path | None = Non
         )
     flagged = (distance < threshold.value).tolist()
     count, n = int(sum(flagged)), len(flagged)
-    interval = binomtest(count, n).proportion_ci(method="wilson")
+    low, high = wilson_interval(count, n)
     compared = list(features(train[:1]).shape[-2:])
     report = {
         "samples_dir": str(o.samples),
@@ -140,7 +142,7 @@ def check_novelty(options: NoveltyOptions, datamodule, config: Path | None = Non
         "n": n,
         "near_copies": count,
         "near_copy_rate": count / n,
-        "near_copy_rate_ci95": [interval.low, interval.high],
+        "near_copy_rate_ci95": [low, high],
         "samples": [
             {"id": sample, "nearest": train_ids[k], "distance": d, "near_copy": flag}
             for sample, k, d, flag in zip(samples.ids, index.tolist(), distance.tolist(), flagged, strict=True)
@@ -161,7 +163,7 @@ def check_novelty(options: NoveltyOptions, datamodule, config: Path | None = Non
         novelty_grid(staging / "gallery.png", cases, title=f"closest samples | their nearest {o.split} image "
                      f"(near copies framed orange: distance < {threshold.value:.4f})")  # fmt: skip
     log(
-        f"{count} of {n} samples are near copies ({count / n:.1%}, 95 % CI {interval.low:.1%}-{interval.high:.1%}) of "
+        f"{count} of {n} samples are near copies ({count / n:.1%}, 95 % CI {low:.1%}-{high:.1%}) of "
         f"the {len(train_ids)} {o.split} images: distance below {threshold.value:.4f}, {threshold.describe()}"
     )
     log(f"wrote {o.out}/report.json, {o.out}/gallery.png")

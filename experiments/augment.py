@@ -5,7 +5,9 @@ For each training-set size (FullDataset and the 10 % ReducedDataset):
 1. every generator (paired DDPM, VAE) is trained on that training set, or taken from a checkpoint;
 2. shape statistics are fitted from the training set at the generator's size;
 3. the acceptance rate is measured by the paper's protocol (runs x samples, Table 1);
-4. ``num_samples`` pairs are sampled and checked; the accepted ones become a dataset;
+4. ``num_samples`` pairs are sampled; their near copies of the generator's training set are counted
+   (``xraydiff novelty``, calibrated on the validation split); the pairs are checked and the accepted ones
+   become a dataset;
 5. the localizer is trained on real only and on real + each generator's accepted pairs, then
    tested (Table 2: point error mean +- SD and outlier counts).
 
@@ -25,7 +27,7 @@ import numpy as np
 import torch
 
 from commands.acceptance import acceptance_rate_of_checkpoint
-from commands.options import AcceptanceRateOptions, SampleOptions, SamplingSettings
+from commands.options import AcceptanceRateOptions, NoveltyOptions, NoveltySettings, SampleOptions, SamplingSettings
 from commands.parsing import data_parser
 from commands.sampling import generate_samples
 from experiments.schema import fail, option, read_study_config
@@ -35,7 +37,14 @@ from xraydiff.data.imageio import atomic_write_bytes
 from xraydiff.diffusion import choices
 from xraydiff.diffusion.choices import DEFAULT_SAMPLER, Sampler
 from xraydiff.errors import DataError
-from xraydiff.metrics import common_image_rows, describe_paired, paired_difference, seed_spread
+from xraydiff.metrics import (
+    common_image_rows,
+    describe_paired,
+    describe_rate,
+    paired_difference,
+    rate_difference,
+    seed_spread,
+)
 from xraydiff.options import values
 from xraydiff.precision import resolve_precision
 
@@ -86,6 +95,8 @@ class StudyConfig(SamplingSettings):
     rate_source: Literal["runs", "augmentation"] = "runs"
     synthetic_share: float | None = None
     acceptance: dict[str, Any] = field(default_factory=dict)
+    # how the augmentation draw is compared with its generator's training set (near copies, Table 1)
+    novelty: NoveltySettings = field(default_factory=NoveltySettings)
     outlier_radii: list[float] = option(default_factory=lambda: [2.0, 4.0, 10.0, 20.0], nonempty=True, above=0)
 
 
@@ -247,7 +258,19 @@ class Study(StepRunner):
             return None, None
         return self.config.sampler, self.config.steps if choices.spec(self.config.sampler).grid else None
 
-    def sample_and_accept(self, folder: Path, checkpoint: str, stats: str) -> dict:
+    def near_copies(self, out: Path, samples: Path, spec: GeneratorSpec, fraction: float) -> dict:
+        """``xraydiff novelty`` of the samples against the generator's training set, at the samples' size."""
+        from commands.novelty import check_novelty
+
+        size = json.loads((samples / "manifest.json").read_text())["image_size"]
+        options = NoveltyOptions(**values(self.config.novelty), samples=samples, out=out, overwrite=True)
+        report = check_novelty(options, self._datamodule(spec, fraction, size), log=self.log)
+        keys = ("n", "near_copies", "near_copy_rate", "near_copy_rate_ci95", "train_images")
+        return {**{k: report[k] for k in keys}, "threshold": report["threshold"], "report": str(out / "report.json")}
+
+    def sample_and_accept(
+        self, folder: Path, checkpoint: str, stats: str, spec: GeneratorSpec, fraction: float
+    ) -> dict:
         from xraydiff.acceptance.rate import file_digest, sample_cache_key
         from xraydiff.acceptance.run import run_acceptance
 
@@ -267,13 +290,16 @@ class Study(StepRunner):
                 ckpt_path=Path(checkpoint), num_samples=c.num_samples, out=samples, overwrite=True,
             )  # fmt: skip
             generate_samples(options)
-        report = run_acceptance(samples, Path(stats), folder / "acceptance")
+        copies = self.near_copies(folder / "novelty", samples, spec, fraction)
+        report = run_acceptance(samples, Path(stats), folder / "acceptance", novelty=Path(copies["report"]))
+        copies["accepted"] = report["accepted_near_copies"]
         return {
             "accepted": report["accepted"],
             "n": report["n"],
             "acceptance_rate": report["acceptance_rate"],
             "accepted_dir": str(folder / "acceptance" / "accepted"),
             "gallery": str(folder / "acceptance" / "gallery.png"),
+            "near_copies": copies,
         }
 
     # -- localizer
@@ -329,7 +355,7 @@ class Study(StepRunner):
                 accepted = self.step(
                     g / "samples",
                     f"{set_name}/{name}: sample and accept",
-                    partial(self.sample_and_accept, checkpoint=checkpoint, stats=stats),
+                    partial(self.sample_and_accept, checkpoint=checkpoint, stats=stats, spec=spec, fraction=fraction),
                 )
                 if c.rate_source == "augmentation":
                     report = g / "samples/acceptance/report.json"
@@ -411,9 +437,22 @@ def tables(results: dict, config: StudyConfig) -> tuple[str, str]:
         for g in results["generators"]
         for s in sets
     }
-    rows1.append(
-        f"| training steps | {' | '.join('n/a' if steps[key] is None else str(steps[key]) for key in steps)} |"
-    )
+    copies = {
+        (g, s): ((results["training_sets"][s]["generators"][g] or {}).get("accepted") or {}).get("near_copies")
+        for g in results["generators"]
+        for s in sets
+    }
+    rows1 += [
+        "| near copies of its training set, all samples [95 % CI] | "
+        + " | ".join("n/a" if c is None else describe_rate(c["near_copies"], c["n"]) for c in copies.values())
+        + " |",
+        "| near copies among the accepted | "
+        + " | ".join(
+            "n/a" if c is None else f"{c['accepted']} of {_accepted(results, g, s)}" for (g, s), c in copies.items()
+        )
+        + " |",
+        f"| training steps | {' | '.join('n/a' if steps[key] is None else str(steps[key]) for key in steps)} |",
+    ]
     table1 = f"| metric | {head} |\n|---|{'---|' * (len(sets) * len(results['generators']))}\n" + "\n".join(rows1)
     # a generator trained for under a tenth of the steps of the best-trained one on its set says nothing of its class
     for s in sets:
@@ -421,6 +460,7 @@ def tables(results: dict, config: StudyConfig) -> tuple[str, str]:
         for g in results["generators"]:
             if steps[g, s] is not None and steps[g, s] * 10 < most:
                 table1 += f"\n\n{g} {s}: not comparable, {steps[g, s]} training steps against {most}."
+    table1 += "".join(f"\n\n{line}" for line in set_comparisons(results))
     radii = [f"{r:g}" for r in config.outlier_radii]
     rows = [
         f"| training set | PE mean +- SD (mm) | {' | '.join(f'O r={r}mm' for r in radii)} | seeds | "
@@ -445,6 +485,33 @@ def tables(results: dict, config: StudyConfig) -> tuple[str, str]:
     return table1, "\n".join(rows)
 
 
+def _accepted(results: dict, generator: str, set_name: str) -> int:
+    return results["training_sets"][set_name]["generators"][generator]["accepted"]["accepted"]
+
+
+def set_comparisons(results: dict) -> list[str]:
+    """For each generator run on several training sets: each set's acceptance and near-copy rates of the
+    augmentation draw against the first set's, each difference with its 95 % interval (independent draws:
+    ``rate_difference``) and a verdict only where it excludes 0. One generator per set: the intervals cover the
+    draw of samples, not the generator's training (one training seed)."""
+    sets, lines = list(results["training_sets"]), []
+    for g in results["generators"]:
+        drawn = [(s, results["training_sets"][s]["generators"][g]) for s in sets]
+        drawn = [(s, info["accepted"]) for s, info in drawn if "near_copies" in (info or {}).get("accepted", {})]
+        for s, a in drawn[1:]:
+            first, b = drawn[0]
+            parts = []
+            for what, count_a, count_b in (
+                ("acceptance", a["accepted"], b["accepted"]),
+                ("near copies", a["near_copies"]["near_copies"], b["near_copies"]["near_copies"]),
+            ):
+                d = rate_difference(count_a, a["n"], count_b, b["n"])
+                low, high = d["ci95"]
+                parts.append(f"{what} {d['difference']:+.1%} [{low:+.1%}, {high:+.1%}] ({d['verdict']})")
+            lines.append(f"{g} {s} - {g} {first}: {'; '.join(parts)}; one generator per training set.")
+    return lines
+
+
 def write_report(out: Path, results: dict, config: StudyConfig) -> None:
     table1, table2 = tables(results, config)
     lines = [
@@ -456,7 +523,12 @@ def write_report(out: Path, results: dict, config: StudyConfig) -> None:
         "",
         f"{config.rate_runs} runs of {config.rate_samples} samples each; "
         f"{config.num_samples} samples drawn for augmentation"
-        + (" (the runs are the first of them)." if config.rate_source == "augmentation" else "."),
+        + (" (the runs are the first of them)." if config.rate_source == "augmentation" else ".")
+        + " Near copies: samples of the augmentation draw closer to an image of their generator's training set than"
+        f" all but {config.novelty.level:.0%} of the real {config.novelty.held_out} images are (`xraydiff novelty`:"
+        f" 1 - max normalised cross-correlation over shifts of up to {config.novelty.max_shift} px at"
+        f" {config.novelty.size} px; each row's threshold and how it was found in results.json); Wilson 95 %"
+        " intervals.",
         "",
         "## Table 2: localizer trained with and without synthetic images (test set)",
         "",

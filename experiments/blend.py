@@ -5,7 +5,9 @@
 2. for each k and each blend variant (``variants``: the strength, the compositing, re-imposition; by
    default the paper's literal strength, steps / T), ``xraydiff blend`` pairs every labelled training image
    with its top-k unlabelled partners (latent SSIM) from the synthesis split: (images x k) pairs, with the
-   anatomy-survival check of each pair; ``composite: copy_paste`` is the control without diffusion;
+   anatomy-survival check of each pair; ``composite: copy_paste`` is the control without diffusion; the
+   share of each blend's images that are near copies of the LDM's training images (``xraydiff novelty``
+   against the generators' split, calibrated on the validation split);
 3. the segmenter is trained on real only, and on synthetic only and real + synthetic for each blend,
    all with the same budget (``segmenter_steps`` optimizer steps, no validation during training, real +
    synthetic epochs ``synthetic_share`` synthetic), once per seed of ``seeds``, and tested on the hold-out
@@ -30,7 +32,7 @@ from typing import Any, ClassVar
 import torch
 
 from commands.options import BlendOptions as CommandOptions
-from commands.options import BlendSettings, Precision
+from commands.options import BlendSettings, NoveltyOptions, NoveltySettings, Precision
 from commands.parsing import data_parser
 from experiments.schema import Named, fail, option, read_study_config
 from experiments.steps import StepRunner, StudyCommand
@@ -41,10 +43,12 @@ from xraydiff.metrics import (
     SEGMENTATION_SCORES,
     common_image_rows,
     describe_paired,
+    describe_rate,
     paired_difference,
     seed_spread,
     summarize_segmentation,
 )
+from xraydiff.options import values
 from xraydiff.precision import AUTO
 
 
@@ -72,6 +76,13 @@ class Variant(BlendOptions):
     name: str = option(pattern=r"[A-Za-z0-9_.-]+")
 
 
+@dataclass(kw_only=True)
+class LdmNovelty(NoveltySettings):
+    """How the blends are compared with the LDM's training images (``xraydiff novelty``)."""
+
+    split: str = option("generator", help="the LDM's training images")
+
+
 @dataclass
 class BlendStudyConfig:
     ldm: ModelSpec
@@ -89,6 +100,7 @@ class BlendStudyConfig:
     # every pair once per epoch, 83 % synthetic at k = 5 with 22 guides)
     synthetic_share: float | None = option(0.5, min=0, below=1)
     precision: Precision = AUTO  # of the blending
+    novelty: LdmNovelty = field(default_factory=LdmNovelty)  # near copies of the LDM's training images
 
     retired: ClassVar[dict[str, str]] = {
         "reimpose_k": "is gone: a re-imposed blend is a variant, e.g. "
@@ -149,12 +161,16 @@ class BlendStudy(StepRunner):
         self.cli(["fit", *self._common(spec), *extra, "--ckpt_path", "last", *self.run_folder_args(folder)])
         return self._record(folder / "checkpoints" / "last.ckpt")
 
+    def _datamodule(self):
+        """The study's data (the segmenter config's data section with the study's overrides), not set up."""
+        parser = data_parser("experiment blend", "")
+        args = [*[a for f in self.config.segmenter.config for a in ("--config", f)], *self.data_args(self.config.data)]
+        return parser.instantiate_classes(parser.parse_args(args)).data
+
     def blend(self, folder: Path, ldm: str, autoencoder: str | None, k: int, variant: dict) -> dict:
         from commands.blend import run_blend
 
-        parser = data_parser("experiment blend", "")
-        args = [*[a for f in self.config.segmenter.config for a in ("--config", f)], *self.data_args(self.config.data)]
-        datamodule = parser.instantiate_classes(parser.parse_args(args)).data
+        datamodule = self._datamodule()
         options = CommandOptions(
             ldm=Path(ldm), out=folder / "data", top_k=k, autoencoder=None if autoencoder is None else Path(autoencoder),
             precision=self.config.precision, **self.config.blend_options(variant),
@@ -168,6 +184,15 @@ class BlendStudy(StepRunner):
             **{key: manifest[key] for key in ("composite", "strength", "t_start", "reimpose", "survival")},
             "skipped_empty_guides": len(manifest["skipped_empty_guides"]),
         }
+
+    def near_copies(self, folder: Path, dataset: str) -> dict:
+        """``xraydiff novelty`` of a blend's images against the LDM's training images, at the images' size."""
+        from commands.novelty import check_novelty
+
+        options = NoveltyOptions(**values(self.config.novelty), samples=Path(dataset), out=folder / "report")
+        report = check_novelty(options, self._datamodule(), log=self.log)
+        keys = ("n", "near_copies", "near_copy_rate", "near_copy_rate_ci95", "train_images", "threshold")
+        return {**{k: report[k] for k in keys}, "report": str(folder / "report" / "report.json")}
 
     def train_segmenter(self, folder: Path, extra: list[str], seed: int) -> dict:
         """Exactly ``segmenter_steps`` optimizer steps, no validation, then the test on the hold-out set."""
@@ -217,6 +242,14 @@ class BlendStudy(StepRunner):
                     partial(self.blend, ldm=ldm["checkpoint"], autoencoder=autoencoder["checkpoint"], k=k,
                             variant=variant),
                 )  # fmt: skip
+        copies = {
+            name: self.step(
+                self.out / "novelty" / name,
+                f"near copies of the LDM's training images: {name}",
+                partial(self.near_copies, dataset=made["dataset"]),
+            )  # fmt: skip
+            for name, made in blends.items()
+        }
         share = [] if c.synthetic_share is None else ["--data.init_args.synthetic_share", str(c.synthetic_share)]
         rows = {"real": {"real": True, "synthetic": None, "extra": []}}
         for name, made in blends.items():
@@ -245,6 +278,8 @@ class BlendStudy(StepRunner):
             "autoencoder": autoencoder,
             "ldm": ldm,
             "blends": blends,
+            "near_copies": copies,
+            "novelty": values(c.novelty),
             "segmenter_steps": c.segmenter_steps,
             "seeds": c.seeds,
             "synthetic_share": c.synthetic_share,
@@ -300,13 +335,14 @@ def table(results: dict) -> str:
     """Lim et al.'s Table 1 layout (latent selection, real / synthetic, precision, recall, DSC mean +- SD over
     images) with the blend, its anatomy survival and the paired DSC difference against real only."""
     lines = [
-        "| latent selection | blend | real | synthetic | n synthetic | survival r in / out, median (IQR) | precision "
-        "| recall | DSC | seeds (seed SD of DSC) | DSC - real only [95 % CI] |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| latent selection | blend | real | synthetic | n synthetic | survival r in / out, median (IQR) | near copies "
+        "[95 % CI] | precision | recall | DSC | seeds (seed SD of DSC) | DSC - real only [95 % CI] |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in results["rows"].values():
         blend = results["blends"].get(row["synthetic"]) if row["synthetic"] else None
         survival = (blend or {}).get("survival") or {}
+        near = results.get("near_copies", {})
         m = row["metrics"]
         paired = row.get("paired_dsc")
         cells = [
@@ -320,6 +356,7 @@ def table(results: dict) -> str:
             )
             if survival.get("inside")
             else "-",
+            describe_rate(copies["near_copies"], copies["n"]) if (copies := near.get(row["synthetic"])) else "-",
             *[f"{m[s]:.3f} +- {m[f'{s}_sd']:.3f}" for s in SEGMENTATION_SCORES],
             seed_spread(row["dsc_by_seed"]),
             "-" if paired is None else describe_paired(paired, VERDICTS),
@@ -342,6 +379,7 @@ def write_report(out: Path, results: dict) -> None:
         for name, b in results["blends"].items()
     ]
     seeds = results["seeds"]
+    novelty = results.get("novelty") or values(LdmNovelty())
     text = [
         "# Anatomy-guided latent blending: segmentation with synthetic pairs (Lim et al., Table 1 layout)",
         "",
@@ -362,7 +400,11 @@ def write_report(out: Path, results: dict) -> None:
         "training seed'); a row beats real only only where the interval excludes 0. "
         "Survival: median (interquartile range) over the pairs of Pearson's r between the synthetic image and the "
         "guide's reconstruction (the guide itself for copy-paste) inside the guide's mask / outside the blended region "
-        f"(`survival` in each blend's manifest.json). Generators: {first_stage}, "
+        f"(`survival` in each blend's manifest.json). Near copies: the blend's images closer to an image of the "
+        f"'{novelty['split']}' split (what the LDM trained on) than all but {novelty['level']:.0%} of the real "
+        f"'{novelty['held_out']}' images are (`xraydiff novelty`; each blend's threshold, and how it was found, in "
+        "results.json), with Wilson 95 % intervals. "
+        f"Generators: {first_stage}, "
         f"LDM {results['ldm']['global_step']} steps on "
         f"{results['ldm']['train_images']} images that exclude every synthesis partner.",
         "",

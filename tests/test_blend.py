@@ -238,7 +238,7 @@ def test_the_study_writes_table_1_with_paired_intervals_and_resumes_step_by_step
                 "image_size": [32, 64],
                 "batch_size": 4,
                 "synthesis_fraction": 0.34,
-                "phantom_counts": {"train": 2, "val": 2, "test": 2, "unlabelled": 12},
+                "phantom_counts": {"train": 2, "val": 5, "test": 2, "unlabelled": 12},
             },
         }
     }
@@ -285,7 +285,12 @@ def test_the_study_writes_table_1_with_paired_intervals_and_resumes_step_by_step
         assert low <= paired["mean_difference"] <= high
         assert row["synthetic_images"] == (4 if row["synthetic"] else 0)
         assert not row["real"] or row["train_images"] == 2
+    # every blend's near copies of the LDM's training images (the generators' split), calibrated on val
+    for name, copies in results["near_copies"].items():
+        assert copies["n"] == 4 and copies["train_images"] == 8 and copies["threshold"]["n"] == 5, name
+        assert (out / "novelty" / name / "report/gallery.png").exists()
     report = (out / "results.md").read_text()
+    assert "| near copies [95 % CI] |" in report and "of the 'generator' split (what the LDM trained on)" in report
     assert "copy-paste (no diffusion)" in report and "LDM from t = 2 (latent)" in report
     assert "| 1.00 (1.00-1.00) / " in report  # the control's survival inside the mask: the guide's own pixels
     assert "LDM from t = 20 (pixel composite, re-imposed)" in report and "95 % CI" in report

@@ -49,7 +49,7 @@ def _study(tmp_path, **changes) -> dict:
     study = {
         "experiment": {
             "seed": 0,
-            "data": {"root": None, "phantom_counts": {"train": 10, "val": 2, "test": 4}},
+            "data": {"root": None, "phantom_counts": {"train": 10, "val": 5, "test": 4}},
             "training_sets": {"full": 1.0, "reduced": 0.3},
             "generators": {
                 "ddpm": {
@@ -97,6 +97,11 @@ def test_study_runs_end_to_end_and_resumes(cli, tmp_path):
     assert "Table 1" in report and "Table 2" in report and "gallery.png" in report
     assert "rate, paper rules (i, ii)" in report and "rate, strict rules (i-iv)" in report
     assert (out / "full/ddpm/samples/acceptance/gallery.png").exists()
+    copies = results["training_sets"]["reduced"]["generators"]["vae"]["accepted"]["near_copies"]
+    assert copies["n"] == 4 and copies["train_images"] == 3 and copies["threshold"]["n"] == 5
+    assert "| near copies of its training set, all samples [95 % CI] |" in report
+    assert "vae reduced - vae full: acceptance" in report and "near copies" in report
+    assert (out / "reduced/vae/samples/novelty/gallery.png").exists()
     # A second run recomputes nothing; a step without its marker is redone.
     first = (out / "full/localizer/real/done.json").read_text()
     (out / "reduced/vae/rate/done.json").unlink()
@@ -241,6 +246,27 @@ def test_table_1_shows_both_rule_sets_and_marks_an_unequal_training_budget():
     assert "| training steps | 11250 | 60 |" in table1
     assert "vae full: not comparable, 60 training steps against 11250." in table1
     assert "ddpm full: not comparable" not in table1
+
+
+def test_table_1_compares_the_near_copies_of_a_generator_on_two_training_sets():
+    """Newcombe (1998), Table II, example (a): 56/70 - 48/80 = +0.200, 95 % interval [+0.0524, +0.3339]."""
+    from experiments.augment import GeneratorSpec, StudyConfig, tables
+
+    def generator(accepted, n, copies, copied_accepted):
+        by_set = {name: {"mean": accepted / n, "sd": 0.0} for name in ("paper", "strict")}
+        near = {"near_copies": copies, "n": n, "accepted": copied_accepted}
+        return {"global_step": 10, "acceptance": {"by_rule_set": by_set},
+                "accepted": {"accepted": accepted, "n": n, "near_copies": near}}  # fmt: skip
+
+    sets = {
+        "full": {"generators": {"vae": generator(48, 80, 48, 30)}, "localizer": {}},
+        "reduced": {"generators": {"vae": generator(56, 70, 56, 50)}, "localizer": {}},
+    }
+    config = StudyConfig(data={}, generators={}, localizer=GeneratorSpec(["unused.yaml"]))
+    table1, _ = tables({"generators": ["vae"], "training_sets": sets}, config)
+    assert "| near copies of its training set, all samples [95 % CI] | 60% [49%, 70%] (48 of 80) | 80%" in table1
+    assert "| near copies among the accepted | 30 of 48 | 50 of 56 |" in table1
+    assert "vae reduced - vae full: acceptance +20.0% [+5.2%, +33.4%] (higher); near copies +20.0% [+5.2%, " in table1
 
 
 def test_table_2_shows_seeds_and_the_paired_interval_against_real_only():

@@ -66,3 +66,20 @@ def test_one_seed_is_said_and_bad_rows_are_refused():
         paired_difference(np.zeros((2, 5)), np.zeros((2, 6)))
     with pytest.raises(DataError, match="NaN"):
         paired_difference([1.0, float("nan")], [1.0, 2.0])
+
+
+@pytest.mark.parametrize(
+    "counts, published",
+    [  # Newcombe (1998), Stat Med 17:873-890, Table II, method 10 (hybrid score, no continuity correction)
+        ((56, 70, 48, 80), (0.0524, 0.3339)),
+        ((9, 10, 3, 10), (0.1705, 0.8090)),
+        ((5, 56, 0, 29), (-0.0381, 0.1926)),
+    ],
+)
+def test_rate_difference_reproduces_newcombes_intervals(counts, published):
+    from xraydiff.metrics import rate_difference
+
+    result = rate_difference(*counts)
+    np.testing.assert_allclose(result["ci95"], published, atol=1e-4)
+    assert result["difference"] == pytest.approx(counts[0] / counts[1] - counts[2] / counts[3])
+    assert result["verdict"] == ("higher" if published[0] > 0 else "no difference shown")

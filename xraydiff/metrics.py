@@ -1,5 +1,5 @@
 """Metrics shared by the studies: per-image rows counted once under DDP (``IndexedRows``), paired
-comparisons of two rows on the same images, and segmentation scores."""
+comparisons of two rows on the same images, rates of two independent draws, and segmentation scores."""
 
 from __future__ import annotations
 
@@ -154,6 +154,33 @@ def describe_paired(result: dict, verdicts: dict[str, str], digits: int = 3) -> 
     text = f"{result['mean_difference']:+.{digits}f} [{low:+.{digits}f}, {high:+.{digits}f}] "
     text += verdicts[result["verdict"]]
     return text + (" (one training seed)" if result.get("seeds", 1) == 1 else "")
+
+
+def wilson_interval(count: int, n: int) -> tuple[float, float]:
+    """The Wilson score 95 % interval of a proportion ``count / n`` (scipy's)."""
+    from scipy.stats import binomtest
+
+    interval = binomtest(count, n).proportion_ci(confidence_level=0.95, method="wilson")
+    return float(interval.low), float(interval.high)
+
+
+def describe_rate(count: int, n: int) -> str:
+    """'60% [49%, 70%] (48 of 80)': a proportion with its Wilson 95 % interval, for the tables."""
+    low, high = wilson_interval(count, n)
+    return f"{count / n:.0%} [{low:.0%}, {high:.0%}] ({count} of {n})"
+
+
+def rate_difference(count_a: int, n_a: int, count_b: int, n_b: int) -> dict:
+    """``count_a / n_a - count_b / n_b`` of two independent draws (e.g. two generators' samples) with its 95 %
+    interval: Newcombe's hybrid score interval from the two Wilson intervals (Newcombe 1998, method 10), and a
+    verdict ("higher", "lower") only where it excludes 0."""
+    (low_a, high_a), (low_b, high_b) = wilson_interval(count_a, n_a), wilson_interval(count_b, n_b)
+    p_a, p_b = count_a / n_a, count_b / n_b
+    difference = p_a - p_b
+    low = difference - float(np.hypot(p_a - low_a, high_b - p_b))
+    high = difference + float(np.hypot(high_a - p_a, p_b - low_b))
+    verdict = "higher" if low > 0 else "lower" if high < 0 else "no difference shown"
+    return {"difference": difference, "ci95": [low, high], "verdict": verdict}
 
 
 # ------------------------------------------------------------------------------- segmentation

@@ -539,7 +539,7 @@ def write_report(out: Path, results: dict, config: StudyConfig) -> None:
         "images and the seeds (Student t, Welch-Satterthwaite degrees of freedom; one seed: a bootstrap over "
         "images, marked 'one training seed'), a verdict only where it excludes 0.",
         "",
-        "## Galleries (green: accepted, red: rejected)",
+        "## Galleries (green: accepted, red: rejected, orange: accepted near copy)",
         "",
     ]
     for s, entry in results["training_sets"].items():

@@ -157,6 +157,12 @@ def test_bad_input_is_refused_naming_the_file(cli, rendered, tmp_path):
     write_sample(mixed, "b", np.zeros((32, 32)), np.zeros((32, 32)))
     assert "b.npz" in refused(mixed) and "differs" in refused(mixed)
     assert "manifest.json" in refused(rendered / "train", data=PANORAMIC)  # hands against jaws: the manifest says
+    drawn = tmp_path / "drawn"
+    code, _, err = cli("sample", "--ckpt_path", REPO / "xraydiff/assets/demo_hand_vae.ckpt", "--num_samples", "2",
+                       "--out", drawn)  # fmt: skip
+    assert code == 0, err
+    assert json.loads((drawn / "manifest.json").read_text())["anatomy"] == "hand"  # from the checkpoint's record
+    assert "the samples are hand images, the data config's are panoramic" in refused(drawn, data=PANORAMIC)
     images_only = tmp_path / "images_only"
     images_only.mkdir()
     write_sample(images_only, "a", np.zeros((64, 64)))

@@ -91,20 +91,25 @@ def pairs_grid(pairs: np.ndarray, path: Path, columns: int = 4, title: str | Non
     save_figure(fig, path)
 
 
+def _framed(ax, tile: np.ndarray, color: str, linewidth: float = 3) -> None:
+    """A grey [-1, 1] tile without ticks, framed in ``color``."""
+    ax.axis("on")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.imshow(tile, cmap="gray", vmin=-1, vmax=1)
+    for spine in ax.spines.values():
+        spine.set_edgecolor(color)
+        spine.set_linewidth(linewidth)
+
+
 def novelty_grid(path: Path, cases: Sequence[dict], columns: int = 4, title: str | None = None) -> None:
     """Samples beside their nearest training images (``image``, ``nearest`` (H, W) in [-1, 1], ``label``,
     ``near_copy``): framed orange when the sample is a near copy."""
     tiles = [side_by_side(case["image"], case["nearest"]) for case in cases]
     fig, axes = _grid(len(tiles), columns, tiles[0].shape[0] / tiles[0].shape[1], tile=4.0)
     for ax, tile, case in zip(axes, tiles, cases, strict=False):
-        ax.axis("on")
-        ax.set_xticks([])
-        ax.set_yticks([])
-        ax.imshow(tile, cmap="gray", vmin=-1, vmax=1)
         color = "darkorange" if case["near_copy"] else "grey"
-        for spine in ax.spines.values():
-            spine.set_edgecolor(color)
-            spine.set_linewidth(3 if case["near_copy"] else 1)
+        _framed(ax, tile, color, 3 if case["near_copy"] else 1)
         ax.set_title(case["label"], fontsize=7, color=color if case["near_copy"] else "black")
     if title:
         fig.suptitle(title)
@@ -133,19 +138,13 @@ def acceptance_grid(
     width = images.shape[-1]
     fig, axes = _grid(len(tiles), columns, tiles[0].shape[0] / tiles[0].shape[1], tile=4.0)
     for ax, tile, verdict in zip(axes, tiles, verdicts, strict=False):
-        ax.axis("on")
-        ax.set_xticks([])
-        ax.set_yticks([])
-        ax.imshow(tile, cmap="gray", vmin=-1, vmax=1)
+        copy = verdict.accepted and verdict.id in near_copies
+        color = "darkorange" if copy else "limegreen" if verdict.accepted else "red"
+        _framed(ax, tile, color)
         points = np.asarray(verdict.landmarks)
         colors = plt.cm.hsv(np.linspace(0, 0.9, len(points)))
         for offset in (0, width + 2):
             ax.scatter(points[:, 0] + offset, points[:, 1], s=5, c=colors, edgecolors="none")
-        copy = verdict.accepted and verdict.id in near_copies
-        color = "darkorange" if copy else "limegreen" if verdict.accepted else "red"
-        for spine in ax.spines.values():
-            spine.set_edgecolor(color)
-            spine.set_linewidth(3)
         ax.set_title(verdict.id, fontsize=7)
         verdict_text = "accepted, near copy" if copy else ", ".join(verdict.failed_rules) or "accepted"
         ax.set_xlabel(verdict_text, fontsize=6, color=color)

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from commands.options import NoveltyOptions
 from xraydiff.data.imageio import atomic_directory, atomic_write_bytes, check_output_folder
-from xraydiff.data.novelty import MIN_HELD_OUT, calibrate, nearest, reduced
+from xraydiff.data.novelty import FEW_HELD_OUT, MIN_HELD_OUT, calibrate, nearest, reduced
 from xraydiff.data.samples import MANIFEST, SampleImages, read_sample_images
 from xraydiff.errors import DataError
 from xraydiff.metrics import wilson_interval
@@ -114,6 +114,9 @@ def check_novelty(options: NoveltyOptions, datamodule, config: Path | None = Non
         {"id": held_out_ids[k], "nearest": train_ids[int(held_out_index[k])], "distance": float(held_out_distance[k])}
         for k in torch.nonzero(held_out_distance < DUPLICATE).flatten().tolist()
     ]
+    if len(held_out_ids) < FEW_HELD_OUT:
+        log(f"note: the threshold rests on {len(held_out_ids)} {o.held_out} images; with fewer than {FEW_HELD_OUT} "
+            "it is approximate (docs/novelty.md, 'The calibrated threshold')")  # fmt: skip
     if duplicates:
         log(
             f"warning: {len(duplicates)} of the {len(held_out_ids)} {o.held_out} images lie within {DUPLICATE} of a "

@@ -52,7 +52,7 @@ def test_reduced_keeps_the_aspect_and_never_enlarges():
     assert reduced(torch.ones(1, 1, 20, 10), 32).shape == (1, 1, 20, 10)
 
 
-@pytest.mark.parametrize("n, method", [(30, "gamma"), (2000, "empirical")])
+@pytest.mark.parametrize("n, method", [(30, "gamma"), (500, "gamma"), (2000, "empirical")])
 def test_calibrate_finds_the_one_percent_quantile(n, method):
     law = stats.gamma(4.0, scale=0.02)
     threshold = calibrate(law.rvs(n, random_state=np.random.default_rng(1)))

@@ -13,7 +13,6 @@ held-out images (the validation split) to the same training set: it is closer to
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,11 @@ from torch import Tensor
 from xraydiff.errors import DataError
 
 LEVEL = 0.01
+# The empirical LEVEL quantile is used once this many held-out images lie below it (n >= 1000 at 1 %): estimated from
+# fewer tail points it errs by several times the level (scripts/novelty_calibration.py, docs/novelty.md).
+TAIL_POINTS = 10
 MIN_HELD_OUT = 5  # fewer held-out distances cannot be fitted
+FEW_HELD_OUT = 64  # below, the fitted threshold's level varies by several times between draws (docs/novelty.md)
 
 
 def reduced(images: Tensor, size: int) -> Tensor:
@@ -103,16 +106,14 @@ class Threshold:
 
 def calibrate(held_out: np.ndarray, level: float = LEVEL) -> Threshold:
     """The distance below which a sample is closer to the training set than all but ``level`` of real held-out
-    images: their empirical ``level`` quantile when there are at least ``EMPIRICAL_MIN`` of them, else the quantile
-    of a gamma distribution fitted to them (location 0; the empirical one would be their minimum)."""
+    images: their empirical ``level`` quantile when at least ``TAIL_POINTS`` of them lie below it, else the
+    ``level`` quantile of a gamma distribution fitted to them (maximum likelihood, location 0)."""
     from scipy import stats
 
     distances = np.asarray(held_out, dtype=np.float64)
     if len(distances) < MIN_HELD_OUT or not np.isfinite(distances).all():
         raise ValueError(f"need at least {MIN_HELD_OUT} finite held-out distances, got {len(distances)}")
-    # the empirical quantile exists from n >= 1 / level - 1 on; below, the smallest distance would set a 1 / (n + 1)
-    # level instead
-    if len(distances) >= math.ceil(1 / level) - 1:
+    if len(distances) * level >= TAIL_POINTS:
         value, method = float(np.quantile(distances, level)), "empirical"
     else:
         shape, _, scale = stats.gamma.fit(np.maximum(distances, 1e-9), floc=0)

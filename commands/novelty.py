@@ -93,6 +93,12 @@ def check_novelty(options: NoveltyOptions, datamodule, config: Path | None = Non
     samples = read_sample_images(o.samples)
     check_anatomy(samples, datamodule)
     size = tuple(samples.images.shape[1:])
+    features = feature_space(o, size)  # a foreign autoencoder stops here, before the data is loaded
+    compared = tuple(features(torch.from_numpy(samples.images[:1])[:, None]).shape[-2:])
+    if min(compared) <= 2 * o.max_shift:
+        most = (min(compared) - 1) // 2
+        raise DataError(None, f"--max_shift {o.max_shift} leaves no window of the compared {compared[0]} x "
+                        f"{compared[1]} {o.space} maps (at most {most}; or a larger --size)")  # fmt: skip
     if datamodule.items is None:
         datamodule.image_size = size  # the training images at the samples' size
         datamodule.setup()
@@ -103,7 +109,6 @@ def check_novelty(options: NoveltyOptions, datamodule, config: Path | None = Non
     if len(held_out_ids) < MIN_HELD_OUT:
         raise DataError(config, f"the data's '{o.held_out}' split holds {len(held_out_ids)} image(s); the threshold "
                         f"needs at least {MIN_HELD_OUT} held-out images (--held_out)")  # fmt: skip
-    features = feature_space(o, size)
     with torch.no_grad():
         references = features(train)
         held_out_distance, held_out_index = nearest(features(held_out), references, o.max_shift, o.batch_size)
@@ -127,7 +132,6 @@ def check_novelty(options: NoveltyOptions, datamodule, config: Path | None = Non
     flagged = (distance < threshold.value).tolist()
     count, n = int(sum(flagged)), len(flagged)
     low, high = wilson_interval(count, n)
-    compared = list(features(train[:1]).shape[-2:])
     report = {
         "samples_dir": str(o.samples),
         "data": datamodule.source,
@@ -136,7 +140,7 @@ def check_novelty(options: NoveltyOptions, datamodule, config: Path | None = Non
         "train_images": len(train_ids),
         "held_out_split": o.held_out,
         "space": o.space,
-        "compared_size": compared,
+        "compared_size": list(compared),
         "max_shift": o.max_shift,
         "distance": f"1 - max NCC over training images and relative shifts of up to {o.max_shift} px of "
         f"{compared[0]} x {compared[1]} {'latents' if o.space == 'latent' else 'images'}",

@@ -173,6 +173,8 @@ def test_bad_input_is_refused_naming_the_file(cli, rendered, tmp_path):
     assert "a.npz" in refused(wide) and "another anatomy" in refused(wide)
     no_val = refused(rendered / "test", "--data.init_args.phantom_counts", '{"train": 8, "val": 0, "test": 4}')
     assert "hand_phantom.yaml" in no_val and "'val' split is empty" in no_val
+    too_far = refused(rendered / "test", "--size", "8", "--max_shift", "4")
+    assert "--max_shift 4 leaves no window of the compared 8 x 8 pixel maps (at most 3" in too_far
     nan = tmp_path / "nan"
     nan.mkdir()
     write_sample(nan, "a", np.full((64, 64), math.nan), np.zeros((64, 64)))

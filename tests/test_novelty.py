@@ -200,3 +200,15 @@ def test_acceptance_marks_accepted_near_copies(cli, rendered, tmp_path):
     assert other  # a report of other samples
     code, _, err = cli(*run, "--novelty", tmp_path / "novelty_test/report.json", "--out", tmp_path / "bad")
     assert code == 1 and "judged other samples" in err and not (tmp_path / "bad").exists()
+
+
+def test_ldm_samples_are_compared_with_the_ldms_training_images(cli, tmp_path):
+    """`xraydiff sample` of the shipped phantom LDM (images without heatmaps, anatomy panoramic) against the jaws
+    it was trained on (the generator split)."""
+    drawn = tmp_path / "ldm"
+    code, _, err = cli("sample", "--ckpt_path", DEMO_LDM, "--num_samples", "3", "--steps", "2", "--out", drawn)
+    assert code == 0, err
+    assert json.loads((drawn / "manifest.json").read_text())["anatomy"] == "panoramic"
+    report = novelty(cli, drawn, tmp_path / "out", "--split", "generator", data=PANORAMIC)
+    assert report["n"] == 3 and report["split"] == "generator" and report["compared_size"] == [16, 32]
+    assert report["train_images"] == 128 - 32  # the unlabelled pool without the quarter kept for synthesis

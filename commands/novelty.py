@@ -81,6 +81,12 @@ def feature_space(options: NoveltyOptions, size: tuple[int, int]) -> Callable[[T
     return latents
 
 
+def summary(report: dict, out: Path) -> dict:
+    """What a study keeps of the report ``check_novelty`` wrote into ``out``: counts, rate, threshold, its path."""
+    keys = ("n", "near_copies", "near_copy_rate", "near_copy_rate_ci95", "train_images", "threshold")
+    return {**{key: report[key] for key in keys}, "report": str(Path(out) / "report.json")}
+
+
 def check_novelty(options: NoveltyOptions, datamodule, config: Path | None = None, log=print) -> dict:
     """Every sample's nearest training image and distance, the threshold calibrated on the held-out split, and the
     near-copy rate; writes ``out/report.json`` and ``out/gallery.png`` (all or nothing) and returns the report."""
@@ -94,7 +100,9 @@ def check_novelty(options: NoveltyOptions, datamodule, config: Path | None = Non
     check_anatomy(samples, datamodule)
     size = tuple(samples.images.shape[1:])
     features = feature_space(o, size)  # a foreign autoencoder stops here, before the data is loaded
-    compared = tuple(features(torch.from_numpy(samples.images[:1])[:, None]).shape[-2:])
+    with torch.no_grad():
+        queries = features(torch.from_numpy(samples.images)[:, None])
+    compared = tuple(queries.shape[-2:])
     if min(compared) <= 2 * o.max_shift:
         most = (min(compared) - 1) // 2
         raise DataError(None, f"--max_shift {o.max_shift} leaves no window of the compared {compared[0]} x "
@@ -113,8 +121,7 @@ def check_novelty(options: NoveltyOptions, datamodule, config: Path | None = Non
         references = features(train)
         held_out_distance, held_out_index = nearest(features(held_out), references, o.max_shift, o.batch_size)
         threshold = calibrate(held_out_distance.numpy(), o.level)
-        distance, index = nearest(features(torch.from_numpy(samples.images)[:, None]), references, o.max_shift,
-                                  o.batch_size)  # fmt: skip
+        distance, index = nearest(queries, references, o.max_shift, o.batch_size)
     duplicates = [
         {"id": held_out_ids[k], "nearest": train_ids[int(held_out_index[k])], "distance": float(held_out_distance[k])}
         for k in torch.nonzero(held_out_distance < DUPLICATE).flatten().tolist()

@@ -260,13 +260,11 @@ class Study(StepRunner):
 
     def near_copies(self, out: Path, samples: Path, spec: GeneratorSpec, fraction: float) -> dict:
         """``xraydiff novelty`` of the samples against the generator's training set, at the samples' size."""
-        from commands.novelty import check_novelty
+        from commands.novelty import check_novelty, summary
 
         size = json.loads((samples / "manifest.json").read_text())["image_size"]
         options = NoveltyOptions(**values(self.config.novelty), samples=samples, out=out, overwrite=True)
-        report = check_novelty(options, self._datamodule(spec, fraction, size), log=self.log)
-        keys = ("n", "near_copies", "near_copy_rate", "near_copy_rate_ci95", "train_images")
-        return {**{k: report[k] for k in keys}, "threshold": report["threshold"], "report": str(out / "report.json")}
+        return summary(check_novelty(options, self._datamodule(spec, fraction, size), log=self.log), out)
 
     def sample_and_accept(
         self, folder: Path, checkpoint: str, stats: str, spec: GeneratorSpec, fraction: float
@@ -437,19 +435,13 @@ def tables(results: dict, config: StudyConfig) -> tuple[str, str]:
         for g in results["generators"]
         for s in sets
     }
-    copies = {
-        (g, s): ((results["training_sets"][s]["generators"][g] or {}).get("accepted") or {}).get("near_copies")
-        for g in results["generators"]
-        for s in sets
-    }
+    copies = {key: (draw.get("near_copies"), draw.get("accepted")) for key, draw in _draws(results).items()}
     rows1 += [
         "| near copies of its training set, all samples [95 % CI] | "
-        + " | ".join("n/a" if c is None else describe_rate(c["near_copies"], c["n"]) for c in copies.values())
+        + " | ".join("n/a" if c is None else describe_rate(c["near_copies"], c["n"]) for c, _ in copies.values())
         + " |",
         "| near copies among the accepted | "
-        + " | ".join(
-            "n/a" if c is None else f"{c['accepted']} of {_accepted(results, g, s)}" for (g, s), c in copies.items()
-        )
+        + " | ".join("n/a" if c is None else f"{c['accepted']} of {accepted}" for c, accepted in copies.values())
         + " |",
         f"| training steps | {' | '.join('n/a' if steps[key] is None else str(steps[key]) for key in steps)} |",
     ]
@@ -485,8 +477,14 @@ def tables(results: dict, config: StudyConfig) -> tuple[str, str]:
     return table1, "\n".join(rows)
 
 
-def _accepted(results: dict, generator: str, set_name: str) -> int:
-    return results["training_sets"][set_name]["generators"][generator]["accepted"]["accepted"]
+def _draws(results: dict) -> dict[tuple[str, str], dict]:
+    """(generator, training set) -> the record of its augmentation draw (``accepted``, ``n``, ``near_copies``), in
+    the tables' column order; {} where the generator was not run on the set."""
+    return {
+        (g, s): (results["training_sets"][s]["generators"][g] or {}).get("accepted") or {}
+        for g in results["generators"]
+        for s in results["training_sets"]
+    }
 
 
 def set_comparisons(results: dict) -> list[str]:
@@ -494,10 +492,9 @@ def set_comparisons(results: dict) -> list[str]:
     augmentation draw against the first set's, each difference with its 95 % interval (independent draws:
     ``rate_difference``) and a verdict only where it excludes 0. One generator per set: the intervals cover the
     draw of samples, not the generator's training (one training seed)."""
-    sets, lines = list(results["training_sets"]), []
+    draws, lines = _draws(results), []
     for g in results["generators"]:
-        drawn = [(s, results["training_sets"][s]["generators"][g]) for s in sets]
-        drawn = [(s, info["accepted"]) for s, info in drawn if "near_copies" in (info or {}).get("accepted", {})]
+        drawn = [(s, draws[g, s]) for s in results["training_sets"] if "near_copies" in draws[g, s]]
         for s, a in drawn[1:]:
             first, b = drawn[0]
             parts = []

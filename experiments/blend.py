@@ -187,12 +187,10 @@ class BlendStudy(StepRunner):
 
     def near_copies(self, folder: Path, dataset: str) -> dict:
         """``xraydiff novelty`` of a blend's images against the LDM's training images, at the images' size."""
-        from commands.novelty import check_novelty
+        from commands.novelty import check_novelty, summary
 
         options = NoveltyOptions(**values(self.config.novelty), samples=Path(dataset), out=folder / "report")
-        report = check_novelty(options, self._datamodule(), log=self.log)
-        keys = ("n", "near_copies", "near_copy_rate", "near_copy_rate_ci95", "train_images", "threshold")
-        return {**{k: report[k] for k in keys}, "report": str(folder / "report" / "report.json")}
+        return summary(check_novelty(options, self._datamodule(), log=self.log), options.out)
 
     def train_segmenter(self, folder: Path, extra: list[str], seed: int) -> dict:
         """Exactly ``segmenter_steps`` optimizer steps, no validation, then the test on the hold-out set."""
@@ -339,10 +337,10 @@ def table(results: dict) -> str:
         "[95 % CI] | precision | recall | DSC | seeds (seed SD of DSC) | DSC - real only [95 % CI] |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    near = results.get("near_copies", {})  # absent in studies run before the near-copy check
     for row in results["rows"].values():
         blend = results["blends"].get(row["synthetic"]) if row["synthetic"] else None
         survival = (blend or {}).get("survival") or {}
-        near = results.get("near_copies", {})
         m = row["metrics"]
         paired = row.get("paired_dsc")
         cells = [

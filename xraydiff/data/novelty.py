@@ -47,18 +47,18 @@ def unit_vectors(images: Tensor) -> Tensor:
     return F.normalize(flat - flat.mean(1, keepdim=True), dim=1)
 
 
-def windows(images: Tensor, shift: int) -> Tensor:
-    """(N, C, H, W) -> (S, N, D) with S = (2 shift + 1)^2: unit vectors of every (H - 2 shift, W - 2 shift) window
-    displaced by (dy, dx) in [-shift, shift]^2 from the centre; the centre window is number S // 2."""
+def window(images: Tensor, shift: int, dy: int = 0, dx: int = 0) -> Tensor:
+    """(N, C, H, W) -> (N, D): unit vectors of the (H - 2 shift, W - 2 shift) window displaced by (dy, dx) from the
+    centre (|dy|, |dx| <= shift)."""
     height, width = images.shape[-2:]
-    h, w = height - 2 * shift, width - 2 * shift
-    return torch.stack(
-        [
-            unit_vectors(images[..., shift + dy : shift + dy + h, shift + dx : shift + dx + w])
-            for dy in range(-shift, shift + 1)
-            for dx in range(-shift, shift + 1)
-        ]
-    )
+    return unit_vectors(images[..., shift + dy : height - shift + dy, shift + dx : width - shift + dx])
+
+
+def windows(images: Tensor, shift: int) -> Tensor:
+    """(N, C, H, W) -> (S, N, D) with S = (2 shift + 1)^2: every ``window`` displaced by (dy, dx) in
+    [-shift, shift]^2."""
+    offsets = range(-shift, shift + 1)
+    return torch.stack([window(images, shift, dy, dx) for dy in offsets for dx in offsets])
 
 
 def nearest(queries: Tensor, references: Tensor, max_shift: int = 2, chunk: int = 64) -> tuple[Tensor, Tensor]:
@@ -69,7 +69,7 @@ def nearest(queries: Tensor, references: Tensor, max_shift: int = 2, chunk: int 
         raise ValueError(f"queries {tuple(queries.shape[1:])} and references {tuple(references.shape[1:])} differ")
     if min(queries.shape[-2:]) <= 2 * max_shift:
         raise ValueError(f"max_shift {max_shift} leaves no window of {tuple(queries.shape[-2:])} images")
-    centre = windows(references, max_shift)[(2 * max_shift + 1) ** 2 // 2]  # (R, D)
+    centre = window(references, max_shift)  # (R, D)
     distance, index = [], []
     for start in range(0, len(queries), chunk):
         views = windows(queries[start : start + chunk], max_shift)  # (S, q, D)

@@ -69,14 +69,24 @@ def read_sample(path: Path, size: tuple[int, int] | None = None) -> dict[str, np
     if size is not None and heatmap.shape != tuple(size):
         raise DataError(path, f"heatmap size {heatmap.shape} differs from the expected {tuple(size)}")
     for key, array in arrays.items():
-        if array.dtype.kind == "f" and not np.isfinite(array).all():
-            raise DataError(path, f"'{key}' contains NaN or infinite values")
-    low, high = float(heatmap.min()), float(heatmap.max())
-    if low < -1.0 - RANGE_TOLERANCE or high > 1.0 + RANGE_TOLERANCE:
-        raise DataError(path, f"heatmap values must lie in [-1, 1] (the sample format), found [{low:.3g}, {high:.3g}]")
+        if array.dtype.kind == "f":
+            check_finite(path, key, array)
+    check_unit_range(path, "heatmap", heatmap)
     if "image" in arrays and arrays["image"].shape != heatmap.shape:
         raise DataError(path, f"image shape {arrays['image'].shape} differs from heatmap shape {heatmap.shape}")
     return arrays
+
+
+def check_finite(path: Path, key: str, array: np.ndarray) -> None:
+    if not np.isfinite(array).all():
+        raise DataError(path, f"'{key}' contains NaN or infinite values")
+
+
+def check_unit_range(path: Path, key: str, array: np.ndarray) -> None:
+    """DataError naming ``path`` unless ``array`` lies in [-1, 1], the sample format's range (up to rounding)."""
+    low, high = float(array.min()), float(array.max())
+    if low < -1.0 - RANGE_TOLERANCE or high > 1.0 + RANGE_TOLERANCE:
+        raise DataError(path, f"{key} values must lie in [-1, 1] (the sample format), found [{low:.3g}, {high:.3g}]")
 
 
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
@@ -164,10 +174,8 @@ def read_sample_images(directory: Path) -> SampleImages:
             raise DataError(path, f"image must be (H, W), got shape {image.shape}")
         if image.shape != images[0].shape:
             raise DataError(path, f"image size {image.shape} differs from {images[0].shape} of {files[0].name}")
-        if not np.isfinite(image).all():
-            raise DataError(path, "'image' contains NaN or infinite values")
-        if image.min() < -1.0 - RANGE_TOLERANCE or image.max() > 1.0 + RANGE_TOLERANCE:
-            raise DataError(path, f"image values must lie in [-1, 1], found [{image.min():.3g}, {image.max():.3g}]")
+        check_finite(path, "image", image)
+        check_unit_range(path, "image", image)
     ids = [path.stem for path in files]
     return SampleImages(directory, ids, np.stack(images).astype(np.float32), files, paired, manifest)
 
